@@ -1,0 +1,159 @@
+"""``dlrm train``: parse options, run the training core, show progress and a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dlrm_cli.options import DEFAULT_STORE, DeviceOption, StoreOption, positive
+
+EXAMPLE = "Example: dlrm train --epochs 10 --batch-size 256 --name first-run"
+SYNTH = "Synthetic data"
+
+
+def train_command(
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training rows.")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Ratings per optimizer step.")] = 256,
+    lr: Annotated[float, typer.Option(callback=positive, help="Adam learning rate.")] = 1e-3,
+    lr_step: Annotated[int, typer.Option(min=1, help="Epochs between learning-rate decays (StepLR).")] = 5,
+    lr_gamma: Annotated[float, typer.Option(max=1.0, callback=positive, help="Learning-rate decay factor.")] = 0.5,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="L2 penalty on all weights.")] = 0.0,
+    embedding_dim: Annotated[
+        int, typer.Option(min=1, help="Size of every embedding (and the bottom MLP's output).")
+    ] = 128,
+    seed: Annotated[int, typer.Option(help="Seed for weights, data order and synthetic data.")] = 0,
+    name: Annotated[str | None, typer.Option(help="Checkpoint name (default: DATA-DATE-TIME).")] = None,
+    data: Annotated[str, typer.Option(help="Ratings to train on: synthetic.")] = "synthetic",
+    users: Annotated[int | None, typer.Option(min=1, help="Synthetic users.", rich_help_panel=SYNTH)] = None,
+    items: Annotated[int | None, typer.Option(min=1, help="Synthetic items.", rich_help_panel=SYNTH)] = None,
+    ratings: Annotated[int | None, typer.Option(min=10, help="Synthetic ratings.", rich_help_panel=SYNTH)] = None,
+    noise: Annotated[
+        float | None, typer.Option(min=0.0, help="Synthetic rating noise (std).", rich_help_panel=SYNTH)
+    ] = None,
+    device: DeviceOption = "auto",  # type: ignore[assignment]
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Train a DLRM and save it as a checkpoint."""
+    from dlrm_cli.config import TrainConfig
+    from dlrm_cli.data import parse_data_option
+    from dlrm_cli.errors import DlrmUsageError
+    from dlrm_cli.store import CheckpointStore, validate_name
+
+    checkpoints = CheckpointStore(Path(store))
+    if name is not None:
+        validate_name(name)
+        if checkpoints.exists(name):
+            raise DlrmUsageError(f"checkpoint {name} already exists in {checkpoints.root}; choose another --name")
+    source = parse_data_option(data)
+    synthetic = {"users": users, "items": items, "ratings": ratings, "noise": noise}
+    given = {key: value for key, value in synthetic.items() if value is not None}
+    if given and source["kind"] != "synthetic":
+        raise DlrmUsageError(f"--{next(iter(given))} applies only to --data synthetic")
+    if source["kind"] == "synthetic":
+        source.update(given, seed=seed)
+    checkpoints.ensure_writable()
+    settings = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_step=lr_step,
+        lr_gamma=lr_gamma,
+        weight_decay=weight_decay,
+        seed=seed,
+        device=getattr(device, "value", device),
+        embedding_dim=embedding_dim,
+    )
+    run(source, settings, checkpoints, name)
+
+
+def run(source: dict[str, Any], settings: Any, store: Any, name: str | None) -> None:
+    from rich.table import Table
+
+    from dlrm_cli import ui
+    from dlrm_cli.data import load_dataset
+    from dlrm_cli.train import train
+
+    console = ui.err()
+    with console.status("Loading data…"):
+        dataset = load_dataset(source)
+    console.print(
+        f"Data: {dataset.source['kind']} — {len(dataset.train):,} train, {len(dataset.validation):,} validation, "
+        f"{len(dataset.test):,} test ratings; {len(dataset.catalog.users):,} users, "
+        f"{len(dataset.catalog.items):,} items"
+    )
+    with RichProgress(console) as observer:
+        result = train(dataset, settings, store=store, name=name, observer=observer)
+
+    table = Table(title=f"Training summary — {result.name}")
+    table.add_column("epoch", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("val RMSE", justify="right")
+    table.add_column("val MAE", justify="right")
+    table.add_column("lr", justify="right")
+    table.add_column("samples/s", justify="right")
+    for record in result.history:
+        table.add_row(
+            str(record["epoch"]),
+            ui.fmt(record["train_loss"]),
+            ui.fmt(record["val_rmse"]),
+            ui.fmt(record["val_mae"]),
+            f"{record['lr']:.2e}",
+            f"{record['samples_per_s']:,.0f}",
+        )
+    output = ui.out()
+    output.print(table)
+    curve = ui.sparkline([record["val_rmse"] for record in result.history])
+    floor = f", noise floor {result.noise_floor['rmse']:.4f}" if result.noise_floor else ""
+    output.print(
+        f"Validation RMSE {result.validation['rmse']:.4f} (best epoch {result.best_epoch}) {curve} "
+        f"(global-mean baseline {result.baseline['rmse']:.4f}{floor}); trained in {result.seconds:.1f} s"
+    )
+    output.print(f"Saved checkpoint {result.name}")
+
+
+class RichProgress:
+    """A rich progress bar: epoch, batches, running loss and learning rate; one line per finished epoch."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("batches · loss {task.fields[loss]:.4f} · lr {task.fields[lr]:.2e}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: Any = None
+        self.loss = 0.0
+        self.steps = 0
+
+    def __enter__(self) -> RichProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.loss, self.steps = 0.0, 0
+        self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", loss=0.0, lr=lr)
+
+    def batch_done(self, loss: float) -> None:
+        self.steps += 1
+        self.loss += (loss - self.loss) / min(self.steps, 100)  # running mean over the last ~100 batches
+        if self.steps % 10 == 0 or self.steps == self.progress.tasks[-1].total:
+            self.progress.update(self.task, completed=self.steps, loss=self.loss)
+
+    def epoch_done(self, record: dict[str, Any]) -> None:
+        self.progress.console.print(
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val RMSE {record['val_rmse']:.4f}, "
+            f"val MAE {record['val_mae']:.4f}, {record['samples_per_s']:,.0f} samples/s"
+        )

@@ -1,0 +1,203 @@
+"""Feature tables and rating splits, kept as tensors built once, and batches cut from them by indexing.
+
+Legend for shapes: N ratings, B batch, E entities (users or items), L values of a multi-valued feature.
+Every user and every item owns its feature values, so a batch needs only user rows and item rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+PAD = -1  # fills the unused slots of a multi-valued feature
+
+
+@dataclass
+class EntityTable:
+    """Side features of one kind of entity, one row per known entity.
+
+    ``keys`` are the raw ids in row order, sorted, so that raw ids map to rows by binary search.
+    ``id_rows`` gives each entity's row in its id embedding table; entities never seen in training
+    share the out-of-vocabulary row 0 when the table has one.
+    ``sparse`` maps a feature name to an E x L tensor of embedding rows padded with ``PAD``.
+    """
+
+    kind: str
+    keys: np.ndarray
+    id_rows: torch.Tensor
+    dense: torch.Tensor
+    dense_names: list[str]
+    sparse: dict[str, torch.Tensor] = field(default_factory=dict)
+    sparse_sizes: dict[str, int] = field(default_factory=dict)
+    titles: list[str] | None = None
+    id_table_rows: int = 0
+    has_oov: bool = False
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, raw_ids: list[str]) -> tuple[torch.Tensor, list[str]]:
+        """Map raw ids (as typed by a user) to entity rows; returns the rows and the ids not known."""
+        rows = np.full(len(raw_ids), -1, dtype=np.int64)
+        if self.keys.dtype.kind in "iu":
+            parsed = np.array([_as_int(raw) for raw in raw_ids], dtype=object)
+            valid = np.array([value is not None for value in parsed], dtype=bool)
+            if valid.any():
+                wanted = parsed[valid].astype(np.int64)
+                rows[valid] = _search(self.keys, wanted)
+        else:
+            rows = _search(self.keys, np.array(raw_ids, dtype=self.keys.dtype))
+        unknown = [raw for raw, row in zip(raw_ids, rows, strict=True) if row < 0]
+        return torch.from_numpy(rows), unknown
+
+    def unseen_in_training(self, rows: torch.Tensor) -> torch.Tensor:
+        """A boolean mask of the given entity rows whose id has no trained embedding (the OOV row)."""
+        return self.id_rows[rows] == 0 if self.has_oov else torch.zeros_like(rows, dtype=torch.bool)
+
+    def state(self) -> dict[str, object]:
+        keys = self.keys.tolist()
+        return {
+            "kind": self.kind,
+            "keys_are_int": bool(self.keys.dtype.kind in "iu"),
+            "keys": torch.from_numpy(self.keys) if self.keys.dtype.kind in "iu" else keys,
+            "id_rows": self.id_rows,
+            "id_table_rows": self.id_table_rows,
+            "has_oov": self.has_oov,
+            "dense": self.dense,
+            "dense_names": list(self.dense_names),
+            "sparse": dict(self.sparse),
+            "sparse_sizes": dict(self.sparse_sizes),
+            "titles": self.titles,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> EntityTable:
+        keys = state["keys"]
+        keys = keys.numpy() if state["keys_are_int"] else np.array(keys, dtype=str)
+        return cls(
+            kind=state["kind"],
+            keys=keys,
+            id_rows=state["id_rows"],
+            id_table_rows=int(state["id_table_rows"]),
+            has_oov=bool(state["has_oov"]),
+            dense=state["dense"],
+            dense_names=list(state["dense_names"]),
+            sparse=dict(state["sparse"]),
+            sparse_sizes={k: int(v) for k, v in state["sparse_sizes"].items()},
+            titles=state["titles"],
+        )
+
+
+def _as_int(raw: str) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+def _search(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    positions = np.searchsorted(keys, wanted)
+    positions = np.minimum(positions, len(keys) - 1)
+    found = keys[positions] == wanted
+    return np.where(found, positions, -1).astype(np.int64)
+
+
+@dataclass
+class Ratings:
+    """N ratings as parallel tensors of user rows, item rows and rating values."""
+
+    user: torch.Tensor
+    item: torch.Tensor
+    rating: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.rating.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Ratings:
+        return Ratings(self.user[index], self.item[index], self.rating[index])
+
+
+@dataclass
+class Catalog:
+    """The users and items a model knows, and how their features become model inputs."""
+
+    users: EntityTable
+    items: EntityTable
+    rating_min: float
+    rating_max: float
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [*self.users.dense_names, *self.items.dense_names]
+
+    @property
+    def sparse_features(self) -> list[tuple[str, int]]:
+        """(feature name, embedding rows) in the order of the KJT keys and the embedding tables."""
+        features = [("user_id", self.users.id_table_rows), ("item_id", self.items.id_table_rows)]
+        for table in (self.users, self.items):
+            features.extend((name, table.sparse_sizes[name]) for name in table.sparse)
+        return features
+
+    def batch(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> tuple[torch.Tensor, KeyedJaggedTensor]:
+        """Model inputs for B (user, item) pairs: dense features B x (du + di) and a KJT of the sparse ones."""
+        dense = torch.cat((self.users.dense[user_rows], self.items.dense[item_rows]), dim=1)
+        size = user_rows.shape[0]
+        ones = torch.ones(size, dtype=torch.int64)
+        values = [self.users.id_rows[user_rows], self.items.id_rows[item_rows]]
+        lengths = [ones, ones]
+        for table, rows in ((self.users, user_rows), (self.items, item_rows)):
+            for matrix in table.sparse.values():
+                picked = matrix[rows]
+                if picked.shape[1] == 1 and bool((picked >= 0).all()):
+                    values.append(picked[:, 0])
+                    lengths.append(ones)
+                else:
+                    mask = picked >= 0
+                    values.append(picked[mask])
+                    lengths.append(mask.sum(dim=1))
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=[name for name, _ in self.sparse_features],
+            values=torch.cat(values),
+            lengths=torch.cat(lengths),
+        )
+        return dense, kjt
+
+    def state(self) -> dict[str, object]:
+        return {
+            "users": self.users.state(),
+            "items": self.items.state(),
+            "rating_min": self.rating_min,
+            "rating_max": self.rating_max,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Catalog:
+        return cls(
+            users=EntityTable.from_state(state["users"]),
+            items=EntityTable.from_state(state["items"]),
+            rating_min=float(state["rating_min"]),
+            rating_max=float(state["rating_max"]),
+        )
+
+
+@dataclass
+class Dataset:
+    """A catalog with its train, validation and test ratings, and a description of where they came from."""
+
+    catalog: Catalog
+    train: Ratings
+    validation: Ratings
+    test: Ratings
+    source: dict[str, object]
+    expected: dict[str, torch.Tensor] = field(default_factory=dict)
+    """For synthetic data: the rating a perfect model predicts for each row of each split."""
+
+    def split(self, name: str) -> Ratings:
+        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+
+    @property
+    def global_mean(self) -> float:
+        return float(self.train.rating.mean())

@@ -1,0 +1,45 @@
+"""Rebuild a model and its catalog from a checkpoint alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dlrm_cli.config import ModelConfig
+from dlrm_cli.data.catalog import Catalog
+from dlrm_cli.errors import CorruptCheckpoint
+from dlrm_cli.model import RatingDLRM, build_model
+from dlrm_cli.store import Checkpoint
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    model: RatingDLRM
+    catalog: Catalog
+    device: torch.device
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.checkpoint.meta
+
+
+def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
+    """The model in eval mode with its weights, and the catalog that turns ids into its inputs."""
+    try:
+        config = ModelConfig.from_dict(checkpoint.meta["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: bad model settings ({error})") from None
+    state = checkpoint.tensors("model.pt")
+    catalog_state = checkpoint.tensors("catalog.pt")
+    model = build_model(config, device=device)
+    try:
+        model.load_state_dict(state)
+        catalog = Catalog.from_state(catalog_state)
+    except (KeyError, TypeError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: {first}") from None
+    model.eval()
+    return LoadedModel(checkpoint, model, catalog, device)

@@ -1,0 +1,105 @@
+"""The DLRM (arXiv 1906.00091) that predicts ratings, built from TorchRec's parts.
+
+Legend: B batch size, F sparse features, D embedding dimension, Dn dense features.
+Data flow: dense B x Dn -> bottom MLP -> B x D; sparse KJT -> EmbeddingBagCollection -> B x F x D;
+pairwise dot products of the F + 1 vectors, concatenated with the dense embedding; top MLP -> one
+logit per sample; ``rating_min + (rating_max - rating_min) * sigmoid(logit)``.
+The loss lives outside the model (see ``dlrm_cli.train``) so that inference and export use it bare.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+# TorchRec's import pulls in torch.fx, which logs a warning meant for torch's own developers.
+logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+from torchrec.models.dlrm import DLRM  # noqa: E402
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType  # noqa: E402
+from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
+
+from dlrm_cli.config import ModelConfig  # noqa: E402
+
+
+def table_name(feature: str) -> str:
+    return f"t_{feature}"
+
+
+def embedding_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature, sum-pooled."""
+    return [
+        EmbeddingBagConfig(
+            name=table_name(table.feature),
+            embedding_dim=config.embedding_dim,
+            num_embeddings=table.num_embeddings,
+            feature_names=[table.feature],
+            pooling=PoolingType.SUM,
+        )
+        for table in config.tables
+    ]
+
+
+class RatingDLRM(nn.Module):
+    """TorchRec's DLRM with its logit squashed onto the rating scale.
+
+    Example::
+
+        config = ModelConfig(num_dense=2, tables=(TableConfig("user_id", 10),), embedding_dim=4,
+                             bottom_mlp=(8, 4), top_mlp=(8,))
+        model = RatingDLRM(config)
+        kjt = KeyedJaggedTensor.from_lengths_sync(["user_id"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+        model(torch.rand(2, 2), kjt)  # a tensor of size 2, each value in [0, 5]
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embedding_bag_collection: nn.Module | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        if embedding_bag_collection is None:
+            embedding_bag_collection = EmbeddingBagCollection(tables=embedding_configs(config), device=device)
+        self.dlrm = DLRM(
+            embedding_bag_collection=embedding_bag_collection,
+            dense_in_features=config.num_dense,
+            dense_arch_layer_sizes=list(config.bottom_mlp),
+            over_arch_layer_sizes=[*config.top_mlp, 1],
+            dense_device=device,
+        )
+        self.rating_min = config.rating_min
+        self.rating_span = config.rating_max - config.rating_min
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            dense_features: B x Dn.
+            sparse_features: a KJT with the F features of ``config.tables``, B samples each.
+
+        Returns:
+            a tensor of size B: the predicted ratings.
+        """
+        logits = self.dlrm(dense_features, sparse_features).squeeze(1)
+        return self.rating_min + self.rating_span * torch.sigmoid(logits)
+
+
+def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:
+    return RatingDLRM(config, device=device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is a usage error."""
+    from dlrm_cli.errors import DlrmUsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DlrmUsageError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise DlrmUsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)

@@ -1,0 +1,119 @@
+"""Artifacts for serving: the trained model as plain PyTorch, taking plain tensors.
+
+The exported module needs neither dlrm_cli nor TorchRec to load: its embedding tables are
+``nn.EmbeddingBag`` copies of the trained ones and its MLPs and interaction are traced into the artifact.
+
+Inputs (B batch, Dn dense features, F sparse features):
+    dense:   float32, B x Dn, standardised as described in the side file
+    ids:     F int64 tensors; ids[f] holds the embedding rows of feature f for the whole batch, concatenated
+    offsets: F int64 tensors of size B; offsets[f][b] is where sample b's rows start in ids[f]
+Output: float32 tensor of size B, the predicted ratings.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrm_cli.data.catalog import Catalog
+from dlrm_cli.errors import DlrmError
+from dlrm_cli.model import RatingDLRM, table_name
+
+FORMATS = ("torchscript", "pt2")
+PARITY_TOLERANCE = 1e-5
+
+
+class ServingDLRM(nn.Module):
+    """The same computation as ``RatingDLRM`` over plain tensors instead of a KeyedJaggedTensor."""
+
+    def __init__(self, model: RatingDLRM) -> None:
+        super().__init__()
+        ebc = model.dlrm.sparse_arch.embedding_bag_collection
+        self.bags = nn.ModuleList(
+            nn.EmbeddingBag.from_pretrained(ebc.embedding_bags[table_name(feature)].weight.detach().clone(), mode="sum")
+            for feature in model.config.feature_names
+        )
+        self.dense_arch = copy.deepcopy(model.dlrm.dense_arch)
+        self.inter_arch = copy.deepcopy(model.dlrm.inter_arch)
+        self.over_arch = copy.deepcopy(model.dlrm.over_arch)
+        self.rating_min = float(model.rating_min)
+        self.rating_span = float(model.rating_span)
+        self.requires_grad_(False)
+
+    def forward(self, dense: torch.Tensor, ids: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
+        pooled = []
+        for index, bag in enumerate(self.bags):
+            pooled.append(bag(ids[index], offsets[index]))
+        sparse = torch.stack(pooled, dim=1)
+        logits = self.over_arch(self.inter_arch(self.dense_arch(dense), sparse)).squeeze(1)
+        return self.rating_min + self.rating_span * torch.sigmoid(logits)
+
+
+def plain_inputs(
+    catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The serving inputs for B (user, item) pairs, cut from the same KJT the training model sees."""
+    dense, kjt = catalog.batch(user_rows, item_rows)
+    ids, offsets = [], []
+    for jagged in kjt.to_dict().values():
+        ids.append(jagged.values())
+        offsets.append(jagged.offsets()[:-1].contiguous())
+    return dense, ids, offsets
+
+
+def export_model(model: RatingDLRM, fmt: str, output: Path, example: tuple[Any, ...]) -> Any:
+    """Write the artifact under a temporary name, rename it into place, and return it loaded back."""
+    serving = ServingDLRM(model.cpu()).eval()
+    tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}.tmp{output.suffix}")
+    try:
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.script(serving), str(tmp))
+        elif fmt == "pt2":
+            batch = torch.export.Dim("batch", min=1)
+            features = len(example[1])
+            dynamic = (
+                {0: batch},
+                [{0: torch.export.Dim(f"ids_{f}", min=1)} for f in range(features)],
+                [{0: batch} for _ in range(features)],
+            )
+            program = torch.export.export(serving, example, dynamic_shapes=dynamic)
+            torch.export.save(program, str(tmp))
+        else:
+            raise DlrmError(f"unknown export format {fmt!r}")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return load_artifact(output, fmt)
+
+
+def load_artifact(path: Path, fmt: str) -> Any:
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))
+    return torch.export.load(str(path)).module()
+
+
+def describe(model: RatingDLRM, catalog: Catalog, fmt: str, checkpoint: str) -> dict[str, Any]:
+    """The side file that tells serving code what to feed the artifact."""
+    return {
+        "checkpoint": checkpoint,
+        "format": fmt,
+        "load": "torch.jit.load(path)" if fmt == "torchscript" else "torch.export.load(path).module()",
+        "call": "model(dense, ids, offsets) -> ratings (float32, size B)",
+        "rating_range": [model.config.rating_min, model.config.rating_max],
+        "dense": {
+            "shape": ["B", len(catalog.dense_names)],
+            "dtype": "float32",
+            "features": catalog.dense_names,
+            "note": "standardised with the training data's statistics; each user's and item's row is in the checkpoint",
+        },
+        "sparse": [
+            {"feature": name, "rows": rows, "ids": "int64 embedding rows", "offsets": "int64, size B"}
+            for name, rows in catalog.sparse_features
+        ],
+    }

@@ -1,0 +1,236 @@
+"""The checkpoint store: one folder per checkpoint, written under a temporary name and renamed into place.
+
+A checkpoint folder holds ``meta.json`` (settings, feature metadata, metrics, history, versions and the
+SHA-256 of every other file) and tensor files read with ``torch.load(weights_only=True)``, which never
+executes code from the file. ``latest`` is not a file that can go stale: it is always the newest complete
+checkpoint found in the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dlrm_cli import CHECKPOINT_FORMAT, __version__
+from dlrm_cli.errors import CheckpointNotFound, CorruptCheckpoint, DlrmError, DlrmUsageError
+
+META = "meta.json"
+ALIASES = ("latest",)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_name(name: str) -> str:
+    if name in ALIASES or not NAME_PATTERN.match(name):
+        raise DlrmUsageError(
+            f"invalid checkpoint name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, and not {' or '.join(ALIASES)}"
+        )
+    return name
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class CheckpointInfo:
+    """What ``dlrm checkpoints`` lists about one checkpoint."""
+
+    name: str
+    path: Path
+    meta: dict[str, Any] | None
+    problem: str | None = None
+
+    @property
+    def created(self) -> str:
+        return (self.meta or {}).get("created", "")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: its metadata and its tensor files, checksums verified."""
+
+    name: str
+    path: Path
+    meta: dict[str, Any]
+
+    def tensors(self, file: str) -> dict[str, Any]:
+        """Load one tensor file; never unpickles arbitrary objects."""
+        import pickle
+
+        import torch
+
+        path = self.path / file
+        expected = self.meta.get("files", {}).get(file)
+        if expected is None:
+            raise CorruptCheckpoint(f"checkpoint {self.name} is corrupt: {file} is not listed in its meta.json")
+        try:
+            actual = sha256(path)
+        except OSError as error:
+            raise CorruptCheckpoint(
+                f"checkpoint {self.name} is corrupt: cannot read {file} ({error.strerror})"
+            ) from None
+        if actual != expected:
+            raise CorruptCheckpoint(f"checkpoint {self.name} is corrupt: {file} does not match its recorded checksum")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CorruptCheckpoint(
+                f"checkpoint {self.name} is corrupt: {file} cannot be loaded ({first_line})"
+            ) from None
+
+
+class CheckpointStore:
+    """A folder of checkpoints. Every write lands atomically; a crash leaves only a hidden temporary folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # Reading ---------------------------------------------------------------------------------------
+    def infos(self) -> list[CheckpointInfo]:
+        """Every checkpoint in the store, oldest first; unreadable ones carry a ``problem``."""
+        if not self.root.is_dir():
+            if self.root.exists():
+                raise DlrmUsageError(f"checkpoint store {self.root} is not a folder")
+            return []
+        infos = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            infos.append(self._info(path))
+        return sorted(infos, key=lambda info: (info.created, info.name))
+
+    def _info(self, path: Path) -> CheckpointInfo:
+        try:
+            meta = json.loads((path / META).read_text())
+        except FileNotFoundError:
+            return CheckpointInfo(path.name, path, None, "meta.json is missing")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return CheckpointInfo(path.name, path, None, f"meta.json is unreadable ({error})")
+        if not isinstance(meta, dict) or "format" not in meta:
+            return CheckpointInfo(path.name, path, None, "meta.json was not written by dlrm")
+        if meta["format"] != CHECKPOINT_FORMAT:
+            return CheckpointInfo(
+                path.name,
+                path,
+                meta,
+                f"written by dlrm {meta.get('dlrm_version', '?')} in checkpoint format {meta['format']}; "
+                f"this is dlrm {__version__}, which reads format {CHECKPOINT_FORMAT}",
+            )
+        return CheckpointInfo(path.name, path, meta)
+
+    def resolve(self, ref: str) -> str:
+        """Turn ``latest`` or a name into the name of an existing checkpoint."""
+        infos = self.infos()
+        if ref == "latest":
+            usable = [info for info in infos if info.problem is None]
+            if not usable:
+                raise DlrmError(f"no checkpoints in {self.root}; train one with `dlrm train`")
+            return usable[-1].name
+        if not any(info.name == ref for info in infos):
+            if not infos:
+                raise CheckpointNotFound(f"no checkpoint named {ref!r}: the store {self.root} is empty")
+            raise CheckpointNotFound(f"no checkpoint named {ref!r} in {self.root}; `dlrm checkpoints` lists them")
+        return ref
+
+    def load(self, ref: str) -> Checkpoint:
+        name = self.resolve(ref)
+        info = self._info(self.root / name)
+        if info.problem is not None:
+            raise CorruptCheckpoint(f"checkpoint {name} is corrupt: {info.problem}")
+        return Checkpoint(name=name, path=info.path, meta=info.meta or {})
+
+    # Writing ---------------------------------------------------------------------------------------
+    def ensure_writable(self) -> None:
+        """Fail early, before hours of training, if the store cannot take a checkpoint."""
+        if self.root.exists() and not self.root.is_dir():
+            raise DlrmUsageError(f"checkpoint store {self.root} is not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DlrmError(f"cannot create checkpoint store {self.root}: {error.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise DlrmError(f"checkpoint store {self.root} is not writable")
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def save(self, *, name: str | None, prefix: str, meta: dict[str, Any], tensors: dict[str, Any]) -> str:
+        """Write a checkpoint and return its name.
+
+        ``tensors`` maps file names to objects of tensors, lists, dicts and numbers. With ``name=None`` a
+        fresh name ``PREFIX-YYYYmmdd-HHMMSS`` is chosen (with a suffix if two saves share a second).
+        """
+        import torch
+
+        self.ensure_writable()
+        now = datetime.now(timezone.utc)
+        tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            files = {}
+            for file, obj in tensors.items():
+                torch.save(obj, tmp / file)
+                files[file] = sha256(tmp / file)
+            full_meta = {
+                "format": CHECKPOINT_FORMAT,
+                "dlrm_version": __version__,
+                "created": now.isoformat(timespec="microseconds"),
+                **meta,
+                "files": files,
+            }
+            with (tmp / META).open("w") as handle:
+                json.dump(full_meta, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            for file in tensors:
+                _fsync(tmp / file)
+            return self._publish(tmp, name, f"{prefix}-{now:%Y%m%d-%H%M%S}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _publish(self, tmp: Path, name: str | None, base: str) -> str:
+        """Rename the finished folder into place; a rename never replaces a non-empty folder."""
+        candidates = [name] if name is not None else [base, *(f"{base}-{i}" for i in range(2, 1000))]
+        for candidate in candidates:
+            target = self.root / candidate
+            if target.exists():
+                continue
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if target.exists():
+                    continue
+                raise
+            _fsync(self.root)
+            return candidate
+        raise DlrmUsageError(f"checkpoint {name} already exists in {self.root}; choose another --name")
+
+    def remove(self, name: str) -> None:
+        """Remove a checkpoint: renamed out of sight first, so a crash never leaves half a checkpoint listed."""
+        name = self.resolve(name)
+        trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
+        os.rename(self.root / name, trash)
+        shutil.rmtree(trash)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

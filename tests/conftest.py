@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dlrm_cli.cli import app
+
+# A small synthetic set and model: the suite must run in minutes on 2 CPU cores.
+TINY = ["--users", "200", "--items", "150", "--ratings", "6000", "--embedding-dim", "16", "--batch-size", "128"]
+
+
+class Dlrm:
+    """Runs ``dlrm`` in-process against one store, as a user would from the shell."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str):
+        return self.runner.invoke(app, [str(a) for a in args], env={"DLRM_CHECKPOINT_DIR": str(self.store)})
+
+
+@pytest.fixture
+def dlrm(tmp_path: Path) -> Dlrm:
+    """A CLI with an empty store of its own."""
+    return Dlrm(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding one tiny trained checkpoint named ``tiny``, shared by read-only tests."""
+    store = tmp_path_factory.mktemp("trained") / "store"
+    result = Dlrm(store)("train", "--epochs", "2", "--name", "tiny", *TINY)
+    assert result.exit_code == 0, result.output
+    return store
+
+
+@pytest.fixture
+def trained(trained_store: Path, tmp_path: Path) -> Dlrm:
+    """A CLI over a private copy of the trained store, free to change it."""
+    store = tmp_path / "store"
+    shutil.copytree(trained_store, store)
+    return Dlrm(store)
+
+
+def snapshot(store: Path) -> dict[str, bytes]:
+    """Every file in the store with its bytes, to show that a failed command changed nothing."""
+    if not store.exists():
+        return {}
+    return {str(path.relative_to(store)): path.read_bytes() for path in sorted(store.rglob("*")) if path.is_file()}
+
+
+def assert_error(result, code: int, message: str) -> None:
+    """One line on stderr, the documented exit code, and no traceback."""
+    assert result.exit_code == code, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines[0]
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
