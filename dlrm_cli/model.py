@@ -9,20 +9,14 @@ The loss lives outside the model (see ``dlrm_cli.train``) so that inference and 
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-# TorchRec's import pulls in torch.fx, which logs a warning meant for torch's own developers.
-logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-
-from torchrec.models.dlrm import DLRM  # noqa: E402
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType  # noqa: E402
-from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
-
-from dlrm_cli.config import ModelConfig  # noqa: E402
+from dlrm_cli.config import ModelConfig
 
 
 def table_name(feature: str) -> str:

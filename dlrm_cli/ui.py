@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -12,11 +13,11 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 
 def out() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def print_json(document: Any) -> None:
@@ -24,9 +25,10 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
-def stars(rating: float, low: float = 0.0, high: float = 5.0) -> str:
-    """Five stars, filled in proportion to where the rating lies on its scale, to the nearest star."""
-    filled = round((rating - low) / (high - low) * 5) if high > low else 0
+def stars(rating: float, high: float = 5.0) -> str:
+    """Five stars, filled in proportion to the rating's share of the top of the scale, to the nearest star
+    (halves round up: 3.5 of 5 is ★★★★☆)."""
+    filled = math.floor(rating / high * 5 + 0.5) if high > 0 else 0
     filled = min(max(filled, 0), 5)
     return "★" * filled + "☆" * (5 - filled)
 

@@ -52,7 +52,7 @@ def test_every_help_shows_an_example(dlrm, command):
         (["train", "--users", "0"], "Invalid value for '--users'"),
         (["train", "--name", "bad/name"], "invalid checkpoint name 'bad/name'"),
         (["train", "--name", "latest"], "invalid checkpoint name 'latest'"),
-        (["train", "--data", "nonsense"], "--data must be one of"),
+        (["train", "--data", "nonsense"], "--data must be synthetic, movielens:DIR or csv:FILE, got 'nonsense'"),
         (["train", "--device", "tpu"], "Invalid value for '--device'"),
         (["train", "--no-such-option"], "No such option"),
         (["evaluate", "--split", "train"], "--split must be one of test, validation, got 'train'"),

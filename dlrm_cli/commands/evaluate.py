@@ -15,6 +15,10 @@ EXAMPLE = "Example: dlrm evaluate --checkpoint latest --split test --json"
 def evaluate_command(
     checkpoint: CheckpointOption = "latest",
     split: Annotated[str, typer.Option(help="Which held-out ratings: test or validation.")] = "test",
+    data: Annotated[
+        str | None,
+        typer.Option(help="Score every rating of other data instead (movielens:DIR or csv:FILE)."),
+    ] = None,
     json_output: JsonOption = False,
     device: DeviceOption = "auto",  # type: ignore[assignment]
     store: StoreOption = DEFAULT_STORE,
@@ -32,11 +36,21 @@ def evaluate_command(
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     loaded = load_model(CheckpointStore(Path(store)).load(checkpoint), resolve_device(getattr(device, "value", device)))
-    report = evaluate(loaded, split)
+    source = None
+    if data is not None:
+        from dlrm_cli.data import parse_data_option
+
+        trained_on = loaded.meta["data"]
+        columns = trained_on.get("columns") if data.startswith("csv:") and trained_on["kind"] == "csv" else None
+        if data.startswith("csv:") and columns is None:
+            columns = {}
+        source = parse_data_option(data, columns=columns)
+    report = evaluate(loaded, split, source)
     if json_output:
         ui.print_json(report)
         return
-    table = Table(title=f"{report['checkpoint']} on the {split} split ({report['count']:,} ratings)")
+    where = f"the {split} split" if data is None else data
+    table = Table(title=f"{report['checkpoint']} on {where} ({report['count']:,} ratings)")
     for column in ("", "MSE", "RMSE", "MAE"):
         table.add_column(column, justify="left" if not column else "right")
     rows = [("DLRM", report["model"]), ("global-mean baseline", report["global_mean_baseline"])]

@@ -39,21 +39,23 @@ def predict_command(
     from dlrm_cli.store import CheckpointStore
 
     loaded = load_model(CheckpointStore(Path(store)).load(checkpoint), resolve_device(getattr(device, "value", device)))
-    ranked = rank_items(loaded, user, wanted)
-    low, high = loaded.model.config.rating_min, loaded.model.config.rating_max
+    ranking = rank_items(loaded, user, wanted)
+    ranked = ranking.items
+    high = loaded.model.config.rating_max
     if json_output:
         ui.print_json(
             {
                 "checkpoint": loaded.checkpoint.name,
                 "user": user,
                 "recommended": ranked[0].item,
+                "user_unseen_in_training": ranking.user_unseen,
                 "items": [
                     {
                         "rank": rank,
                         "item": entry.item,
                         "title": entry.title,
                         "rating": entry.rating,
-                        "stars": ui.stars(entry.rating, low, high),
+                        "stars": ui.stars(entry.rating, high),
                         "unseen_in_training": entry.unseen,
                     }
                     for rank, entry in enumerate(ranked, start=1)
@@ -76,6 +78,11 @@ def predict_command(
         note = "← recommended" if rank == 1 else ""
         if entry.unseen:
             note = (note + " (unseen in training)").strip()
-        cells += [f"{entry.rating:.2f}", ui.stars(entry.rating, low, high), note]
+        cells += [f"{entry.rating:.2f}", ui.stars(entry.rating, high), note]
         table.add_row(*cells, style="bold green" if rank == 1 else None)
     ui.out().print(table)
+    if ranking.user_unseen:
+        ui.err().print(f"Note: user {user} was not in the training data, so no history of theirs shapes this ranking")
+    if ranking.unseen_items:
+        listed = ", ".join(ranking.unseen_items)
+        ui.err().print(f"Note: not in the training data (scored from side features only): item {listed}")

@@ -11,6 +11,8 @@ from dlrm_cli.options import DEFAULT_STORE, DeviceOption, StoreOption, positive
 
 EXAMPLE = "Example: dlrm train --epochs 10 --batch-size 256 --name first-run"
 SYNTH = "Synthetic data"
+DATA = "Data"
+CSV = "CSV columns"
 
 
 def train_command(
@@ -25,7 +27,28 @@ def train_command(
     ] = 128,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and synthetic data.")] = 0,
     name: Annotated[str | None, typer.Option(help="Checkpoint name (default: DATA-DATE-TIME).")] = None,
-    data: Annotated[str, typer.Option(help="Ratings to train on: synthetic.")] = "synthetic",
+    data: Annotated[
+        str, typer.Option(help="Ratings: synthetic, movielens:DIR or csv:FILE.", rich_help_panel=DATA)
+    ] = "synthetic",
+    split: Annotated[
+        str | None,
+        typer.Option(help="Test rows: random:0.1, temporal:0.1 or files:TRAIN,TEST.", rich_help_panel=DATA),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Training rows held out for validation.", rich_help_panel=DATA)
+    ] = 0.05,
+    user_col: Annotated[str | None, typer.Option(help="CSV: user id column.", rich_help_panel=CSV)] = None,
+    item_col: Annotated[str | None, typer.Option(help="CSV: item id column.", rich_help_panel=CSV)] = None,
+    rating_col: Annotated[str | None, typer.Option(help="CSV: rating column.", rich_help_panel=CSV)] = None,
+    dense_cols: Annotated[str | None, typer.Option(help="CSV: numeric side columns, a,b.", rich_help_panel=CSV)] = None,
+    sparse_cols: Annotated[
+        str | None, typer.Option(help="CSV: categorical side columns, a,b (values may be x|y).", rich_help_panel=CSV)
+    ] = None,
+    time_col: Annotated[str | None, typer.Option(help="CSV: timestamp column.", rich_help_panel=CSV)] = None,
+    rating_range: Annotated[
+        str | None,
+        typer.Option(help="CSV: declared rating scale LOW,HIGH (default: the data's).", rich_help_panel=CSV),
+    ] = None,
     users: Annotated[int | None, typer.Option(min=1, help="Synthetic users.", rich_help_panel=SYNTH)] = None,
     items: Annotated[int | None, typer.Option(min=1, help="Synthetic items.", rich_help_panel=SYNTH)] = None,
     ratings: Annotated[int | None, typer.Option(min=10, help="Synthetic ratings.", rich_help_panel=SYNTH)] = None,
@@ -46,7 +69,19 @@ def train_command(
         validate_name(name)
         if checkpoints.exists(name):
             raise DlrmUsageError(f"checkpoint {name} already exists in {checkpoints.root}; choose another --name")
-    source = parse_data_option(data)
+    csv_options = {
+        "user": user_col,
+        "item": item_col,
+        "rating": rating_col,
+        "dense": dense_cols,
+        "sparse": sparse_cols,
+        "time": time_col,
+        "rating_range": rating_range,
+    }
+    columns = _csv_columns(csv_options) if any(v is not None for v in csv_options.values()) else None
+    if columns is None and data.startswith("csv:"):
+        columns = {}
+    source = parse_data_option(data, split=split, seed=seed, validation=val_fraction, columns=columns)
     synthetic = {"users": users, "items": items, "ratings": ratings, "noise": noise}
     given = {key: value for key, value in synthetic.items() if value is not None}
     if given and source["kind"] != "synthetic":
@@ -66,6 +101,31 @@ def train_command(
         embedding_dim=embedding_dim,
     )
     run(source, settings, checkpoints, name)
+
+
+def _csv_columns(options: dict[str, Any]) -> dict[str, Any]:
+    from dlrm_cli.errors import DlrmUsageError
+    from dlrm_cli.parsing import parse_id_list
+
+    columns: dict[str, Any] = {}
+    for key in ("user", "item", "rating", "time"):
+        if options[key] is not None:
+            if not options[key].strip():
+                raise DlrmUsageError(f"--{key}-col must not be empty")
+            columns[key] = options[key].strip()
+    for key in ("dense", "sparse"):
+        if options[key] is not None:
+            columns[key] = parse_id_list(options[key], f"--{key}-cols")
+    if options["rating_range"] is not None:
+        parts = options["rating_range"].split(",")
+        try:
+            low, high = (float(part) for part in parts)
+        except ValueError:
+            raise DlrmUsageError(f"--rating-range must be LOW,HIGH, got {options['rating_range']!r}") from None
+        if not low < high:
+            raise DlrmUsageError(f"--rating-range must have LOW below HIGH, got {options['rating_range']!r}")
+        columns["rating_range"] = [low, high]
+    return columns
 
 
 def run(source: dict[str, Any], settings: Any, store: Any, name: str | None) -> None:

@@ -39,19 +39,38 @@ class EntityTable:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def neutral_row(self) -> int | None:
+        """The row used for an id never seen at all: mean dense features, no side values, the OOV id row."""
+        return len(self.keys) if self.has_oov else None
+
     def lookup(self, raw_ids: list[str]) -> tuple[torch.Tensor, list[str]]:
-        """Map raw ids (as typed by a user) to entity rows; returns the rows and the ids not known."""
+        """Map raw ids (as typed by a user) to entity rows; returns the rows and the ids not known.
+
+        Unknown ids get the neutral row where the table has one, else -1."""
         rows = np.full(len(raw_ids), -1, dtype=np.int64)
         if self.keys.dtype.kind in "iu":
             parsed = np.array([_as_int(raw) for raw in raw_ids], dtype=object)
             valid = np.array([value is not None for value in parsed], dtype=bool)
             if valid.any():
-                wanted = parsed[valid].astype(np.int64)
-                rows[valid] = _search(self.keys, wanted)
+                rows[valid] = self.rows_for(parsed[valid].astype(np.int64))
         else:
-            rows = _search(self.keys, np.array(raw_ids, dtype=self.keys.dtype))
+            rows = self.rows_for(np.array(raw_ids, dtype=str))
         unknown = [raw for raw, row in zip(raw_ids, rows, strict=True) if row < 0]
+        if self.neutral_row is not None:
+            rows[rows < 0] = self.neutral_row
         return torch.from_numpy(rows), unknown
+
+    def rows_for(self, raw_ids: np.ndarray) -> np.ndarray:
+        """Entity rows of an array of raw ids, -1 where unknown."""
+        if len(self.keys) == 0:
+            return np.full(len(raw_ids), -1, dtype=np.int64)
+        if (self.keys.dtype.kind in "iu") != (raw_ids.dtype.kind in "iu"):
+            keys, raw_ids = self.keys.astype(str), raw_ids.astype(str)
+            order = np.argsort(keys)
+            found = _search(keys[order], raw_ids)
+            return np.where(found >= 0, order[np.maximum(found, 0)], -1)
+        return _search(self.keys, raw_ids)
 
     def unseen_in_training(self, rows: torch.Tensor) -> torch.Tensor:
         """A boolean mask of the given entity rows whose id has no trained embedding (the OOV row)."""

@@ -1,0 +1,102 @@
+"""A cache of parsed ratings, keyed by the contents of the files read, so a second run skips parsing.
+
+Entries are ``.npz`` files of plain arrays, read with ``allow_pickle=False``. The folder is
+``$DLRM_CACHE_DIR`` or ``~/.cache/dlrm``; a cache that cannot be written is skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dlrm_cli.data.readers import RawData, SideTable
+
+READER_VERSION = 1  # bump when parsing changes, so old entries are not used
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DLRM_CACHE_DIR") or Path.home() / ".cache" / "dlrm")
+
+
+def fingerprint(files: list[Path], options: dict) -> str:
+    """A key from the reader version, the options and every file's bytes."""
+    digest = hashlib.sha256(json.dumps({"v": READER_VERSION, **options}, sort_keys=True, default=str).encode())
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def cached(key: str, parse: Callable[[], RawData]) -> tuple[RawData, bool]:
+    """The parsed data for ``key``, from the cache when present; returns (data, came_from_cache)."""
+    path = cache_dir() / f"{key}.npz"
+    if path.is_file():
+        try:
+            return _load(path), True
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is parsed again and replaced
+    raw = parse()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.npz")
+        np.savez(tmp, **_arrays(raw))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return raw, False
+
+
+def _arrays(raw: RawData) -> dict[str, np.ndarray]:
+    arrays = {"user": raw.user, "item": raw.item, "rating": raw.rating}
+    if raw.time is not None:
+        arrays["time"] = raw.time
+    meta = {"rating_range": raw.rating_range, "release": raw.release, "n_train": raw.n_train}
+    for kind, table in (("users", raw.users), ("items", raw.items)):
+        if table is None:
+            continue
+        meta[kind] = {"dense": list(table.dense), "sparse": list(table.sparse), "titles": table.titles is not None}
+        arrays[f"{kind}.ids"] = table.ids
+        for name, values in table.dense.items():
+            arrays[f"{kind}.dense.{name}"] = values
+        for name, values in table.sparse.items():
+            arrays[f"{kind}.sparse.{name}"] = values
+        if table.titles is not None:
+            arrays[f"{kind}.titles"] = table.titles
+    arrays["meta"] = np.array(json.dumps(meta))
+    return arrays
+
+
+def _load(path: Path) -> RawData:
+    with np.load(path, allow_pickle=False) as archive:
+        meta = json.loads(str(archive["meta"]))
+        tables = {}
+        for kind in ("users", "items"):
+            if kind not in meta:
+                tables[kind] = None
+                continue
+            info = meta[kind]
+            tables[kind] = SideTable(
+                ids=archive[f"{kind}.ids"],
+                dense={name: archive[f"{kind}.dense.{name}"] for name in info["dense"]},
+                sparse={name: archive[f"{kind}.sparse.{name}"] for name in info["sparse"]},
+                titles=archive[f"{kind}.titles"] if info["titles"] else None,
+            )
+        return RawData(
+            user=archive["user"],
+            item=archive["item"],
+            rating=archive["rating"],
+            time=archive.get("time"),
+            rating_range=tuple(meta["rating_range"]),
+            users=tables["users"],
+            items=tables["items"],
+            release=meta["release"],
+            n_train=int(meta["n_train"]),
+        )

@@ -1,0 +1,373 @@
+"""Vectorised readers for MovieLens releases and CSV interaction tables.
+
+Each reader returns ``RawData``: the ratings in file order with raw ids, plus what is known about users
+and items. Parsing goes through pandas' C parser (several million rows per second); every failure a user
+can cause becomes a ``DataError`` naming the file and, for a bad row, its line.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dlrm_cli.errors import DataError
+
+ML_GENRES_100K = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+# ML-1M's age codes are the lower bounds of these buckets; ML-100K's exact ages are put in the same buckets.
+AGE_BUCKETS = [1, 18, 25, 35, 45, 50, 56]
+
+
+@dataclass
+class SideTable:
+    """Features of users or items keyed by raw id: dense columns, sparse columns (``|``-separated values)."""
+
+    ids: np.ndarray
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    sparse: dict[str, np.ndarray] = field(default_factory=dict)
+    titles: np.ndarray | None = None
+
+
+@dataclass
+class RawData:
+    """Ratings in file order with raw ids; ``n_train`` > 0 when the files themselves fix the split."""
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    time: np.ndarray | None
+    rating_range: tuple[float, float]
+    users: SideTable | None = None
+    items: SideTable | None = None
+    release: str = ""
+    n_train: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rating)
+
+
+# Low-level table reading -------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path) -> bytes:
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a file")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror}") from None
+
+
+def read_table(
+    path: Path,
+    *,
+    sep: str,
+    names: list[str] | None = None,
+    encoding: str = "utf-8",
+    numeric: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    dtype: dict[str, object] | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a delimited file. Returns the frame and the file line of each of its rows (for error messages).
+
+    ``names`` given: the file has no header. Otherwise the first line is the header and ``required``
+    columns must be in it. ``numeric`` columns must hold finite numbers on every row.
+    """
+    raw = _read_bytes(path)
+    if not raw.strip():
+        raise DataError(f"{path} is empty")
+    if len(sep) > 1:  # pandas' fast parser takes one-character separators only
+        if b"\t" in raw:
+            raise DataError(f"{path}: expected fields separated by {sep!r}, found tabs")
+        raw, sep = raw.replace(sep.encode(), b"\t"), "\t"
+    first_line = 1 if names is not None else 2
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(raw),
+            sep=sep,
+            header=None if names is not None else 0,
+            names=names,
+            encoding=encoding,
+            dtype=dtype,
+            skip_blank_lines=False,
+            engine="c",
+            quoting=3 if sep != "," else 0,  # QUOTE_NONE except in real CSV
+            keep_default_na=False,
+            na_values=[""],
+        )
+    except pd.errors.ParserError as error:
+        match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if match:
+            expected, line, saw = match.groups()
+            raise DataError(f"{path}: line {line}: expected {expected} fields, found {saw}") from None
+        raise DataError(f"{path}: cannot parse: {str(error).strip().splitlines()[-1]}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not {encoding} text ({error.reason})") from None
+    except (ValueError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path}: cannot parse: {error}") from None
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        have = ", ".join(map(str, frame.columns))
+        raise DataError(f"{path}: no column named {missing[0]!r} (columns: {have})")
+    blank = frame.isna().all(axis=1).to_numpy()
+    if blank.any():
+        frame = frame[~blank]
+    lines = np.flatnonzero(~blank) + first_line
+    for column in numeric:
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            at = int(np.argmax(bad))
+            shown = frame[column].iloc[at]
+            raise DataError(f"{path}: line {lines[at]}: {column} is {_shown(shown)}, not a finite number")
+        frame[column] = values
+    for column in required:
+        bad = frame[column].isna().to_numpy()
+        if bad.any():
+            raise DataError(f"{path}: line {lines[int(np.argmax(bad))]}: {column} is missing")
+    if len(frame) == 0:
+        raise DataError(f"{path} has a header but no rows")
+    return frame, lines
+
+
+def _shown(value: object) -> str:
+    return "empty" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(str(value))
+
+
+def _ids(series: pd.Series) -> np.ndarray:
+    """Raw ids as int64 where every id is an integer, else as strings."""
+    if pd.api.types.is_integer_dtype(series):
+        return series.to_numpy(dtype=np.int64)
+    if pd.api.types.is_float_dtype(series):
+        values = series.to_numpy()
+        if np.all(values == np.round(values)):
+            return values.astype(np.int64)
+    return series.astype(str).to_numpy(dtype=str)
+
+
+def check_range(path: Path, frame: pd.DataFrame, lines: np.ndarray, column: str, low: float, high: float) -> None:
+    values = frame[column].to_numpy()
+    bad = (values < low) | (values > high)
+    if bad.any():
+        at = int(np.argmax(bad))
+        line = lines[at]
+        raise DataError(f"{path}: line {line}: rating {values[at]:g} is outside the declared range {low:g} to {high:g}")
+
+
+# MovieLens -----------------------------------------------------------------------------------------
+
+
+def _year_from_titles(titles: np.ndarray) -> np.ndarray:
+    years = pd.Series(titles).str.extract(r"\((\d{4})\)\s*$")[0]
+    return pd.to_numeric(years, errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _age_bucket(ages: np.ndarray) -> np.ndarray:
+    index = np.searchsorted(AGE_BUCKETS, ages, side="right") - 1
+    return np.array([str(AGE_BUCKETS[max(i, 0)]) for i in index])
+
+
+def _user_table(ids: np.ndarray, gender, age_code, occupation, zips) -> SideTable:
+    zip_prefix = np.array([str(z)[:3] for z in zips])
+    return SideTable(
+        ids=ids,
+        sparse={
+            "gender": np.asarray(gender, dtype=str),
+            "age": np.asarray(age_code, dtype=str),
+            "occupation": np.asarray(occupation, dtype=str),
+            "zip3": zip_prefix,
+        },
+    )
+
+
+def _item_table(ids: np.ndarray, titles: np.ndarray, genres: np.ndarray) -> SideTable:
+    return SideTable(
+        ids=ids,
+        dense={"release_year": _year_from_titles(titles)},
+        sparse={"genres": np.asarray(genres, dtype=str)},
+        titles=np.asarray(titles, dtype=str),
+    )
+
+
+def detect_movielens(folder: Path) -> str:
+    if not folder.exists():
+        raise DataError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise DataError(f"movielens:{folder} must be a folder holding a MovieLens release")
+    for name, release in (("u.data", "ml-100k"), ("ratings.dat", "ml-1m"), ("ratings.csv", "ml-csv")):
+        if (folder / name).is_file():
+            return release
+    raise DataError(f"{folder} holds no MovieLens ratings (u.data, ratings.dat or ratings.csv)")
+
+
+def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawData:
+    """Read a GroupLens release; ``rating_files`` replaces its ratings file (for ``--split files:``)."""
+    release = detect_movielens(folder)
+    files = rating_files or [folder / {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-csv": "ratings.csv"}[release]]
+    frames = []
+    for path in files:
+        if release == "ml-100k":
+            frame, lines = read_table(path, sep="\t", names=["user", "item", "rating", "time"], numeric=("rating",))
+        elif release == "ml-1m":
+            frame, lines = read_table(path, sep="::", names=["user", "item", "rating", "time"], numeric=("rating",))
+        else:
+            frame, lines = read_table(path, sep=",", required=("userId", "movieId", "rating"), numeric=("rating",))
+            frame = frame.rename(columns={"userId": "user", "movieId": "item", "timestamp": "time"})
+        for column in ("user", "item"):
+            if frame[column].isna().any():
+                at = int(np.argmax(frame[column].isna().to_numpy()))
+                raise DataError(f"{path}: line {lines[at]}: {column} id is missing")
+        frames.append((frame, lines))
+    # Integer releases rate 1 to 5; ML-10M and the CSV releases have half stars from 0.5.
+    half_stars = release == "ml-csv" or any(bool((f["rating"] % 1 != 0).any()) for f, _ in frames)
+    low = 0.5 if half_stars else 1.0
+    for path, (frame, lines) in zip(files, frames, strict=True):
+        check_range(path, frame, lines, "rating", low, 5.0)
+    frame = pd.concat([f for f, _ in frames], ignore_index=True)
+
+    users = items = None
+    if release == "ml-100k":
+        if (folder / "u.user").is_file():
+            u, _ = read_table(folder / "u.user", sep="|", names=["id", "age", "gender", "occupation", "zip"])
+            users = _user_table(_ids(u["id"]), u["gender"], _age_bucket(u["age"].to_numpy()), u["occupation"], u["zip"])
+        if (folder / "u.item").is_file():
+            names = ["id", "title", "date", "video", "url", *ML_GENRES_100K]
+            it, _ = read_table(folder / "u.item", sep="|", names=names, encoding="latin-1")
+            flags = it[ML_GENRES_100K].to_numpy(dtype=bool)
+            genres = np.array(["|".join(g for g, on in zip(ML_GENRES_100K, row, strict=True) if on) for row in flags])
+            items = _item_table(_ids(it["id"]), it["title"].astype(str).to_numpy(), genres)
+    elif release == "ml-1m":
+        if (folder / "users.dat").is_file():
+            u, _ = read_table(folder / "users.dat", sep="::", names=["id", "gender", "age", "occupation", "zip"])
+            users = _user_table(_ids(u["id"]), u["gender"], u["age"], u["occupation"], u["zip"])
+        if (folder / "movies.dat").is_file():
+            it, _ = read_table(folder / "movies.dat", sep="::", names=["id", "title", "genres"], encoding="latin-1")
+            items = _item_table(_ids(it["id"]), it["title"].astype(str).to_numpy(), it["genres"].fillna("").to_numpy())
+    elif (folder / "movies.csv").is_file():
+        it, _ = read_table(folder / "movies.csv", sep=",", required=("movieId", "title", "genres"))
+        genres = it["genres"].fillna("").replace("(no genres listed)", "").to_numpy()
+        items = _item_table(_ids(it["movieId"]), it["title"].astype(str).to_numpy(), genres)
+
+    return RawData(
+        user=_ids(frame["user"]),
+        item=_ids(frame["item"]),
+        rating=frame["rating"].to_numpy(dtype=np.float32),
+        time=frame["time"].to_numpy(dtype=np.int64) if "time" in frame else None,
+        rating_range=(low, 5.0),
+        users=users,
+        items=items,
+        release=release,
+        n_train=len(frames[0][0]) if rating_files and len(rating_files) == 2 else 0,
+    )
+
+
+# Generic CSV ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    user: str = "user"
+    item: str = "item"
+    rating: str = "rating"
+    dense: tuple[str, ...] = ()
+    sparse: tuple[str, ...] = ()
+    time: str | None = None
+    rating_range: tuple[float, float] | None = None
+
+
+def read_csv(path: Path, columns: CsvColumns) -> RawData:
+    """Any interactions table with a header. Side columns must describe the user or the item of each row."""
+    named = [columns.user, columns.item, columns.rating, *columns.dense, *columns.sparse]
+    if columns.time:
+        named.append(columns.time)
+    duplicated = sorted({c for c in named if named.count(c) > 1})
+    if duplicated:
+        raise DataError(f"column {duplicated[0]!r} is named for more than one role")
+    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    numeric = (columns.rating, *columns.dense) + ((columns.time,) if columns.time else ())
+    frame, lines = read_table(
+        path,
+        sep=sep,
+        required=tuple(named),
+        numeric=numeric,
+        dtype={c: str for c in (*columns.sparse,)},
+    )
+    values = frame[columns.rating].to_numpy()
+    low, high = columns.rating_range or (float(values.min()), float(values.max()))
+    if columns.rating_range:
+        check_range(path, frame, lines, columns.rating, low, high)
+    if high <= low:
+        raise DataError(f"{path}: every rating is {low:g}; there is nothing to learn")
+    user, item = _ids(frame[columns.user]), _ids(frame[columns.item])
+    users, items = SideTable(ids=np.unique(user)), SideTable(ids=np.unique(item))
+    for column in (*columns.dense, *columns.sparse):
+        owner = _owner(frame, column, columns)
+        if owner is None:
+            raise DataError(
+                f"{path}: column {column!r} varies within a user and within an item; dlrm's side features "
+                "describe users or items"
+            )
+        table, key = (users, user) if owner == "user" else (items, item)
+        per_entity = pd.Series(frame[column].to_numpy()).groupby(key).first()
+        aligned = per_entity.reindex(table.ids).to_numpy()
+        if column in columns.dense:
+            table.dense[column] = aligned.astype(np.float64)
+        else:
+            table.sparse[column] = np.asarray(aligned, dtype=str)
+    return RawData(
+        user=user,
+        item=item,
+        rating=values.astype(np.float32),
+        time=frame[columns.time].to_numpy(dtype=np.int64) if columns.time else None,
+        rating_range=(low, high),
+        users=users,
+        items=items,
+        release="csv",
+    )
+
+
+def _owner(frame: pd.DataFrame, column: str, columns: CsvColumns) -> str | None:
+    """Which entity a side column describes: the item if it is constant per item, else the user."""
+    for owner, key in (("item", columns.item), ("user", columns.user)):
+        if (frame.groupby(key, sort=False)[column].nunique(dropna=False) <= 1).all():
+            return owner
+    return None
+
+
+def concat_for_files_split(parts: list[RawData]) -> RawData:
+    """Training file then test file, as one table whose first ``n_train`` rows are the training rows."""
+    train, test = parts
+    side = {}
+    for kind in ("users", "items"):
+        tables = [getattr(p, kind) for p in parts]
+        merged = SideTable(ids=np.concatenate([t.ids for t in tables]))
+        order = np.unique(merged.ids, return_index=True)[1]
+        merged.ids = merged.ids[order]
+        for name in tables[0].dense:
+            merged.dense[name] = np.concatenate([t.dense[name] for t in tables])[order]
+        for name in tables[0].sparse:
+            merged.sparse[name] = np.concatenate([t.sparse[name] for t in tables])[order]
+        side[kind] = merged
+    low = min(train.rating_range[0], test.rating_range[0])
+    high = max(train.rating_range[1], test.rating_range[1])
+    times = None if train.time is None else np.concatenate([train.time, test.time])
+    return RawData(
+        user=np.concatenate([train.user, test.user]),
+        item=np.concatenate([train.item, test.item]),
+        rating=np.concatenate([train.rating, test.rating]),
+        time=times,
+        rating_range=(low, high),
+        users=side["users"],
+        items=side["items"],
+        release="csv",
+        n_train=len(train),
+    )
