@@ -17,7 +17,7 @@ try:  # recent Typer vendors Click
 except ImportError:  # pragma: no cover - Typer with Click as a dependency
     from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 
-from dlrm_cli.commands import checkpoints, evaluate, export, predict, train
+from dlrm_cli.commands import benchmark, checkpoints, evaluate, export, predict, train
 from dlrm_cli.errors import DlrmError
 
 
@@ -72,6 +72,7 @@ app.command("train", epilog=train.EXAMPLE)(train.train_command)
 app.command("evaluate", epilog=evaluate.EXAMPLE)(evaluate.evaluate_command)
 app.command("predict", epilog=predict.EXAMPLE)(predict.predict_command)
 app.command("export", epilog=export.EXAMPLE)(export.export_command)
+app.command("benchmark", epilog=benchmark.EXAMPLE)(benchmark.benchmark_command)
 app.add_typer(checkpoints.app, name="checkpoints")
 
 

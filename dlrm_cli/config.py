@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -29,6 +29,7 @@ class ModelConfig:
     top_mlp: tuple[int, ...] = (512, 256)
     rating_min: float = 0.0
     rating_max: float = 5.0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_dense < 0:
@@ -46,6 +47,8 @@ class ModelConfig:
             )
         if any(size < 1 for size in (*self.bottom_mlp, *self.top_mlp)):
             raise ValueError(f"MLP sizes must be >= 1, got {list(self.bottom_mlp)} and {list(self.top_mlp)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not self.rating_min < self.rating_max:
             raise ValueError(f"rating_min must be below rating_max, got {self.rating_min} and {self.rating_max}")
 
@@ -78,7 +81,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     embedding_dim: int = 128
-    extra: dict[str, Any] = field(default_factory=dict)
+    embeddings: str = "fused"
+    sparse_optimizer: str = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    embedding_l2: float = 0.0
+    threads: int | None = None
+    patience: int | None = None
+    dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,6 @@ from dlrm_cli.data.catalog import Catalog, Ratings
 EVAL_BATCH = 65_536  # large batches: inference has no optimizer state to keep small
 
 
-@torch.inference_mode()
 def score(
     model: torch.nn.Module,
     catalog: Catalog,
@@ -22,9 +21,13 @@ def score(
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, user_rows.shape[0], batch_size):
-        dense, kjt = catalog.batch(user_rows[start : start + batch_size], item_rows[start : start + batch_size])
-        out.append(model(dense.to(device), kjt.to(device)).float().cpu())
+    # FBGEMM's fused training kernels exist only behind autograd on CPU, so they score under no_grad;
+    # everything else uses inference_mode, which skips autograd bookkeeping entirely.
+    fused = getattr(model, "uses_fused_kernels", False)
+    with torch.no_grad() if fused else torch.inference_mode():
+        for start in range(0, user_rows.shape[0], batch_size):
+            dense, kjt = catalog.batch(user_rows[start : start + batch_size], item_rows[start : start + batch_size])
+            out.append(model(dense.to(device), kjt.to(device)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 

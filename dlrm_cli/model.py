@@ -66,8 +66,16 @@ class RatingDLRM(nn.Module):
             over_arch_layer_sizes=[*config.top_mlp, 1],
             dense_device=device,
         )
+        # Dropout on the interaction features, the top MLP's input; it has no weights, so it leaves the
+        # state dict (and every checkpoint and export) unchanged.
+        self.dropout = nn.Dropout(config.dropout)
         self.rating_min = config.rating_min
         self.rating_span = config.rating_max - config.rating_min
+
+    @property
+    def uses_fused_kernels(self) -> bool:
+        """True when the tables are FBGEMM's fused training tables (see ``dlrm_cli.optim``)."""
+        return not isinstance(self.dlrm.sparse_arch.embedding_bag_collection, EmbeddingBagCollection)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """
@@ -78,8 +86,19 @@ class RatingDLRM(nn.Module):
         Returns:
             a tensor of size B: the predicted ratings.
         """
-        logits = self.dlrm(dense_features, sparse_features).squeeze(1)
-        return self.rating_min + self.rating_span * torch.sigmoid(logits)
+        return self.forward_with_embeddings(dense_features, sparse_features)[0]
+
+    def forward_with_embeddings(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ratings (size B) and the pooled embeddings they were computed from (B x F x D), which
+        training penalises (``embedding_l2``) to regularise exactly the rows a batch used."""
+        dlrm = self.dlrm
+        embedded_dense = dlrm.dense_arch(dense_features)
+        embedded_sparse = dlrm.sparse_arch(sparse_features)
+        interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
+        logits = dlrm.over_arch(self.dropout(interactions)).squeeze(1)
+        return self.rating_min + self.rating_span * torch.sigmoid(logits), embedded_sparse
 
 
 def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:

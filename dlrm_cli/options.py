@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 
-class Device(str, Enum):
+class Embeddings(StrEnum):
+    fused = "fused"
+    plain = "plain"
+
+
+class SparseOptimizer(StrEnum):
+    rowwise_adagrad = "rowwise_adagrad"
+    adagrad = "adagrad"
+    sgd = "sgd"
+
+
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"

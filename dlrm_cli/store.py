@@ -14,8 +14,9 @@ import os
 import re
 import secrets
 import shutil
+import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from dlrm_cli import CHECKPOINT_FORMAT, __version__
 from dlrm_cli.errors import CheckpointNotFound, CorruptCheckpoint, DlrmError, DlrmUsageError
 
 META = "meta.json"
-ALIASES = ("latest",)
+ALIASES = ("latest", "best")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -85,8 +86,15 @@ class Checkpoint:
         if actual != expected:
             raise CorruptCheckpoint(f"checkpoint {self.name} is corrupt: {file} does not match its recorded checksum")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise CorruptCheckpoint(
+                f"checkpoint {self.name} is corrupt: {file} cannot be loaded (it holds objects other than "
+                "tensors, which dlrm refuses to unpickle)"
+            ) from None
+        except (RuntimeError, EOFError, ValueError) as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CorruptCheckpoint(
                 f"checkpoint {self.name} is corrupt: {file} cannot be loaded ({first_line})"
@@ -106,12 +114,30 @@ class CheckpointStore:
             if self.root.exists():
                 raise DlrmUsageError(f"checkpoint store {self.root} is not a folder")
             return []
+        self._recover()
         infos = []
         for path in self.root.iterdir():
             if path.name.startswith(".") or not path.is_dir():
                 continue
             infos.append(self._info(path))
         return sorted(infos, key=lambda info: (info.created, info.name))
+
+    def _recover(self) -> None:
+        """Finish what a killed writer left: put back a checkpoint it was replacing, drop its temporary files."""
+        for path in self.root.glob(".*-*"):
+            kind, _, rest = path.name[1:].partition("-")
+            if kind not in ("tmp", "replaced", "trash"):
+                continue
+            name, _, pid = rest.rpartition("-")
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            try:
+                if kind == "replaced" and not (self.root / name).exists():
+                    os.rename(path, self.root / name)
+                else:
+                    shutil.rmtree(path)
+            except OSError:
+                pass  # another process is recovering the same folder
 
     def _info(self, path: Path) -> CheckpointInfo:
         try:
@@ -122,6 +148,8 @@ class CheckpointStore:
             return CheckpointInfo(path.name, path, None, f"meta.json is unreadable ({error})")
         if not isinstance(meta, dict) or "format" not in meta:
             return CheckpointInfo(path.name, path, None, "meta.json was not written by dlrm")
+        if meta.get("meta_sha256") != _meta_digest(meta):
+            return CheckpointInfo(path.name, path, None, "meta.json does not match its recorded checksum")
         if meta["format"] != CHECKPOINT_FORMAT:
             return CheckpointInfo(
                 path.name,
@@ -132,14 +160,29 @@ class CheckpointStore:
             )
         return CheckpointInfo(path.name, path, meta)
 
+    def aliases(self, infos: list[CheckpointInfo] | None = None) -> dict[str, str]:
+        """``latest``: the newest complete checkpoint. ``best``: of the complete checkpoints trained on the
+        same data as ``latest``, the one with the lowest validation RMSE."""
+        infos = self.infos() if infos is None else infos
+        complete = [i for i in infos if i.problem is None and (i.meta or {}).get("complete", False)]
+        if not complete:
+            return {}
+        latest = complete[-1]
+        data = _data_key(latest.meta)
+        same = [i for i in complete if _data_key(i.meta) == data]
+        best = min(same, key=lambda i: ((i.meta or {}).get("metrics", {}).get("validation") or {}).get("rmse", 1e300))
+        return {"latest": latest.name, "best": best.name}
+
     def resolve(self, ref: str) -> str:
-        """Turn ``latest`` or a name into the name of an existing checkpoint."""
+        """Turn ``latest``, ``best`` or a name into the name of an existing checkpoint."""
         infos = self.infos()
-        if ref == "latest":
-            usable = [info for info in infos if info.problem is None]
-            if not usable:
+        if ref in ALIASES:
+            aliases = self.aliases(infos)
+            if ref not in aliases:
+                if infos:
+                    raise DlrmError(f"no complete checkpoint in {self.root} for {ref!r}; `dlrm checkpoints` lists them")
                 raise DlrmError(f"no checkpoints in {self.root}; train one with `dlrm train`")
-            return usable[-1].name
+            return aliases[ref]
         if not any(info.name == ref for info in infos):
             if not infos:
                 raise CheckpointNotFound(f"no checkpoint named {ref!r}: the store {self.root} is empty")
@@ -168,17 +211,26 @@ class CheckpointStore:
     def exists(self, name: str) -> bool:
         return (self.root / name).exists()
 
-    def save(self, *, name: str | None, prefix: str, meta: dict[str, Any], tensors: dict[str, Any]) -> str:
+    def save(
+        self,
+        *,
+        name: str | None,
+        prefix: str,
+        meta: dict[str, Any],
+        tensors: dict[str, Any],
+        replace: bool = False,
+    ) -> str:
         """Write a checkpoint and return its name.
 
         ``tensors`` maps file names to objects of tensors, lists, dicts and numbers. With ``name=None`` a
         fresh name ``PREFIX-YYYYmmdd-HHMMSS`` is chosen (with a suffix if two saves share a second).
+        ``replace=True`` swaps a new version in for the checkpoint ``name`` (a run saving each epoch).
         """
         import torch
 
         self.ensure_writable()
-        now = datetime.now(timezone.utc)
-        tmp = self.root / f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        now = datetime.now(UTC)
+        tmp = self.root / f".tmp-{secrets.token_hex(4)}-{os.getpid()}"
         tmp.mkdir()
         try:
             files = {}
@@ -192,12 +244,19 @@ class CheckpointStore:
                 **meta,
                 "files": files,
             }
+            full_meta["meta_sha256"] = _meta_digest(full_meta)
             with (tmp / META).open("w") as handle:
                 json.dump(full_meta, handle, indent=2)
                 handle.flush()
                 os.fsync(handle.fileno())
             for file in tensors:
                 _fsync(tmp / file)
+            if os.environ.get("DLRM_TEST_SLOW_SAVE"):  # fault injection: lets tests kill a run mid-write
+                import time
+
+                time.sleep(float(os.environ["DLRM_TEST_SLOW_SAVE"]))
+            if replace and name is not None and (self.root / name).exists():
+                return self._swap(tmp, name)
             return self._publish(tmp, name, f"{prefix}-{now:%Y%m%d-%H%M%S}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -220,12 +279,43 @@ class CheckpointStore:
             return candidate
         raise DlrmUsageError(f"checkpoint {name} already exists in {self.root}; choose another --name")
 
+    def _swap(self, tmp: Path, name: str) -> str:
+        """Replace checkpoint ``name``. Killed between the two renames, the old version is put back by
+        ``_recover``; at every moment the store holds a whole old or a whole new checkpoint."""
+        target = self.root / name
+        old = self.root / f".replaced-{name}-{os.getpid()}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync(self.root)
+        shutil.rmtree(old, ignore_errors=True)
+        return name
+
     def remove(self, name: str) -> None:
         """Remove a checkpoint: renamed out of sight first, so a crash never leaves half a checkpoint listed."""
-        name = self.resolve(name)
-        trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
+        trash = self.root / f".trash-{name}-{os.getpid()}"
         os.rename(self.root / name, trash)
+        _fsync(self.root)
         shutil.rmtree(trash)
+
+
+def _meta_digest(meta: dict[str, Any]) -> str:
+    body = {key: value for key, value in meta.items() if key != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _data_key(meta: dict[str, Any] | None) -> str:
+    data = dict((meta or {}).get("data") or {})
+    return json.dumps(data, sort_keys=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

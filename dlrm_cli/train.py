@@ -6,17 +6,20 @@ import contextlib
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
 from dlrm_cli.data.catalog import Dataset
 from dlrm_cli.errors import DlrmError
 from dlrm_cli.metrics import error_metrics, evaluate_split
-from dlrm_cli.model import RatingDLRM, build_model, resolve_device
+from dlrm_cli.model import RatingDLRM, resolve_device
+from dlrm_cli.optim import Optimizers, build_for_training
 from dlrm_cli.store import CheckpointStore
 
 
@@ -63,6 +66,7 @@ def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
         top_mlp=(512, 256),
         rating_min=catalog.rating_min,
         rating_max=catalog.rating_max,
+        dropout=settings.dropout,
     )
 
 
@@ -85,6 +89,24 @@ def versions() -> dict[str, str]:
     return found
 
 
+class Interrupted(DlrmError):
+    """Training stopped by SIGINT or SIGTERM; the last completed epoch is in the store."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class ResumeFrom:
+    """A checkpoint's training state: where ``train(..., resume=...)`` continues."""
+
+    name: str
+    meta: dict[str, Any]
+    best_state: dict[str, torch.Tensor]
+    last: dict[str, Any]
+
+
 def train(
     dataset: Dataset,
     settings: TrainConfig,
@@ -92,28 +114,93 @@ def train(
     store: CheckpointStore,
     name: str | None = None,
     observer: TrainingObserver | None = None,
+    resume: ResumeFrom | None = None,
+    checkpoint_every: int = 1,
+    should_stop: Callable[[], int | None] = lambda: None,
+    options: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a DLRM on ``dataset.train``, validate after each epoch, save a checkpoint and return the result."""
+    """Train a DLRM on ``dataset.train``, validating after each epoch, and save it as checkpoint ``name``.
+
+    Every ``checkpoint_every`` epochs (and at the end) the checkpoint is replaced by one holding the best
+    weights so far and the full training state of the last completed epoch, marked incomplete until the
+    run ends. ``should_stop`` is polled after each batch; a signal number from it ends the run with
+    ``Interrupted`` once the last completed epoch is saved. ``resume`` continues such a checkpoint.
+    """
     observer = observer or SilentObserver()
     device = resolve_device(settings.device)
     store.ensure_writable()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     catalog, train_rows = dataset.catalog, dataset.train
     config = model_config_for(dataset, settings)
-    model = build_model(config, device=device)
+    model, optimizers = build_for_training(config, settings, device)
     _start_at_mean(model, dataset.global_mean)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-    loss_fn = nn.MSELoss()
     order = torch.Generator().manual_seed(settings.seed)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"val_rmse": math.inf, "epoch": 0}
+    first_epoch = 1
+    if resume is not None:
+        name = resume.name
+        model.load_state_dict(resume.last["model"])
+        optimizers.load_state_dict(resume.last["optimizers"])
+        torch.set_rng_state(resume.last["rng"])
+        order.set_state(resume.last["order"])
+        history = list(resume.meta["history"])
+        best = {
+            "val_rmse": resume.last["best_val_rmse"],
+            "epoch": resume.last["best_epoch"],
+            "state": resume.best_state,
+        }
+        first_epoch = resume.last["epoch"] + 1
+
+    mean = dataset.global_mean
+    baseline = error_metrics(torch.full_like(dataset.validation.rating, mean), dataset.validation.rating)
+    floor = None
+    if "validation" in dataset.expected:
+        floor = error_metrics(dataset.expected["validation"], dataset.validation.rating)
+    started = time.perf_counter()
+    seconds_before = float(resume.meta.get("seconds", 0.0)) if resume else 0.0
+
+    def save(state: dict[str, Any], complete: bool) -> str:
+        meta = {
+            "model": config.to_dict(),
+            "train": settings.to_dict(),
+            "data": dataset.source,
+            "features": {"dense": catalog.dense_names, "sparse": [f for f, _ in catalog.sparse_features]},
+            "global_mean": mean,
+            "counts": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
+            "metrics": {
+                "validation": {"rmse": state["best_val_rmse"], **state["best_metrics"]},
+                "validation_baseline": baseline,
+                "validation_noise_floor": floor,
+            },
+            "history": state["history"],
+            "best_epoch": state["best_epoch"],
+            "epochs_done": state["epoch"],
+            "seconds": seconds_before + time.perf_counter() - started,
+            "versions": versions(),
+            "complete": complete,
+            "options": options if options is not None else (resume.meta.get("options") if resume else None),
+        }
+        last = {
+            key: state[key] for key in ("model", "optimizers", "rng", "order", "epoch", "best_epoch", "best_val_rmse")
+        }
+        return store.save(
+            name=name,
+            prefix=str(dataset.source["kind"]),
+            meta=meta,
+            tensors={"model.pt": state["best_state"], "catalog.pt": catalog.state(), "train_state.pt": last},
+            replace=name is not None,
+        )
 
     n, batch_size = len(train_rows), settings.batch_size
     batches = math.ceil(n / batch_size)
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"val_rmse": math.inf}
-    started = time.perf_counter()
-    for epoch in range(1, settings.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
+    pending: dict[str, Any] | None = None  # the last completed epoch, when not yet saved
+    best_metrics: dict[str, float] = dict(resume.meta["metrics"]["validation"]) if resume else {}
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, settings.epochs + 1):
+        lr = optimizers.lr
         observer.epoch_started(epoch, settings.epochs, batches, lr)
         model.train()
         epoch_start = time.perf_counter()
@@ -123,19 +210,22 @@ def train(
             rows = permutation[start : start + batch_size]
             dense, kjt = catalog.batch(train_rows.user[rows], train_rows.item[rows])
             target = train_rows.rating[rows].to(device)
-            loss = loss_fn(model(dense.to(device), kjt.to(device)), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()
+            value = train_step(
+                model, optimizers, dense.to(device), kjt.to(device), target, settings.embedding_l2
+            ).item()
             if not math.isfinite(value):
+                saved = save(pending, complete=False) if pending is not None else None
+                kept = f"; the last good epoch is saved as {saved}" if saved else ""
                 raise DlrmError(
-                    f"training diverged: the loss became {value} in epoch {epoch}, batch {batch_index}; "
+                    f"training diverged: the loss became {value} in epoch {epoch}, batch {batch_index}{kept}; "
                     "try a smaller --lr"
                 )
             loss_sum += value * rows.shape[0]
             observer.batch_done(value)
-        scheduler.step()
+            signal_number = should_stop()
+            if signal_number:
+                _stop(signal_number, epoch - 1, pending, save, name)
+        optimizers.epoch_done()
         train_seconds = time.perf_counter() - epoch_start
         validation = evaluate_split(model, catalog, dataset.validation, device)
         record = {
@@ -150,39 +240,91 @@ def train(
         history.append(record)
         if validation["rmse"] < best["val_rmse"]:
             # Model selection on validation rows: the checkpoint keeps the best epoch, not the last.
-            best = {"val_rmse": validation["rmse"], "epoch": epoch, "state": _cpu_copy(model)}
+            best = {"val_rmse": validation["rmse"], "epoch": epoch, "state": _cpu_copy(model.state_dict())}
+            best_metrics = validation
         observer.epoch_done(record)
-    seconds = time.perf_counter() - started
+        pending = {
+            "model": _cpu_copy(model.state_dict()),
+            "optimizers": _cpu_copy(optimizers.state_dict()),
+            "rng": torch.get_rng_state(),
+            "order": order.get_state(),
+            "epoch": epoch,
+            "history": list(history),
+            "best_epoch": best["epoch"],
+            "best_val_rmse": best["val_rmse"],
+            "best_state": best["state"],
+            "best_metrics": best_metrics,
+        }
+        stopping_early = bool(settings.patience and epoch - best["epoch"] >= settings.patience)
+        last_epoch = epoch == settings.epochs or stopping_early
+        if last_epoch or epoch % checkpoint_every == 0:
+            name = save(pending, complete=last_epoch)
+            pending = None
+        if stopping_early:
+            break  # early stopping: validation has not improved for `patience` epochs
+    if pending is not None:  # resumed past the final epoch: nothing ran
+        name = save(pending, complete=True)
 
     model.load_state_dict(best["state"])
-    mean = dataset.global_mean
     validation = evaluate_split(model, catalog, dataset.validation, device)
-    baseline = error_metrics(torch.full_like(dataset.validation.rating, mean), dataset.validation.rating)
-    floor = None
-    if "validation" in dataset.expected:
-        floor = error_metrics(dataset.expected["validation"], dataset.validation.rating)
-    meta = {
-        "model": config.to_dict(),
-        "train": settings.to_dict(),
-        "data": dataset.source,
-        "features": {"dense": catalog.dense_names, "sparse": [f for f, _ in catalog.sparse_features]},
-        "global_mean": mean,
-        "counts": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
-        "metrics": {"validation": validation, "validation_baseline": baseline, "validation_noise_floor": floor},
-        "history": history,
-        "best_epoch": best["epoch"],
-        "seconds": seconds,
-        "versions": versions(),
-        "complete": True,
-    }
-    saved = store.save(
-        name=name,
-        prefix=str(dataset.source["kind"]),
-        meta=meta,
-        tensors={"model.pt": best["state"], "catalog.pt": catalog.state()},
+    seconds = seconds_before + time.perf_counter() - started
+    assert name is not None
+    return TrainResult(name, model, history, validation, baseline, floor, seconds, best_epoch=best["epoch"])
+
+
+def _stop(signal_number: int, completed: int, pending: dict[str, Any] | None, save: Callable, name: str | None) -> None:
+    """Save the last completed epoch (if it is not in the store yet) and end the run."""
+    signame = {2: "SIGINT", 15: "SIGTERM"}.get(signal_number, f"signal {signal_number}")
+    code = 128 + signal_number
+    if pending is not None:
+        name = save(pending, complete=False)
+    if completed == 0 or name is None:
+        raise Interrupted(f"interrupted by {signame} before the first epoch finished; nothing was saved", code)
+    raise Interrupted(
+        f"interrupted by {signame}; epoch {completed} is saved as {name} (incomplete). "
+        f"Resume with: dlrm train --resume {name}",
+        code,
     )
-    return TrainResult(saved, model, history, validation, baseline, floor, seconds, best_epoch=best["epoch"])
 
 
-def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+def load_resume(store: CheckpointStore, ref: str) -> ResumeFrom:
+    """The training state of a checkpoint, for ``dlrm train --resume``."""
+    checkpoint = store.load(ref)
+    if "train_state.pt" not in checkpoint.meta.get("files", {}):
+        raise DlrmError(f"checkpoint {checkpoint.name} holds no training state to resume from")
+    return ResumeFrom(
+        name=checkpoint.name,
+        meta=checkpoint.meta,
+        best_state=checkpoint.tensors("model.pt"),
+        last=checkpoint.tensors("train_state.pt"),
+    )
+
+
+def train_step(
+    model: RatingDLRM,
+    optimizers: Optimizers,
+    dense: torch.Tensor,
+    kjt: KeyedJaggedTensor,
+    target: torch.Tensor,
+    embedding_l2: float = 0.0,
+) -> torch.Tensor:
+    """One optimizer step on a batch. The loss lives here, outside the model: mean squared error, plus
+    ``embedding_l2`` times the mean squared norm of the embeddings the batch looked up. Returns the MSE."""
+    predicted, embedded = model.forward_with_embeddings(dense, kjt)
+    mse = nn.functional.mse_loss(predicted, target)
+    loss = mse + embedding_l2 * embedded.pow(2).sum(dim=(1, 2)).mean() if embedding_l2 else mse
+    optimizers.zero_grad()
+    loss.backward()
+    optimizers.step()
+    return mse.detach()
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy on the CPU of a (nested) state dict, safe from later in-place updates."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value) for value in obj)
+    return obj

@@ -53,11 +53,15 @@ def snapshot(store: Path) -> dict[str, bytes]:
     return {str(path.relative_to(store)): path.read_bytes() for path in sorted(store.rglob("*")) if path.is_file()}
 
 
-def assert_error(result, code: int, message: str) -> None:
-    """One line on stderr, the documented exit code, and no traceback."""
+def assert_error(result, code: int, message: str, after_progress: bool = False) -> None:
+    """One line on stderr, the documented exit code, and no traceback. ``after_progress``: a failure
+    during training, where the run's progress lines precede the error line."""
     assert result.exit_code == code, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    if after_progress:
+        assert [line for line in lines if line.startswith("Error: ")] == lines[-1:], result.stderr
+        lines = lines[-1:]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: "), lines[0]
     assert message in lines[0], lines[0]

@@ -7,15 +7,22 @@ from typing import Annotated, Any
 
 import typer
 
-from dlrm_cli.options import DEFAULT_STORE, DeviceOption, StoreOption, positive
+from dlrm_cli.options import DEFAULT_STORE, DeviceOption, Embeddings, SparseOptimizer, StoreOption, positive
+from dlrm_cli.store import CheckpointStore
 
 EXAMPLE = "Example: dlrm train --epochs 10 --batch-size 256 --name first-run"
 SYNTH = "Synthetic data"
+OPT = "Optimization"
 DATA = "Data"
 CSV = "CSV columns"
+TRAIN_FIELDS = (
+    "epochs", "batch_size", "lr", "lr_step", "lr_gamma", "weight_decay", "seed", "device", "embedding_dim",
+    "embeddings", "sparse_optimizer", "sparse_lr", "embedding_l2", "threads", "patience", "dropout",
+)  # fmt: skip
 
 
 def train_command(
+    ctx: typer.Context,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the training rows.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Ratings per optimizer step.")] = 256,
     lr: Annotated[float, typer.Option(callback=positive, help="Adam learning rate.")] = 1e-3,
@@ -25,6 +32,23 @@ def train_command(
     embedding_dim: Annotated[
         int, typer.Option(min=1, help="Size of every embedding (and the bottom MLP's output).")
     ] = 128,
+    embeddings: Annotated[
+        Embeddings,
+        typer.Option(help="fused: FBGEMM kernels update only the rows used; plain: Adam on all.", rich_help_panel=OPT),
+    ] = Embeddings.fused,
+    sparse_optimizer: Annotated[
+        SparseOptimizer, typer.Option(help="Fused optimizer for the embedding tables.", rich_help_panel=OPT)
+    ] = SparseOptimizer.rowwise_adagrad,
+    sparse_lr: Annotated[
+        float, typer.Option(callback=positive, help="Learning rate of the fused table optimizer.", rich_help_panel=OPT)
+    ] = 0.05,
+    embedding_l2: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="L2 penalty on the embeddings each batch looks up (regularisation).", rich_help_panel=OPT
+        ),
+    ] = 0.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: one per core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights, data order and synthetic data.")] = 0,
     name: Annotated[str | None, typer.Option(help="Checkpoint name (default: DATA-DATE-TIME).")] = None,
     data: Annotated[
@@ -55,52 +79,99 @@ def train_command(
     noise: Annotated[
         float | None, typer.Option(min=0.0, help="Synthetic rating noise (std).", rich_help_panel=SYNTH)
     ] = None,
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Dropout on the top MLP's input.", rich_help_panel=OPT)
+    ] = 0.0,
+    patience: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many epochs without a better validation RMSE.")
+    ] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Save the run's checkpoint every N epochs.")] = 1,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue checkpoint NAME from its last completed epoch (see --epochs).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Read training options from a TOML file; command-line options win.")
+    ] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the effective options as TOML and exit.")] = False,
     device: DeviceOption = "auto",  # type: ignore[assignment]
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Train a DLRM and save it as a checkpoint."""
+    from dlrm_cli.settings import effective_options, to_toml
+
+    options = effective_options(ctx, config)
+    if print_config:
+        typer.echo(to_toml(options), nl=False)
+        return
+    if resume is not None:
+        _resume(ctx, options, resume)
+        return
+    source, settings, name = _prepare(options)
+    run(source, settings, CheckpointStore(Path(options["store"])), name, options["checkpoint_every"], options)
+
+
+def _prepare(o: dict[str, Any]) -> tuple[dict[str, Any], Any, str | None]:
     from dlrm_cli.config import TrainConfig
     from dlrm_cli.data import parse_data_option
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.store import CheckpointStore, validate_name
+    from dlrm_cli.store import validate_name
 
-    checkpoints = CheckpointStore(Path(store))
+    checkpoints = CheckpointStore(Path(o["store"]))
+    name = o["name"]
     if name is not None:
         validate_name(name)
         if checkpoints.exists(name):
             raise DlrmUsageError(f"checkpoint {name} already exists in {checkpoints.root}; choose another --name")
-    csv_options = {
-        "user": user_col,
-        "item": item_col,
-        "rating": rating_col,
-        "dense": dense_cols,
-        "sparse": sparse_cols,
-        "time": time_col,
-        "rating_range": rating_range,
-    }
+    csv_options = {key: o[f"{key}_col"] for key in ("user", "item", "rating", "time")}
+    csv_options.update(dense=o["dense_cols"], sparse=o["sparse_cols"], rating_range=o["rating_range"])
     columns = _csv_columns(csv_options) if any(v is not None for v in csv_options.values()) else None
-    if columns is None and data.startswith("csv:"):
+    if columns is None and o["data"].startswith("csv:"):
         columns = {}
-    source = parse_data_option(data, split=split, seed=seed, validation=val_fraction, columns=columns)
-    synthetic = {"users": users, "items": items, "ratings": ratings, "noise": noise}
-    given = {key: value for key, value in synthetic.items() if value is not None}
-    if given and source["kind"] != "synthetic":
-        raise DlrmUsageError(f"--{next(iter(given))} applies only to --data synthetic")
-    if source["kind"] == "synthetic":
-        source.update(given, seed=seed)
-    checkpoints.ensure_writable()
-    settings = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_step=lr_step,
-        lr_gamma=lr_gamma,
-        weight_decay=weight_decay,
-        seed=seed,
-        device=getattr(device, "value", device),
-        embedding_dim=embedding_dim,
+    source = parse_data_option(
+        o["data"], split=o["split"], seed=o["seed"], validation=o["val_fraction"], columns=columns
     )
-    run(source, settings, checkpoints, name)
+    synthetic = {key: o[key] for key in ("users", "items", "ratings", "noise") if o[key] is not None}
+    if synthetic and source["kind"] != "synthetic":
+        raise DlrmUsageError(f"--{next(iter(synthetic))} applies only to --data synthetic")
+    if source["kind"] == "synthetic":
+        source.update(synthetic, seed=o["seed"])
+    if o["embeddings"] == "plain" and o["sparse_lr"] != 0.05:
+        raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
+    checkpoints.ensure_writable()
+    settings = TrainConfig(**{key: o[key] for key in TRAIN_FIELDS})
+    return source, settings, name
+
+
+def _resume(ctx: typer.Context, options: dict[str, Any], ref: str) -> None:
+    from dataclasses import replace
+
+    from dlrm_cli.config import TrainConfig
+    from dlrm_cli.errors import DlrmError, DlrmUsageError
+    from dlrm_cli.settings import given_on_command_line
+
+    allowed = {"resume", "epochs", "store", "threads", "device", "checkpoint_every", "config"}
+    extra = sorted(given_on_command_line(ctx) - allowed)
+    if extra:
+        raise DlrmUsageError(
+            f"--{extra[0].replace('_', '-')} cannot be changed on --resume; a resumed run keeps its settings "
+            "(only --epochs, --threads, --device and --checkpoint-every may be given)"
+        )
+    checkpoints = CheckpointStore(Path(options["store"]))
+    meta = checkpoints.load(ref).meta
+    settings = TrainConfig(**{k: v for k, v in meta["train"].items() if k in TRAIN_FIELDS})
+    changes = {"epochs": options["epochs"]} if "epochs" in given_on_command_line(ctx) else {}
+    for key in ("threads", "device"):
+        if key in given_on_command_line(ctx):
+            changes[key] = options[key]
+    settings = replace(settings, **changes)
+    done = int(meta.get("epochs_done", len(meta.get("history", []))))
+    if settings.epochs <= done:
+        if meta.get("complete"):
+            raise DlrmError(
+                f"checkpoint {ref} already finished its {done} epochs; pass --epochs above {done} to train it further"
+            )
+        raise DlrmUsageError(f"--epochs {settings.epochs} is not above the {done} epochs already done")
+    run(meta["data"], settings, checkpoints, ref, options["checkpoint_every"], options, resume=ref)
 
 
 def _csv_columns(options: dict[str, Any]) -> dict[str, Any]:
@@ -128,12 +199,21 @@ def _csv_columns(options: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def run(source: dict[str, Any], settings: Any, store: Any, name: str | None) -> None:
+def run(
+    source: dict[str, Any],
+    settings: Any,
+    store: Any,
+    name: str | None,
+    checkpoint_every: int,
+    options: dict[str, Any],
+    resume: str | None = None,
+) -> None:
     from rich.table import Table
 
     from dlrm_cli import ui
     from dlrm_cli.data import load_dataset
-    from dlrm_cli.train import train
+    from dlrm_cli.signals import StopOnSignal
+    from dlrm_cli.train import load_resume, train
 
     console = ui.err()
     with console.status("Loading data…"):
@@ -143,8 +223,21 @@ def run(source: dict[str, Any], settings: Any, store: Any, name: str | None) -> 
         f"{len(dataset.test):,} test ratings; {len(dataset.catalog.users):,} users, "
         f"{len(dataset.catalog.items):,} items"
     )
-    with RichProgress(console) as observer:
-        result = train(dataset, settings, store=store, name=name, observer=observer)
+    resume_from = load_resume(store, resume) if resume else None
+    if resume_from is not None:
+        console.print(f"Resuming {resume} after epoch {resume_from.last['epoch']}")
+    with StopOnSignal() as stop, RichProgress(console) as observer:
+        result = train(
+            dataset,
+            settings,
+            store=store,
+            name=name,
+            observer=observer,
+            resume=resume_from,
+            checkpoint_every=checkpoint_every,
+            should_stop=stop.requested,
+            options=None if resume else {k: v for k, v in options.items() if k not in ("config", "print_config")},
+        )
 
     table = Table(title=f"Training summary — {result.name}")
     table.add_column("epoch", justify="right")

@@ -1,0 +1,95 @@
+"""The model as trained, with its optimizers.
+
+``fused`` (the default): TorchRec's FusedEmbeddingBagCollection, whose FBGEMM kernels apply the sparse
+optimizer to the rows a batch touched inside the backward pass; the MLPs keep Adam. ``plain``: an
+EmbeddingBagCollection and Adam over every parameter, as in the seed script, which updates every row of
+every table at every step. Both keep their weights under the same state-dict keys, so checkpoints from
+either path load into the other (and into the plain model used by evaluate, predict and export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+
+from dlrm_cli.config import ModelConfig, TrainConfig
+from dlrm_cli.model import RatingDLRM, embedding_configs
+
+EMBEDDINGS = ("fused", "plain")
+SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+@dataclass
+class Optimizers:
+    """The dense optimizer, the fused sparse one (if any), and a StepLR schedule for each."""
+
+    dense: torch.optim.Optimizer
+    sparse: Any | None
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler]
+
+    def zero_grad(self) -> None:
+        self.dense.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()  # the rows were updated in backward; this applies the scheduled learning rate
+
+    def epoch_done(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.dense.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dense": self.dense.state_dict(),
+            "sparse": self.sparse.state_dict() if self.sparse is not None else None,
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None and state["sparse"] is not None:
+            self.sparse.load_state_dict(state["sparse"])
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+
+
+def build_for_training(
+    config: ModelConfig, settings: TrainConfig, device: torch.device
+) -> tuple[RatingDLRM, Optimizers]:
+    if settings.embeddings == "plain":
+        model = RatingDLRM(config, device=device)
+        dense = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        sparse = None
+    else:
+        kwargs: dict[str, Any] = {"lr": settings.sparse_lr}
+        ebc = FusedEmbeddingBagCollection(
+            tables=embedding_configs(config),
+            optimizer_type=SPARSE_OPTIMIZERS[settings.sparse_optimizer],
+            optimizer_kwargs=kwargs,
+            device=device,
+        )
+        model = RatingDLRM(config, embedding_bag_collection=ebc, device=device)
+        tables = model.dlrm.sparse_arch.embedding_bag_collection
+        table_params = {id(p) for p in tables.parameters()}
+        mlp_params = [p for p in model.parameters() if id(p) not in table_params]
+        dense = torch.optim.Adam(mlp_params, lr=settings.lr, weight_decay=settings.weight_decay)
+        sparse = ebc.fused_optimizer()
+    schedulers = [
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+        for optimizer in (dense, sparse)
+        if optimizer is not None
+    ]
+    return model, Optimizers(dense, sparse, schedulers)

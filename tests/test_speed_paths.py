@@ -1,0 +1,87 @@
+"""The fused and plain training paths, their interchangeable checkpoints, and the benchmark command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY, assert_error
+
+from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
+from dlrm_cli.optim import build_for_training
+
+
+@pytest.mark.parametrize("embeddings", ["fused", "plain"])
+def test_each_path_trains_and_serves(dlrm, tmp_path, embeddings):
+    result = dlrm("train", "--epochs", "2", "--embeddings", embeddings, "--name", embeddings, *TINY)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((dlrm.store / embeddings / "meta.json").read_text())
+    assert meta["train"]["embeddings"] == embeddings
+    assert meta["metrics"]["validation"]["rmse"] < meta["metrics"]["validation_baseline"]["rmse"]
+    assert dlrm("predict", "--user", "1", "--items", "1,2", "--checkpoint", embeddings).exit_code == 0
+    export = dlrm("export", "--checkpoint", embeddings, "--output", tmp_path / f"{embeddings}.pt", "--json")
+    assert export.exit_code == 0, export.output
+    assert json.loads(export.stdout)["max_abs_difference"] <= 1e-5
+
+
+def _config() -> ModelConfig:
+    return ModelConfig(
+        num_dense=2, tables=(TableConfig("a", 50), TableConfig("b", 30)), embedding_dim=8, bottom_mlp=(8,), top_mlp=(8,)
+    )
+
+
+def test_fused_updates_only_the_rows_a_batch_uses():
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from dlrm_cli.train import train_step
+
+    torch.manual_seed(0)
+    model, optimizers = build_for_training(_config(), TrainConfig(embeddings="fused"), torch.device("cpu"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kjt = KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor([3, 4, 5, 6]), torch.tensor([1, 1, 1, 1]))
+    train_step(model, optimizers, torch.randn(2, 2), kjt, torch.tensor([1.0, 4.0]))
+    after = model.state_dict()
+    table_a = "dlrm.sparse_arch.embedding_bag_collection.embedding_bags.t_a.weight"
+    changed = (after[table_a] != before[table_a]).any(dim=1).nonzero().flatten().tolist()
+    assert changed == [3, 4]
+    mlp = "dlrm.over_arch.model.1.weight"
+    assert not torch.equal(after[mlp], before[mlp])
+
+
+def test_fused_and_plain_checkpoints_share_keys():
+    fused, _ = build_for_training(_config(), TrainConfig(embeddings="fused"), torch.device("cpu"))
+    plain, _ = build_for_training(_config(), TrainConfig(embeddings="plain"), torch.device("cpu"))
+    assert fused.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(fused.state_dict())
+
+
+def test_plain_path_rejects_fused_only_options(dlrm):
+    assert_error(
+        dlrm("train", "--embeddings", "plain", "--sparse-lr", "0.3", *TINY),
+        2,
+        "--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr",
+    )
+
+
+def test_benchmark_smoke_json(dlrm):
+    result = dlrm(
+        "benchmark", "--rows", "300", "--repeats", "1", "--seconds", "0.01", "--eval-ratings", "2000", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report["train"]) == {"fused", "plain_ebc", "reference"}
+    assert all(figures["train_samples_per_s"] > 0 for figures in report["train"].values())
+    assert set(report["latency"]) == {"1", "100", "10000"}
+    assert report["latency"]["1"]["p50_ms"] <= report["latency"]["1"]["p99_ms"]
+    assert report["evaluate"]["ratings"] == 2000
+    assert report["mlp"]["mlp_fraction_of_matmul"] > 0
+    assert set(report["ratios"]) == {"fused_over_plain_ebc", "fused_over_reference", "mlp_over_matmul"}
+
+
+def test_benchmark_table_and_bad_paths(dlrm):
+    result = dlrm("benchmark", "--rows", "200", "--repeats", "1", "--seconds", "0.01", "--eval-ratings", "500",
+                  "--paths", "fused")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "fused" in result.stdout and "Evaluate: 500 ratings" in result.stdout
+    assert_error(dlrm("benchmark", "--paths", "fused,gpu"), 2, "--paths takes fused, plain_ebc, reference; got 'gpu'")
