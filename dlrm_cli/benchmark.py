@@ -233,7 +233,9 @@ def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, flo
 
 
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    spec = SyntheticSpec(users=settings.rows, items=settings.rows, ratings=max(20_000, 40 * settings.batch_size))
+    spec = SyntheticSpec(
+        users=settings.rows, items=settings.rows, ratings=min(max(20_000, 40 * settings.batch_size), 2_000_000)
+    )
     progress(f"data: synthetic, {settings.rows:,} users and {settings.rows:,} items")
     data = generate(spec)
     report: dict[str, Any] = {

@@ -17,7 +17,7 @@ try:  # recent Typer vendors Click
 except ImportError:  # pragma: no cover - Typer with Click as a dependency
     from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 
-from dlrm_cli.commands import benchmark, checkpoints, evaluate, export, predict, train
+from dlrm_cli.commands import benchmark, checkpoints, doctor, evaluate, export, predict, recommend, report, train
 from dlrm_cli.errors import DlrmError
 
 
@@ -49,6 +49,8 @@ class OneLineErrors(TyperGroup):
             _fail(str(error), error.exit_code)
         except (typer.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
+        except MemoryError:
+            _fail("out of memory: the data or model is too large for this machine; try smaller sizes", 1)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -71,7 +73,10 @@ app = typer.Typer(
 app.command("train", epilog=train.EXAMPLE)(train.train_command)
 app.command("evaluate", epilog=evaluate.EXAMPLE)(evaluate.evaluate_command)
 app.command("predict", epilog=predict.EXAMPLE)(predict.predict_command)
+app.command("recommend", epilog=recommend.EXAMPLE)(recommend.recommend_command)
 app.command("export", epilog=export.EXAMPLE)(export.export_command)
+app.command("report", epilog=report.EXAMPLE)(report.report_command)
+app.command("doctor", epilog=doctor.EXAMPLE)(doctor.doctor_command)
 app.command("benchmark", epilog=benchmark.EXAMPLE)(benchmark.benchmark_command)
 app.add_typer(checkpoints.app, name="checkpoints")
 

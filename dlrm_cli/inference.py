@@ -82,31 +82,67 @@ class Ranking:
         return [entry.item for entry in self.items if entry.unseen]
 
 
+def _user_row(loaded: LoadedModel, user: str) -> torch.Tensor:
+    catalog = loaded.catalog
+    user_rows, unknown_users = catalog.users.lookup([user])
+    if unknown_users and catalog.users.neutral_row is None:
+        raise DlrmUsageError(f"unknown user id {user!r}: {_id_range(catalog.users)}")
+    return user_rows
+
+
+def _ranking(
+    loaded: LoadedModel,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    items: list[str] | None = None,
+    limit: int | None = None,
+) -> Ranking:
+    """Score the items for the user (one row, expanded) and sort them best first: the code predict and
+    recommend share. ``items`` are the ids as the user typed them (default: the catalogue's keys)."""
+    catalog = loaded.catalog
+    predicted = score(loaded.model, catalog, user_rows.expand(len(item_rows)), item_rows, loaded.device)
+    order = torch.argsort(predicted, descending=True, stable=True)[:limit]
+    rows = item_rows[order]
+    unseen = catalog.items.unseen_in_training(rows).tolist()
+    titles = catalog.items.titles
+    names = [items[i] for i in order.tolist()] if items is not None else [str(k) for k in catalog.items.keys[rows]]
+    ranked = [
+        RankedItem(name, (titles[row] or None) if titles else None, float(value), flag)
+        for name, row, value, flag in zip(names, rows.tolist(), predicted[order].tolist(), unseen, strict=True)
+    ]
+    return Ranking(items=ranked, user_unseen=bool(catalog.users.unseen_in_training(user_rows)[0]))
+
+
 def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
     """Score ``items`` for ``user``, best first.
 
     Ids never seen in training take the shared out-of-vocabulary row where the checkpoint has one
     (real data); for synthetic data, whose ids are a fixed range, an unknown id is a usage error."""
     catalog = loaded.catalog
-    user_rows, unknown_users = catalog.users.lookup([user])
-    if unknown_users and catalog.users.neutral_row is None:
-        raise DlrmUsageError(f"unknown user id {user!r}: {_id_range(catalog.users)}")
+    user_rows = _user_row(loaded, user)
     item_rows, unknown_items = catalog.items.lookup(items)
     if unknown_items and catalog.items.neutral_row is None:
         listed = ", ".join(repr(item) for item in unknown_items)
         plural = "s" if len(unknown_items) > 1 else ""
         raise DlrmUsageError(f"unknown item id{plural} {listed}: {_id_range(catalog.items)}")
-    predicted = score(loaded.model, catalog, user_rows.expand(len(items)), item_rows, loaded.device)
-    unseen = catalog.items.unseen_in_training(item_rows)
-    titles = catalog.items.titles
-    ranked = [
-        RankedItem(item, (titles[int(row)] or None) if titles else None, float(value), bool(flag))
-        for item, row, value, flag in zip(items, item_rows, predicted, unseen, strict=True)
-    ]
-    return Ranking(
-        items=sorted(ranked, key=lambda entry: -entry.rating),
-        user_unseen=bool(catalog.users.unseen_in_training(user_rows)[0]),
-    )
+    return _ranking(loaded, user_rows, item_rows, items)
+
+
+def recommend(loaded: LoadedModel, user: str, top: int, exclude_seen: bool) -> tuple[Ranking, int]:
+    """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
+
+    ``exclude_seen`` drops the items the user rated in the training rows. Returns the ranking and the
+    number of items scored."""
+    catalog = loaded.catalog
+    user_rows = _user_row(loaded, user)
+    candidates = torch.arange(len(catalog.items.keys))
+    if exclude_seen:
+        train = load_dataset(loaded.meta["data"]).train
+        seen = train.item[train.user == user_rows[0]]
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        keep[seen] = False
+        candidates = candidates[keep]
+    return _ranking(loaded, user_rows, candidates, limit=top), len(candidates)
 
 
 def _id_range(table: Any) -> str:

@@ -71,6 +71,7 @@ def export_model(model: RatingDLRM, fmt: str, output: Path, example: tuple[Any, 
     """Write the artifact under a temporary name, rename it into place, and return it loaded back."""
     serving = ServingDLRM(model.cpu()).eval()
     tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}.tmp{output.suffix}")
+    tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
     try:
         if fmt == "torchscript":
             torch.jit.save(torch.jit.script(serving), str(tmp))

@@ -13,7 +13,6 @@ import typer
 from dlrm_cli.errors import DlrmUsageError
 
 NOT_SETTINGS = ("config", "print_config", "resume")
-POSITIVE = ("lr", "lr_gamma", "sparse_lr")
 
 
 def given_on_command_line(ctx: typer.Context) -> set[str]:
@@ -57,15 +56,11 @@ def effective_options(ctx: typer.Context, config: Path | None) -> dict[str, Any]
             raise DlrmUsageError(f"{config}: unknown setting {raw_key!r}")
         if key in given:
             continue  # the command line wins
-        param = params[key]
-        try:
-            converted = _plain(param.type.convert(value, param, ctx))
+        try:  # the option's own conversion, range checks and callback, as on the command line
+            options[key] = _plain(params[key].process_value(ctx, value))
         except Exception as error:  # Click's BadParameter, whose class Typer vendors
             message = getattr(error, "message", str(error))
             raise DlrmUsageError(f"{config}: {raw_key}: {message}") from None
-        if key in POSITIVE and not (isinstance(converted, (int, float)) and 0 < converted < float("inf")):
-            raise DlrmUsageError(f"{config}: {raw_key}: {value} is not a positive number")
-        options[key] = converted
     return options
 
 

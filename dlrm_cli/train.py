@@ -16,7 +16,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
 from dlrm_cli.data.catalog import Dataset
-from dlrm_cli.errors import DlrmError
+from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.metrics import error_metrics, evaluate_split
 from dlrm_cli.model import RatingDLRM, resolve_device
 from dlrm_cli.optim import Optimizers, build_for_training
@@ -134,6 +134,7 @@ def train(
     torch.manual_seed(settings.seed)
     catalog, train_rows = dataset.catalog, dataset.train
     config = model_config_for(dataset, settings)
+    _check_fits(config)
     model, optimizers = build_for_training(config, settings, device)
     _start_at_mean(model, dataset.global_mean)
     order = torch.Generator().manual_seed(settings.seed)
@@ -270,6 +271,19 @@ def train(
     seconds = seconds_before + time.perf_counter() - started
     assert name is not None
     return TrainResult(name, model, history, validation, baseline, floor, seconds, best_epoch=best["epoch"])
+
+
+def _check_fits(config: ModelConfig) -> None:
+    """Refuse, before allocating, a model whose tables and their optimizer state outgrow the memory."""
+    from dlrm_cli.data.synthetic import memory_bytes
+
+    rows = sum(table.num_embeddings for table in config.tables)
+    need = rows * config.embedding_dim * 4 * 3  # weights, a gradient or Adam's moments, snapshots
+    if need > memory_bytes() // 2:
+        raise DlrmUsageError(
+            f"embedding tables of {rows:,} rows x {config.embedding_dim} would need about {need / 2**30:.1f} GiB; "
+            "choose a smaller --embedding-dim"
+        )
 
 
 def _stop(signal_number: int, completed: int, pending: dict[str, Any] | None, save: Callable, name: str | None) -> None:

@@ -16,7 +16,9 @@ def benchmark_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 256,
     repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per figure; the median is reported.")] = 5,
     seconds: Annotated[float, typer.Option(min=0.0, help="Minimum seconds per repeat.")] = 1.0,
-    eval_ratings: Annotated[int, typer.Option(min=1, help="Ratings scored for evaluate throughput.")] = 1_000_000,
+    eval_ratings: Annotated[
+        int, typer.Option(min=1, max=100_000_000, help="Ratings scored for evaluate throughput.")
+    ] = 1_000_000,
     paths: Annotated[str, typer.Option(help="Training paths to measure: fused,plain_ebc,reference.")] = (
         "fused,plain_ebc,reference"
     ),
@@ -52,7 +54,10 @@ def benchmark_command(
     )
     console = ui.err()
     with console.status("Benchmarking…") as status:
-        report = run_benchmark(settings, progress=lambda text: status.update(f"Benchmarking: {text}"))
+        try:
+            report = run_benchmark(settings, progress=lambda text: status.update(f"Benchmarking: {text}"))
+        except ValueError as error:  # sizes this machine cannot hold
+            raise DlrmUsageError(str(error)) from None
     if json_output:
         ui.print_json(report)
         return

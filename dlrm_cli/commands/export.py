@@ -53,7 +53,10 @@ def export_command(
     rows = torch.arange(min(len(held_out), 1024))
     users, items = held_out.user[rows], held_out.item[rows]
     inputs = plain_inputs(loaded.catalog, users, items)
-    artifact = export_model(loaded.model, format, output, inputs)
+    try:
+        artifact = export_model(loaded.model, format, output, inputs)
+    except OSError as error:
+        raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
     with torch.inference_mode():
         exported = artifact(*inputs)
     eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
@@ -66,7 +69,11 @@ def export_command(
         )
     description = describe(loaded.model, loaded.catalog, format, loaded.checkpoint.name)
     sidecar = output.with_name(output.name + ".json")
-    sidecar.write_text(json.dumps(description, indent=2) + "\n")
+    try:
+        sidecar.write_text(json.dumps(description, indent=2) + "\n")
+    except OSError as error:
+        output.unlink(missing_ok=True)
+        raise DlrmError(f"cannot write {sidecar}: {error.strerror or error}") from None
     size = output.stat().st_size
     report = {
         "checkpoint": loaded.checkpoint.name,

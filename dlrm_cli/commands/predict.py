@@ -30,9 +30,6 @@ def predict_command(
 
         raise DlrmUsageError("--user must not be empty")
 
-    from rich.table import Table
-
-    from dlrm_cli import ui
     from dlrm_cli.inference import rank_items
     from dlrm_cli.loading import load_model
     from dlrm_cli.model import resolve_device
@@ -40,6 +37,15 @@ def predict_command(
 
     loaded = load_model(CheckpointStore(Path(store)).load(checkpoint), resolve_device(getattr(device, "value", device)))
     ranking = rank_items(loaded, user, wanted)
+    show_ranking(loaded, user, ranking, json_output, title=f"Predicted ratings for user {user}")
+
+
+def show_ranking(loaded, user: str, ranking, json_output: bool, title: str, extra: dict | None = None) -> None:
+    """The ranking as a table (top one marked as the recommendation) or one JSON document."""
+    from rich.table import Table
+
+    from dlrm_cli import ui
+
     ranked = ranking.items
     high = loaded.model.config.rating_max
     if json_output:
@@ -47,7 +53,8 @@ def predict_command(
             {
                 "checkpoint": loaded.checkpoint.name,
                 "user": user,
-                "recommended": ranked[0].item,
+                **(extra or {}),
+                "recommended": ranked[0].item if ranked else None,
                 "user_unseen_in_training": ranking.user_unseen,
                 "items": [
                     {
@@ -63,17 +70,18 @@ def predict_command(
             }
         )
         return
-    table = Table(title=f"Predicted ratings for user {user} ({loaded.checkpoint.name})")
+    table = Table(title=f"{title} ({loaded.checkpoint.name})")
     table.add_column("#", justify="right")
     table.add_column("item")
-    if any(entry.title for entry in ranked):
+    with_titles = any(entry.title for entry in ranked)
+    if with_titles:
         table.add_column("title")
     table.add_column("rating", justify="right")
     table.add_column("stars")
     table.add_column("")
     for rank, entry in enumerate(ranked, start=1):
         cells = [str(rank), entry.item]
-        if any(e.title for e in ranked):
+        if with_titles:
             cells.append(entry.title or "")
         note = "← recommended" if rank == 1 else ""
         if entry.unseen:

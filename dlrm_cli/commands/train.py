@@ -49,7 +49,9 @@ def train_command(
         ),
     ] = 0.0,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: one per core).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for weights, data order and synthetic data.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Seed for weights, data order and synthetic data.")
+    ] = 0,
     name: Annotated[str | None, typer.Option(help="Checkpoint name (default: DATA-DATE-TIME).")] = None,
     data: Annotated[
         str, typer.Option(help="Ratings: synthetic, movielens:DIR or csv:FILE.", rich_help_panel=DATA)

@@ -54,6 +54,19 @@ class SyntheticSpec:
             raise ValueError(f"synthetic noise must be >= 0, got {self.noise}")
         if self.ratings < 10:
             raise ValueError(f"synthetic ratings must be >= 10 to make three splits, got {self.ratings}")
+        need = 96 * self.ratings + (8 * self.factors + 128) * (self.users + self.items)
+        if need > memory_bytes() // 2:
+            raise ValueError(
+                f"synthetic data of {self.users:,} users, {self.items:,} items and {self.ratings:,} ratings "
+                f"needs about {need / 2**30:.1f} GiB, more than half of this machine's memory"
+            )
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,47 @@
+"""``dlrm report``: curves, metrics and the prediction histogram of one or more runs, as HTML or PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dlrm_cli.options import DEFAULT_STORE, StoreOption
+
+EXAMPLE = "Example: dlrm report run-a run-b --output report.html"
+
+
+def report_command(
+    names: Annotated[list[str] | None, typer.Argument(help="Checkpoints to compare (default: latest).")] = None,
+    output: Annotated[Path, typer.Option(help="report.html or report.png; its folder must exist.")] = Path(
+        "report.html"
+    ),
+    store: StoreOption = DEFAULT_STORE,
+) -> None:
+    """Loss and validation-RMSE curves of several runs on one chart, the final metrics, and a histogram
+    of predicted against actual ratings on the test split."""
+    from dlrm_cli.errors import DlrmError, DlrmUsageError
+
+    output = Path(output)
+    if output.suffix.lower() not in (".html", ".png"):
+        raise DlrmUsageError(f"--output must end in .html or .png, got {output.name!r}")
+    if output.is_dir():
+        raise DlrmUsageError(f"--output {output} is a folder; give a file path")
+    if not output.parent.is_dir():
+        raise DlrmUsageError(f"--output folder {output.parent} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise DlrmError("dlrm report needs matplotlib: pip install 'dlrm-cli[report]'") from None
+
+    from dlrm_cli import ui
+    from dlrm_cli.report import build_report
+
+    refs = list(dict.fromkeys(names or ["latest"]))
+    with ui.err().status("Scoring the test splits…"):
+        try:
+            written = build_report(Path(store), refs, output)
+        except OSError as error:
+            raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
+    ui.out().print(f"Wrote {output} ({output.stat().st_size / 1e3:.0f} kB) comparing {', '.join(written)}")

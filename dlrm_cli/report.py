@@ -1,0 +1,116 @@
+"""The figures and tables behind ``dlrm report`` (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from dlrm_cli.inference import evaluate
+from dlrm_cli.loading import load_model
+from dlrm_cli.metrics import score
+from dlrm_cli.store import CheckpointStore
+
+
+def _runs(store: Path, refs: list[str]) -> list[dict[str, Any]]:
+    from dlrm_cli.data import load_dataset
+
+    checkpoints = CheckpointStore(store)
+    runs = []
+    for ref in refs:
+        loaded = load_model(checkpoints.load(ref), torch.device("cpu"))
+        report = evaluate(loaded, "test")
+        test = load_dataset(loaded.meta["data"]).test
+        predicted = score(loaded.model, loaded.catalog, test.user, test.item, loaded.device)
+        runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report, "predicted": predicted,
+                     "actual": test.rating})  # fmt: skip
+    return runs
+
+
+def _figure(runs: list[dict[str, Any]]) -> plt.Figure:
+    figure, ((loss, rmse), (hist, table)) = plt.subplots(2, 2, figsize=(13, 9))
+    for run in runs:
+        epochs = [h["epoch"] for h in run["meta"]["history"]]
+        loss.plot(epochs, [h["train_loss"] for h in run["meta"]["history"]], marker="o", label=run["name"])
+        rmse.plot(epochs, [h["val_rmse"] for h in run["meta"]["history"]], marker="o", label=run["name"])
+    loss.set(title="Training loss (MSE)", xlabel="epoch", ylabel="MSE")
+    rmse.set(title="Validation RMSE", xlabel="epoch", ylabel="RMSE")
+    for axis in (loss, rmse):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    first = runs[0]
+    low, high = first["meta"]["model"]["rating_min"], first["meta"]["model"]["rating_max"]
+    bins = torch.linspace(low, high, 41).tolist()
+    hist.hist(first["actual"].numpy(), bins=bins, alpha=0.6, label="actual")
+    hist.hist(first["predicted"].numpy(), bins=bins, alpha=0.6, label="predicted")
+    hist.set(title=f"Test ratings: predicted vs actual ({first['name']})", xlabel="rating", ylabel="count")
+    hist.legend()
+    table.axis("off")
+    rows = [_row(run) for run in runs]
+    cells = table.table(cellText=[list(r.values()) for r in rows], colLabels=list(rows[0]), loc="center")
+    cells.auto_set_font_size(False)
+    cells.set_fontsize(9)
+    cells.auto_set_column_width(list(range(len(rows[0]))))
+    cells.scale(1, 1.6)
+    table.set_title("Final metrics (test split)")
+    figure.tight_layout()
+    return figure
+
+
+def _row(run: dict[str, Any]) -> dict[str, str]:
+    test, meta = run["test"], run["meta"]
+    return {
+        "run": run["name"],
+        "data": meta["data"]["kind"],
+        "epochs": str(len(meta["history"])),
+        "best epoch": str(meta.get("best_epoch", "")),
+        "val RMSE": f"{meta['metrics']['validation']['rmse']:.4f}",
+        "test RMSE": f"{test['model']['rmse']:.4f}",
+        "test MAE": f"{test['model']['mae']:.4f}",
+        "mean baseline": f"{test['global_mean_baseline']['rmse']:.4f}",
+    }
+
+
+def build_report(store: Path, refs: list[str], output: Path) -> list[str]:
+    """Write the report for the named checkpoints; returns their names."""
+    runs = _runs(store, refs)
+    figure = _figure(runs)
+    tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}{output.suffix}")
+    try:
+        if output.suffix.lower() == ".png":
+            figure.savefig(tmp, dpi=110)
+        else:
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=110)
+            tmp.write_text(_html(runs, base64.b64encode(buffer.getvalue()).decode()))
+        os.replace(tmp, output)
+    finally:
+        plt.close(figure)
+        tmp.unlink(missing_ok=True)
+    return [run["name"] for run in runs]
+
+
+def _html(runs: list[dict[str, Any]], png: str) -> str:
+    rows = [_row(run) for run in runs]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r.values()) + "</tr>" for r in rows)
+    names = ", ".join(html.escape(run["name"]) for run in runs)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>dlrm report: {names}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}</style></head>
+<body><h1>dlrm report: {names}</h1>
+<table><tr>{head}</tr>{body}</table>
+<p><img alt="training curves and prediction histogram" src="data:image/png;base64,{png}"></p>
+</body></html>
+"""
