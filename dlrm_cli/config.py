@@ -88,6 +88,8 @@ class TrainConfig:
     threads: int | None = None
     patience: int | None = None
     dropout: float = 0.0
+    bottom_mlp: tuple[int, ...] = (512, 256)
+    top_mlp: tuple[int, ...] = (512, 256)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,8 @@ The loss lives outside the model (see ``dlrm_cli.train``) so that inference and 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM
@@ -77,28 +79,26 @@ class RatingDLRM(nn.Module):
         """True when the tables are FBGEMM's fused training tables (see ``dlrm_cli.optim``)."""
         return not isinstance(self.dlrm.sparse_arch.embedding_bag_collection, EmbeddingBagCollection)
 
-    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+    def forward(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor, with_embeddings: bool = False
+    ) -> Any:
         """
         Args:
             dense_features: B x Dn.
             sparse_features: a KJT with the F features of ``config.tables``, B samples each.
+            with_embeddings: also return the pooled embeddings (B x F x D), which training penalises
+                (``embedding_l2``) to regularise exactly the rows a batch used.
 
         Returns:
-            a tensor of size B: the predicted ratings.
+            a tensor of size B: the predicted ratings (and the embeddings, if asked for).
         """
-        return self.forward_with_embeddings(dense_features, sparse_features)[0]
-
-    def forward_with_embeddings(
-        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ratings (size B) and the pooled embeddings they were computed from (B x F x D), which
-        training penalises (``embedding_l2``) to regularise exactly the rows a batch used."""
         dlrm = self.dlrm
         embedded_dense = dlrm.dense_arch(dense_features)
         embedded_sparse = dlrm.sparse_arch(sparse_features)
         interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
         logits = dlrm.over_arch(self.dropout(interactions)).squeeze(1)
-        return self.rating_min + self.rating_span * torch.sigmoid(logits), embedded_sparse
+        ratings = self.rating_min + self.rating_span * torch.sigmoid(logits)
+        return (ratings, embedded_sparse) if with_embeddings else ratings
 
 
 def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:

@@ -51,16 +51,18 @@ class Optimizers:
     def lr(self) -> float:
         return float(self.dense.param_groups[0]["lr"])
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, sparse: bool = True) -> dict[str, Any]:
+        """``sparse=False`` leaves out the fused tables' optimizer state (sharded, when distributed)."""
         return {
             "dense": self.dense.state_dict(),
-            "sparse": self.sparse.state_dict() if self.sparse is not None else None,
+            "sparse": self.sparse.state_dict() if self.sparse is not None and sparse else None,
             "schedulers": [s.state_dict() for s in self.schedulers],
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], sparse: bool = True) -> None:
+        """Restore; the fused tables' state only where it was saved in this layout (else it starts afresh)."""
         self.dense.load_state_dict(state["dense"])
-        if self.sparse is not None and state["sparse"] is not None:
+        if sparse and self.sparse is not None and state["sparse"] is not None:
             self.sparse.load_state_dict(state["sparse"])
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)

@@ -33,11 +33,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def effective_options(ctx: typer.Context, config: Path | None) -> dict[str, Any]:
-    """Defaults, overridden by the TOML file, overridden by the command line."""
+def effective_options(ctx: typer.Context, config: Path | None, presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Defaults, overridden by the preset of the data's kind, by the TOML file, then by the command line."""
     options = {name: _plain(value) for name, value in ctx.params.items()}
-    if config is None:
-        return options
+    chosen = _from_toml(ctx, config, options) if config is not None else set()
+    kind = str(options.get("data", "")).partition(":")[0]
+    given = given_on_command_line(ctx) | chosen
+    for key, value in presets.get(kind, {}).items():
+        if key not in given:
+            options[key] = value
+    return options
+
+
+def _from_toml(ctx: typer.Context, config: Path, options: dict[str, Any]) -> set[str]:
+    """Apply the TOML file's settings that the command line does not override; returns the keys it set."""
     try:
         table = tomllib.loads(Path(config).read_text())
     except FileNotFoundError:
@@ -50,6 +59,7 @@ def effective_options(ctx: typer.Context, config: Path | None) -> dict[str, Any]
         raise DlrmUsageError(f"--config file {config} is not valid TOML: {error}") from None
     params = {param.name: param for param in ctx.command.params}
     given = given_on_command_line(ctx)
+    chosen = set()
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
         if key not in params or key in NOT_SETTINGS:
@@ -61,7 +71,8 @@ def effective_options(ctx: typer.Context, config: Path | None) -> dict[str, Any]
         except Exception as error:  # Click's BadParameter, whose class Typer vendors
             message = getattr(error, "message", str(error))
             raise DlrmUsageError(f"{config}: {raw_key}: {message}") from None
-    return options
+        chosen.add(key)
+    return chosen
 
 
 def to_toml(options: dict[str, Any]) -> str:

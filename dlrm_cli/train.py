@@ -16,8 +16,9 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
 from dlrm_cli.data.catalog import Dataset
+from dlrm_cli.distributed import Parallel, bare, build_sharded, full_state, load_full_state, plan_table
 from dlrm_cli.errors import DlrmError, DlrmUsageError
-from dlrm_cli.metrics import error_metrics, evaluate_split
+from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split
 from dlrm_cli.model import RatingDLRM, resolve_device
 from dlrm_cli.optim import Optimizers, build_for_training
 from dlrm_cli.store import CheckpointStore
@@ -62,8 +63,8 @@ def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
         num_dense=len(catalog.dense_names),
         tables=tuple(TableConfig(name, rows) for name, rows in catalog.sparse_features),
         embedding_dim=dim,
-        bottom_mlp=(512, 256, dim),
-        top_mlp=(512, 256),
+        bottom_mlp=(*settings.bottom_mlp, dim),
+        top_mlp=tuple(settings.top_mlp),
         rating_min=catalog.rating_min,
         rating_max=catalog.rating_max,
         dropout=settings.dropout,
@@ -118,6 +119,8 @@ def train(
     checkpoint_every: int = 1,
     should_stop: Callable[[], int | None] = lambda: None,
     options: dict[str, Any] | None = None,
+    parallel: Parallel | None = None,
+    on_plan: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> TrainResult:
     """Train a DLRM on ``dataset.train``, validating after each epoch, and save it as checkpoint ``name``.
 
@@ -125,8 +128,12 @@ def train(
     weights so far and the full training state of the last completed epoch, marked incomplete until the
     run ends. ``should_stop`` is polled after each batch; a signal number from it ends the run with
     ``Interrupted`` once the last completed epoch is saved. ``resume`` continues such a checkpoint.
+
+    With ``parallel`` active (under torchrun) the tables are sharded across the ranks, each rank trains on
+    its share of every batch, and rank 0 alone reports and writes the checkpoint.
     """
-    observer = observer or SilentObserver()
+    parallel = parallel or Parallel()
+    observer = observer if observer is not None and parallel.is_main else SilentObserver()
     device = resolve_device(settings.device)
     store.ensure_writable()
     if settings.threads:
@@ -135,16 +142,31 @@ def train(
     catalog, train_rows = dataset.catalog, dataset.train
     config = model_config_for(dataset, settings)
     _check_fits(config)
-    model, optimizers = build_for_training(config, settings, device)
-    _start_at_mean(model, dataset.global_mean)
+    if parallel.active:
+        model, optimizers, plan = build_sharded(config, settings, device, parallel)
+        rows = plan_table(plan)
+    else:
+        model, optimizers = build_for_training(config, settings, device)
+        rows = [{"table": f"t_{t.feature}", "sharding": "unsharded", "ranks": [0]} for t in config.tables]
+    if on_plan is not None and parallel.is_main:
+        on_plan(rows)
+    _start_at_mean(bare(model), dataset.global_mean)
+
+    def weights() -> dict[str, torch.Tensor] | None:
+        """Whole CPU copies of the weights (gathered from every rank when distributed; None off rank 0)."""
+        return full_state(model, parallel) if parallel.active else _cpu_copy(model.state_dict())
+
     order = torch.Generator().manual_seed(settings.seed)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val_rmse": math.inf, "epoch": 0}
     first_epoch = 1
     if resume is not None:
         name = resume.name
-        model.load_state_dict(resume.last["model"])
-        optimizers.load_state_dict(resume.last["optimizers"])
+        if parallel.active:
+            load_full_state(model, resume.last["model"])
+        else:
+            model.load_state_dict(resume.last["model"])
+        optimizers.load_state_dict(resume.last["optimizers"], sparse=not parallel.active)
         torch.set_rng_state(resume.last["rng"])
         order.set_state(resume.last["order"])
         history = list(resume.meta["history"])
@@ -163,7 +185,9 @@ def train(
     started = time.perf_counter()
     seconds_before = float(resume.meta.get("seconds", 0.0)) if resume else 0.0
 
-    def save(state: dict[str, Any], complete: bool) -> str:
+    def save(state: dict[str, Any], complete: bool) -> str | None:
+        if not parallel.is_main:
+            return name  # rank 0 writes the checkpoint
         meta = {
             "model": config.to_dict(),
             "train": settings.to_dict(),
@@ -182,6 +206,7 @@ def train(
             "seconds": seconds_before + time.perf_counter() - started,
             "versions": versions(),
             "complete": complete,
+            "processes": parallel.world,
             "options": options if options is not None else (resume.meta.get("options") if resume else None),
         }
         last = {
@@ -196,6 +221,8 @@ def train(
         )
 
     n, batch_size = len(train_rows), settings.batch_size
+    if parallel.active:
+        n -= n % batch_size if n % batch_size < parallel.world else 0  # every rank needs a share of each batch
     batches = math.ceil(n / batch_size)
     pending: dict[str, Any] | None = None  # the last completed epoch, when not yet saved
     best_metrics: dict[str, float] = dict(resume.meta["metrics"]["validation"]) if resume else {}
@@ -205,16 +232,19 @@ def train(
         observer.epoch_started(epoch, settings.epochs, batches, lr)
         model.train()
         epoch_start = time.perf_counter()
-        permutation = torch.randperm(n, generator=order)
+        permutation = torch.randperm(len(train_rows), generator=order)[:n]
         loss_sum = torch.zeros((), dtype=torch.float64)
         for batch_index, start in enumerate(range(0, n, batch_size), start=1):
-            rows = permutation[start : start + batch_size]
+            rows = parallel.share(permutation[start : start + batch_size])
             dense, kjt = catalog.batch(train_rows.user[rows], train_rows.item[rows])
             target = train_rows.rating[rows].to(device)
             value = train_step(
                 model, optimizers, dense.to(device), kjt.to(device), target, settings.embedding_l2
             ).item()
-            if not math.isfinite(value):
+            diverged, signal_number = math.isfinite(value) is False, should_stop() or 0
+            if parallel.active:  # every rank stops at the same batch, or none does
+                diverged, signal_number = bool(parallel.any(int(diverged))), parallel.any(signal_number)
+            if diverged:
                 saved = save(pending, complete=False) if pending is not None else None
                 kept = f"; the last good epoch is saved as {saved}" if saved else ""
                 raise DlrmError(
@@ -223,15 +253,14 @@ def train(
                 )
             loss_sum += value * rows.shape[0]
             observer.batch_done(value)
-            signal_number = should_stop()
             if signal_number:
-                _stop(signal_number, epoch - 1, pending, save, name)
+                _stop(signal_number, epoch - 1, pending, save if parallel.is_main else None, name)
         optimizers.epoch_done()
         train_seconds = time.perf_counter() - epoch_start
-        validation = evaluate_split(model, catalog, dataset.validation, device)
+        validation = _validate(model, catalog, dataset.validation, device, parallel)
         record = {
             "epoch": epoch,
-            "train_loss": float(loss_sum) / n,
+            "train_loss": float(parallel.sum(loss_sum)) / n,
             "val_rmse": validation["rmse"],
             "val_mae": validation["mae"],
             "lr": lr,
@@ -241,12 +270,12 @@ def train(
         history.append(record)
         if validation["rmse"] < best["val_rmse"]:
             # Model selection on validation rows: the checkpoint keeps the best epoch, not the last.
-            best = {"val_rmse": validation["rmse"], "epoch": epoch, "state": _cpu_copy(model.state_dict())}
+            best = {"val_rmse": validation["rmse"], "epoch": epoch, "state": weights()}
             best_metrics = validation
         observer.epoch_done(record)
         pending = {
-            "model": _cpu_copy(model.state_dict()),
-            "optimizers": _cpu_copy(optimizers.state_dict()),
+            "model": weights(),
+            "optimizers": _cpu_copy(optimizers.state_dict(sparse=not parallel.active)),
             "rng": torch.get_rng_state(),
             "order": order.get_state(),
             "epoch": epoch,
@@ -266,11 +295,40 @@ def train(
     if pending is not None:  # resumed past the final epoch: nothing ran
         name = save(pending, complete=True)
 
+    seconds = seconds_before + time.perf_counter() - started
+    if parallel.active:
+        names = [name]
+        torch.distributed.broadcast_object_list(names, src=0)
+        validation = {"rmse": best["val_rmse"], **best_metrics}
+        return TrainResult(names[0], bare(model), history, validation, baseline, floor, seconds, best["epoch"])
     model.load_state_dict(best["state"])
     validation = evaluate_split(model, catalog, dataset.validation, device)
-    seconds = seconds_before + time.perf_counter() - started
     assert name is not None
     return TrainResult(name, model, history, validation, baseline, floor, seconds, best_epoch=best["epoch"])
+
+
+def _validate(
+    model: nn.Module, catalog: Any, ratings: Any, device: torch.device, parallel: Parallel
+) -> dict[str, float]:
+    """Validation metrics; distributed, every rank scores its share of each chunk and the sums are reduced."""
+    if not parallel.active:
+        return evaluate_split(model, catalog, ratings, device)
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # squared error, absolute error, count
+    with torch.no_grad():  # fused kernels run only behind autograd on CPU
+        for start in range(0, len(ratings), EVAL_BATCH):
+            rows = torch.arange(start, min(start + EVAL_BATCH, len(ratings)))
+            mine = parallel.share(rows)
+            weight = torch.ones(len(mine), dtype=torch.float64)
+            if len(mine) == 0:  # fewer rows than ranks: score a stand-in row with no weight
+                mine, weight = rows[:1], torch.zeros(1, dtype=torch.float64)
+            dense, kjt = catalog.batch(ratings.user[mine], ratings.item[mine])
+            diff = model(dense.to(device), kjt.to(device)).double().cpu() - ratings.rating[mine].double()
+            sums += torch.stack([(weight * diff**2).sum(), (weight * diff.abs()).sum(), weight.sum()])
+    model.train()
+    total = parallel.sum(sums)
+    mse = float(total[0] / total[2])
+    return {"mse": mse, "rmse": mse**0.5, "mae": float(total[1] / total[2])}
 
 
 def _check_fits(config: ModelConfig) -> None:
@@ -286,11 +344,13 @@ def _check_fits(config: ModelConfig) -> None:
         )
 
 
-def _stop(signal_number: int, completed: int, pending: dict[str, Any] | None, save: Callable, name: str | None) -> None:
+def _stop(
+    signal_number: int, completed: int, pending: dict[str, Any] | None, save: Callable | None, name: str | None
+) -> None:
     """Save the last completed epoch (if it is not in the store yet) and end the run."""
     signame = {2: "SIGINT", 15: "SIGTERM"}.get(signal_number, f"signal {signal_number}")
     code = 128 + signal_number
-    if pending is not None:
+    if pending is not None and save is not None:
         name = save(pending, complete=False)
     if completed == 0 or name is None:
         raise Interrupted(f"interrupted by {signame} before the first epoch finished; nothing was saved", code)
@@ -315,7 +375,7 @@ def load_resume(store: CheckpointStore, ref: str) -> ResumeFrom:
 
 
 def train_step(
-    model: RatingDLRM,
+    model: nn.Module,
     optimizers: Optimizers,
     dense: torch.Tensor,
     kjt: KeyedJaggedTensor,
@@ -324,7 +384,7 @@ def train_step(
 ) -> torch.Tensor:
     """One optimizer step on a batch. The loss lives here, outside the model: mean squared error, plus
     ``embedding_l2`` times the mean squared norm of the embeddings the batch looked up. Returns the MSE."""
-    predicted, embedded = model.forward_with_embeddings(dense, kjt)
+    predicted, embedded = model(dense, kjt, with_embeddings=True)
     mse = nn.functional.mse_loss(predicted, target)
     loss = mse + embedding_l2 * embedded.pow(2).sum(dim=(1, 2)).mean() if embedding_l2 else mse
     optimizers.zero_grad()

@@ -21,6 +21,8 @@ MATRIX = [
     (["train", "--seed", "abc"], 2, "Invalid value for '--seed'"),
     (["train", "--name", ""], 2, "invalid checkpoint name ''"),
     (["train", "--val-fraction", "0.9"], 2, "Invalid value for '--val-fraction'"),
+    (["train", "--top-mlp", ""], 2, "--top-mlp must be comma-separated positive layer sizes"),
+    (["train", "--bottom-mlp", "64,-1"], 2, "--bottom-mlp must be comma-separated positive layer sizes"),
     (["train", "--dense-cols", "a,a", "--data", "csv:x.csv"], 2, "--dense-cols lists 'a' more than once"),
     (["train", "--data", "movielens:"], 2, "--data movielens: needs a path"),
     (["train", "--data", "movielens:/etc/hostname"], 1, "must be a folder holding a MovieLens release"),

@@ -12,12 +12,14 @@ from dlrm_cli.store import CheckpointStore
 
 EXAMPLE = "Example: dlrm train --epochs 10 --batch-size 256 --name first-run"
 SYNTH = "Synthetic data"
+DIST = "Distributed"
 OPT = "Optimization"
 DATA = "Data"
 CSV = "CSV columns"
 TRAIN_FIELDS = (
     "epochs", "batch_size", "lr", "lr_step", "lr_gamma", "weight_decay", "seed", "device", "embedding_dim",
     "embeddings", "sparse_optimizer", "sparse_lr", "embedding_l2", "threads", "patience", "dropout",
+    "bottom_mlp", "top_mlp",
 )  # fmt: skip
 
 
@@ -81,6 +83,12 @@ def train_command(
     noise: Annotated[
         float | None, typer.Option(min=0.0, help="Synthetic rating noise (std).", rich_help_panel=SYNTH)
     ] = None,
+    bottom_mlp: Annotated[
+        str, typer.Option(help="Bottom MLP hidden sizes; it then ends at --embedding-dim.", rich_help_panel=OPT)
+    ] = "512,256",
+    top_mlp: Annotated[str, typer.Option(help="Top MLP hidden sizes, before the output.", rich_help_panel=OPT)] = (
+        "512,256"
+    ),
     dropout: Annotated[
         float, typer.Option(min=0.0, max=0.95, help="Dropout on the top MLP's input.", rich_help_panel=OPT)
     ] = 0.0,
@@ -88,6 +96,12 @@ def train_command(
         int | None, typer.Option(min=1, help="Stop after this many epochs without a better validation RMSE.")
     ] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Save the run's checkpoint every N epochs.")] = 1,
+    nproc_per_node: Annotated[
+        int, typer.Option(min=1, help="Train on N local processes, launched through torchrun.", rich_help_panel=DIST)
+    ] = 1,
+    print_plan: Annotated[
+        bool, typer.Option(help="Show how the embedding tables are sharded over the ranks.", rich_help_panel=DIST)
+    ] = False,
     resume: Annotated[
         str | None, typer.Option(help="Continue checkpoint NAME from its last completed epoch (see --epochs).")
     ] = None,
@@ -99,17 +113,32 @@ def train_command(
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Train a DLRM and save it as a checkpoint."""
+    from dlrm_cli.distributed import launched_by_torchrun
     from dlrm_cli.settings import effective_options, to_toml
 
-    options = effective_options(ctx, config)
+    options = effective_options(ctx, config, PRESETS)
     if print_config:
         typer.echo(to_toml(options), nl=False)
         return
+    if options["nproc_per_node"] > 1 and not launched_by_torchrun():
+        from dlrm_cli.launch import launch
+        from dlrm_cli.settings import given_on_command_line
+
+        given = given_on_command_line(ctx)
+        kept = {key: options[key] for key in ("epochs", "threads", "device", "checkpoint_every") if key in given}
+        raise typer.Exit(launch(options, resume, kept))
     if resume is not None:
         _resume(ctx, options, resume)
         return
     source, settings, name = _prepare(options)
     run(source, settings, CheckpointStore(Path(options["store"])), name, options["checkpoint_every"], options)
+
+
+# Settings chosen on validation rows of the MovieLens 1M subset (never its test rows); see the README's
+# accuracy benchmark. They apply to --data movielens: unless the command line or --config says otherwise.
+PRESETS: dict[str, dict[str, Any]] = {
+    "movielens": {"epochs": 10, "patience": 2, "embedding_l2": 1e-3},
+}
 
 
 def _prepare(o: dict[str, Any]) -> tuple[dict[str, Any], Any, str | None]:
@@ -140,8 +169,24 @@ def _prepare(o: dict[str, Any]) -> tuple[dict[str, Any], Any, str | None]:
     if o["embeddings"] == "plain" and o["sparse_lr"] != 0.05:
         raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
     checkpoints.ensure_writable()
+    for key in ("bottom_mlp", "top_mlp"):
+        o = {**o, key: _sizes(o[key], f"--{key.replace('_', '-')}")}
     settings = TrainConfig(**{key: o[key] for key in TRAIN_FIELDS})
     return source, settings, name
+
+
+def _sizes(text: str | tuple, option: str) -> tuple[int, ...]:
+    from dlrm_cli.errors import DlrmUsageError
+
+    if isinstance(text, (tuple, list)):
+        return tuple(int(v) for v in text)
+    try:
+        sizes = tuple(int(part) for part in text.split(",")) if text.strip() else ()
+    except ValueError:
+        sizes = (0,)
+    if not sizes or any(size < 1 for size in sizes):
+        raise DlrmUsageError(f"{option} must be comma-separated positive layer sizes such as 512,256, got {text!r}")
+    return sizes
 
 
 def _resume(ctx: typer.Context, options: dict[str, Any], ref: str) -> None:
@@ -160,7 +205,9 @@ def _resume(ctx: typer.Context, options: dict[str, Any], ref: str) -> None:
         )
     checkpoints = CheckpointStore(Path(options["store"]))
     meta = checkpoints.load(ref).meta
-    settings = TrainConfig(**{k: v for k, v in meta["train"].items() if k in TRAIN_FIELDS})
+    saved = {k: v for k, v in meta["train"].items() if k in TRAIN_FIELDS}
+    saved.update({k: tuple(saved[k]) for k in ("bottom_mlp", "top_mlp") if k in saved})
+    settings = TrainConfig(**saved)
     changes = {"epochs": options["epochs"]} if "epochs" in given_on_command_line(ctx) else {}
     for key in ("threads", "device"):
         if key in given_on_command_line(ctx):
@@ -210,26 +257,61 @@ def run(
     options: dict[str, Any],
     resume: str | None = None,
 ) -> None:
-    from rich.table import Table
+    import os
 
     from dlrm_cli import ui
     from dlrm_cli.data import load_dataset
-    from dlrm_cli.signals import StopOnSignal
-    from dlrm_cli.train import load_resume, train
+    from dlrm_cli.distributed import Parallel, init, launched_by_torchrun, shutdown
+    from dlrm_cli.errors import DlrmError
+    from dlrm_cli.train import load_resume
 
+    parallel = init() if launched_by_torchrun() else Parallel()
     console = ui.err()
-    with console.status("Loading data…"):
-        dataset = load_dataset(source)
-    console.print(
-        f"Data: {dataset.source['kind']} — {len(dataset.train):,} train, {len(dataset.validation):,} validation, "
-        f"{len(dataset.test):,} test ratings; {len(dataset.catalog.users):,} users, "
-        f"{len(dataset.catalog.items):,} items"
-    )
-    resume_from = load_resume(store, resume) if resume else None
-    if resume_from is not None:
-        console.print(f"Resuming {resume} after epoch {resume_from.last['epoch']}")
-    with StopOnSignal() as stop, RichProgress(console) as observer:
-        result = train(
+    console.quiet = not parallel.is_main  # rank 0 speaks for the run
+    try:
+        if os.environ.get("DLRM_TEST_FAIL_RANK") == str(parallel.rank) and parallel.active:
+            raise DlrmError("failure injected by DLRM_TEST_FAIL_RANK")  # for the tests of failing ranks
+        with console.status("Loading data…"):
+            dataset = load_dataset(source)
+        console.print(
+            f"Data: {dataset.source['kind']} — {len(dataset.train):,} train, {len(dataset.validation):,} "
+            f"validation, {len(dataset.test):,} test ratings; {len(dataset.catalog.users):,} users, "
+            f"{len(dataset.catalog.items):,} items" + (f"; {parallel.world} processes" if parallel.active else "")
+        )
+        resume_from = load_resume(store, resume) if resume else None
+        if resume_from is not None:
+            console.print(f"Resuming {resume} after epoch {resume_from.last['epoch']}")
+        result = _train_ranked(
+            dataset, settings, store, name, console, resume_from, checkpoint_every, options, resume, parallel
+        )
+    except DlrmError as error:
+        if parallel.active:
+            _report_rank_error(parallel, error)
+        raise
+    finally:
+        shutdown()
+    if not parallel.is_main:
+        return
+    _summary(result)
+
+
+def _report_rank_error(parallel: Any, error: Exception) -> None:
+    """Name the failing rank; under dlrm's own launcher, leave the message for it to show once."""
+    import os
+
+    error.args = (f"rank {parallel.rank}: {error}",)
+    folder = os.environ.get("DLRM_DIST_ERRORS")
+    if folder:
+        code = getattr(error, "exit_code", 1)
+        Path(folder, f"rank{parallel.rank}").write_text(f"{code}\t{error}")
+
+
+def _train_ranked(dataset, settings, store, name, console, resume_from, checkpoint_every, options, resume, parallel):
+    from dlrm_cli.signals import StopOnSignal
+    from dlrm_cli.train import train
+
+    with StopOnSignal() as stop, RichProgress(console, enabled=parallel.is_main) as observer:
+        return train(
             dataset,
             settings,
             store=store,
@@ -239,7 +321,26 @@ def run(
             checkpoint_every=checkpoint_every,
             should_stop=stop.requested,
             options=None if resume else {k: v for k, v in options.items() if k not in ("config", "print_config")},
+            parallel=parallel,
+            on_plan=(lambda rows: _show_plan(console, rows)) if options.get("print_plan") else None,
         )
+
+
+def _show_plan(console: Any, rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Sharding plan")
+    for column in ("table", "sharding", "ranks"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["table"], row["sharding"], ",".join(map(str, row["ranks"])))
+    console.print(table)
+
+
+def _summary(result: Any) -> None:
+    from rich.table import Table
+
+    from dlrm_cli import ui
 
     table = Table(title=f"Training summary — {result.name}")
     table.add_column("epoch", justify="right")
@@ -271,7 +372,7 @@ def run(
 class RichProgress:
     """A rich progress bar: epoch, batches, running loss and learning rate; one line per finished epoch."""
 
-    def __init__(self, console: Any) -> None:
+    def __init__(self, console: Any, enabled: bool = True) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = console
@@ -284,16 +385,19 @@ class RichProgress:
             console=console,
             transient=True,
         )
+        self.enabled = enabled
         self.task: Any = None
         self.loss = 0.0
         self.steps = 0
 
     def __enter__(self) -> RichProgress:
-        self.progress.start()
+        if self.enabled:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.enabled:
+            self.progress.stop()
 
     def epoch_started(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
         if self.task is not None:

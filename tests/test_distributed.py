@@ -1,0 +1,72 @@
+"""Two processes on one machine through torchrun and gloo: training, the plan, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import TINY, Dlrm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dlrm(store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 240):
+    return subprocess.run(
+        [sys.executable, "-m", "dlrm_cli", *args],
+        env={**os.environ, "DLRM_CHECKPOINT_DIR": str(store), **(env or {})},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_two_processes_train_a_checkpoint_that_one_process_evaluates(tmp_path):
+    store = tmp_path / "store"
+    two = _dlrm(store, "train", *TINY, "--epochs", "3", "--name", "two", "--nproc-per-node", "2", "--print-plan")
+    assert two.returncode == 0, two.stderr
+    assert "Saved checkpoint two" in two.stdout
+    for table in ("t_user_id", "t_item_id", "t_category"):  # the plan covers every table
+        assert table in two.stderr
+    assert "Traceback" not in two.stderr
+    one = Dlrm(store)("train", *TINY, "--epochs", "3", "--name", "one")
+    assert one.exit_code == 0, one.output
+    rmse = {}
+    for name in ("two", "one"):
+        result = Dlrm(store)("evaluate", "--checkpoint", name, "--json")
+        assert result.exit_code == 0, result.output
+        rmse[name] = json.loads(result.stdout)["model"]["rmse"]
+    assert abs(rmse["two"] - rmse["one"]) / rmse["one"] < 0.05, rmse
+    meta = json.loads((store / "two" / "meta.json").read_text())
+    assert meta["complete"] and meta["processes"] == 2
+
+
+def test_resume_with_a_different_number_of_processes(tmp_path):
+    store = tmp_path / "store"
+    first = _dlrm(store, "train", *TINY, "--epochs", "1", "--name", "grow", "--nproc-per-node", "2")
+    assert first.returncode == 0, first.stderr
+    resumed = Dlrm(store)("train", "--resume", "grow", "--epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    meta = json.loads((store / "grow" / "meta.json").read_text())
+    assert meta["epochs_done"] == 2 and meta["complete"]
+    again = _dlrm(store, "train", "--resume", "grow", "--epochs", "3", "--nproc-per-node", "2")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((store / "grow" / "meta.json").read_text())["epochs_done"] == 3
+
+
+def test_a_failing_rank_ends_the_run_with_one_clear_error(tmp_path):
+    store = tmp_path / "store"
+    started = time.monotonic()
+    result = _dlrm(
+        store, "train", *TINY, "--epochs", "2", "--nproc-per-node", "2", env={"DLRM_TEST_FAIL_RANK": "1"}, timeout=180
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - started < 180
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: rank 1: failure injected by DLRM_TEST_FAIL_RANK"]
+    assert "Traceback" not in result.stderr
+    assert not store.exists() or not any(p for p in store.iterdir() if not p.name.startswith("."))
