@@ -137,7 +137,16 @@ def train_command(
 # Settings chosen on validation rows of the MovieLens 1M subset (never its test rows); see the README's
 # accuracy benchmark. They apply to --data movielens: unless the command line or --config says otherwise.
 PRESETS: dict[str, dict[str, Any]] = {
-    "movielens": {"epochs": 10, "patience": 2, "embedding_l2": 1e-3},
+    "movielens": {
+        "epochs": 10,
+        "patience": 2,
+        "lr": 3e-4,
+        "sparse_optimizer": "adagrad",
+        "sparse_lr": 0.05,
+        "embedding_l2": 3e-3,
+        "bottom_mlp": "64",
+        "top_mlp": "64,32",
+    },
 }
 
 
