@@ -82,9 +82,9 @@ class TrainConfig:
     device: str = "auto"
     embedding_dim: int = 128
     embeddings: str = "fused"
-    sparse_optimizer: str = "rowwise_adagrad"
-    sparse_lr: float = 0.05
-    embedding_l2: float = 0.0
+    sparse_optimizer: str = "adagrad"
+    sparse_lr: float = 0.2
+    embedding_l2: float = 1e-3
     threads: int | None = None
     patience: int | None = None
     dropout: float = 0.0

@@ -115,7 +115,7 @@ def build_sharded(
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module=model, device=device, plan=plan, sharders=[sharder])
     dense_params = [param for _, param in in_backward_optimizer_filter(dmp.named_parameters())]
-    dense = torch.optim.Adam(dense_params, lr=settings.lr, weight_decay=settings.weight_decay)
+    dense = torch.optim.Adam(dense_params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
     sparse = dmp.fused_optimizer
     schedulers = [
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)

@@ -6,7 +6,7 @@ import torch
 
 from dlrm_cli.data.catalog import Catalog, Ratings
 
-EVAL_BATCH = 65_536  # large batches: inference has no optimizer state to keep small
+EVAL_BATCH = 8_192  # measured: 1M ratings score faster in 8k batches than in 64k ones (cache-friendly)
 
 
 def score(

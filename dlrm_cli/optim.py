@@ -87,7 +87,7 @@ def build_for_training(
         tables = model.dlrm.sparse_arch.embedding_bag_collection
         table_params = {id(p) for p in tables.parameters()}
         mlp_params = [p for p in model.parameters() if id(p) not in table_params]
-        dense = torch.optim.Adam(mlp_params, lr=settings.lr, weight_decay=settings.weight_decay)
+        dense = torch.optim.Adam(mlp_params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
         sparse = ebc.fused_optimizer()
     schedulers = [
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)

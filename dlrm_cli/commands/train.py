@@ -40,16 +40,16 @@ def train_command(
     ] = Embeddings.fused,
     sparse_optimizer: Annotated[
         SparseOptimizer, typer.Option(help="Fused optimizer for the embedding tables.", rich_help_panel=OPT)
-    ] = SparseOptimizer.rowwise_adagrad,
+    ] = SparseOptimizer.adagrad,
     sparse_lr: Annotated[
         float, typer.Option(callback=positive, help="Learning rate of the fused table optimizer.", rich_help_panel=OPT)
-    ] = 0.05,
+    ] = 0.2,
     embedding_l2: Annotated[
         float,
         typer.Option(
             min=0.0, help="L2 penalty on the embeddings each batch looks up (regularisation).", rich_help_panel=OPT
         ),
-    ] = 0.0,
+    ] = 1e-3,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: one per core).")] = None,
     seed: Annotated[
         int, typer.Option(min=0, max=2**32 - 1, help="Seed for weights, data order and synthetic data.")
@@ -175,7 +175,7 @@ def _prepare(o: dict[str, Any]) -> tuple[dict[str, Any], Any, str | None]:
         raise DlrmUsageError(f"--{next(iter(synthetic))} applies only to --data synthetic")
     if source["kind"] == "synthetic":
         source.update(synthetic, seed=o["seed"])
-    if o["embeddings"] == "plain" and o["sparse_lr"] != 0.05:
+    if o["embeddings"] == "plain" and o["sparse_lr"] != TrainConfig.sparse_lr:
         raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
     checkpoints.ensure_writable()
     for key in ("bottom_mlp", "top_mlp"):
