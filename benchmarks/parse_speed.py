@@ -30,7 +30,8 @@ def main() -> int:
             print(f"{label:<22} {len(raw):>12,} rows in {seconds:6.2f} s = {len(raw) / seconds / 1e6:5.1f} M rows/s")
         started = time.perf_counter()
         data = load_dataset(source)
-        print(f"{'splits and features':<22} {len(data.train):>12,} training rows in {time.perf_counter() - started:6.2f} s")
+        seconds = time.perf_counter() - started
+        print(f"{'splits and features':<22} {len(data.train):>12,} training rows in {seconds:6.2f} s")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak memory {peak:.1f} GiB")
     return 0

@@ -67,13 +67,22 @@ def plain_inputs(
     return dense, ids, offsets
 
 
-def export_model(model: RatingDLRM, fmt: str, output: Path, example: tuple[Any, ...]) -> Any:
+def export_model(
+    model: RatingDLRM, fmt: str, output: Path, example: tuple[Any, ...], quantize: str | None = None
+) -> Any:
     """Write the artifact under a temporary name, rename it into place, and return it loaded back."""
     serving = ServingDLRM(model.cpu()).eval()
     tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}.tmp{output.suffix}")
     tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
     try:
-        if fmt == "torchscript":
+        if quantize == "int8":
+            import torchrec
+
+            from dlrm_cli.quantized import QuantizedServingDLRM
+
+            quantized = QuantizedServingDLRM(model).eval()
+            torch.jit.save(torch.jit.script(torchrec.fx.symbolic_trace(quantized)), str(tmp))
+        elif fmt == "torchscript":
             torch.jit.save(torch.jit.script(serving), str(tmp))
         elif fmt == "pt2":
             batch = torch.export.Dim("batch", min=1)
@@ -99,12 +108,27 @@ def load_artifact(path: Path, fmt: str) -> Any:
     return torch.export.load(str(path)).module()
 
 
-def describe(model: RatingDLRM, catalog: Catalog, fmt: str, checkpoint: str) -> dict[str, Any]:
+def float_size(model: RatingDLRM) -> int:
+    """Bytes of the float TorchScript artifact, to compare a quantized one with."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(ServingDLRM(model.cpu()).eval()), buffer)
+    return len(buffer.getvalue())
+
+
+def describe(
+    model: RatingDLRM, catalog: Catalog, fmt: str, checkpoint: str, quantize: str | None = None
+) -> dict[str, Any]:
     """The side file that tells serving code what to feed the artifact."""
+    load = "torch.jit.load(path)" if fmt == "torchscript" else "torch.export.load(path).module()"
+    if quantize:
+        load = "import torchrec; torch.jit.load(path)  # torchrec registers FBGEMM's int8 operators"
     return {
         "checkpoint": checkpoint,
         "format": fmt,
-        "load": "torch.jit.load(path)" if fmt == "torchscript" else "torch.export.load(path).module()",
+        "quantize": quantize,
+        "load": load,
         "call": "model(dense, ids, offsets) -> ratings (float32, size B)",
         "rating_range": [model.config.rating_min, model.config.rating_max],
         "dense": {

@@ -49,6 +49,8 @@ MATRIX = [
     (["export", "--output", "/nonexistent/dir/m.pt"], 2, "--output folder /nonexistent/dir does not exist"),
     (["export", "--output", "/proc/dlrm-model.pt"], 1, "cannot write /proc/dlrm-model.pt"),
     (["export", "--output", "m.pt", "--format", ""], 2, "--format must be one of torchscript, pt2"),
+    (["export", "--output", "m.pt", "--quantize", "int4"], 2, "--quantize takes int8, got 'int4'"),
+    (["export", "--output", "m.pt", "--quantize", "int8", "--format", "pt2"], 2, "leave out --format pt2"),
     (["report", "--output", "/proc/dlrm-report.png"], 1, "cannot write /proc/dlrm-report.png"),
     # checkpoints
     (["checkpoints", "rm"], 2, "Missing argument"),

@@ -130,5 +130,30 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
+def test_export_int8_is_smaller_and_reports_the_rmse_change(dlrm, tmp_path):
+    # Tables large enough to dominate the artifact (25,000 rows x 64), trained briefly.
+    args = ["--users", "20000", "--items", "5000", "--ratings", "3000", "--embedding-dim", "64", "--epochs", "1"]
+    assert dlrm("train", *args).exit_code == 0
+    output = tmp_path / "q.pt"
+    result = dlrm("export", "--quantize", "int8", "--output", output, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["max_abs_difference"] <= 1e-5
+    q = report["quantization"]
+    assert q["bytes"] < 0.5 * q["float_bytes"], q
+    assert abs(q["rmse_change"]) < 0.01 and q["ratings"] == 300
+    code = f"""
+import torch, torchrec
+model = torch.jit.load({str(output)!r})
+B = 2
+out = model(torch.zeros(B, 13), [torch.zeros(B, dtype=torch.long)] * 3, [torch.arange(B)] * 3)
+assert out.shape == (B,) and ((out >= 0) & (out <= 5)).all()
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "q.pt.json").read_text())["quantize"] == "int8"
+
+
 def test_export_into_a_folder_path_is_refused(trained, tmp_path):
     assert_error(trained("export", "--output", tmp_path), 2, "is a folder")

@@ -16,6 +16,9 @@ def export_command(
     output: Annotated[Path, typer.Option(help="Where to write the artifact; its folder must exist.")],
     checkpoint: CheckpointOption = "latest",
     format: Annotated[str, typer.Option("--format", help="torchscript or pt2 (torch.export).")] = "torchscript",
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: quantize the embedding tables with torchrec.quant (TorchScript).")
+    ] = None,
     json_output: JsonOption = False,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
@@ -27,6 +30,10 @@ def export_command(
     formats = ("torchscript", "pt2")
     if format not in formats:
         raise DlrmUsageError(f"--format must be one of {', '.join(formats)}, got {format!r}")
+    if quantize not in (None, "int8"):
+        raise DlrmUsageError(f"--quantize takes int8, got {quantize!r}")
+    if quantize and format != "torchscript":
+        raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
     output = Path(output)
     folder = output.parent
     if output.is_dir():
@@ -45,6 +52,7 @@ def export_command(
     from dlrm_cli.errors import DlrmError
     from dlrm_cli.loading import load_model
     from dlrm_cli.metrics import score
+    from dlrm_cli.quantized import QuantizedServingDLRM
     from dlrm_cli.serving import PARITY_TOLERANCE, describe, export_model, plain_inputs
     from dlrm_cli.store import CheckpointStore
 
@@ -54,12 +62,17 @@ def export_command(
     users, items = held_out.user[rows], held_out.item[rows]
     inputs = plain_inputs(loaded.catalog, users, items)
     try:
-        artifact = export_model(loaded.model, format, output, inputs)
+        artifact = export_model(loaded.model, format, output, inputs, quantize)
     except OSError as error:
         raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
     with torch.inference_mode():
         exported = artifact(*inputs)
-    eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
+    reference = QuantizedServingDLRM(loaded.model).eval() if quantize else None
+    if reference is not None:  # an int8 artifact must match the eager int8 model, not the float one
+        with torch.inference_mode():
+            eager = reference(*inputs)
+    else:
+        eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
     difference = float((exported - eager).abs().max())
     if not difference <= PARITY_TOLERANCE:
         output.unlink(missing_ok=True)
@@ -67,7 +80,7 @@ def export_command(
             f"the exported model disagrees with the checkpoint by {difference:.3g} (limit {PARITY_TOLERANCE:g}); "
             "nothing was written"
         )
-    description = describe(loaded.model, loaded.catalog, format, loaded.checkpoint.name)
+    description = describe(loaded.model, loaded.catalog, format, loaded.checkpoint.name, quantize)
     sidecar = output.with_name(output.name + ".json")
     try:
         sidecar.write_text(json.dumps(description, indent=2) + "\n")
@@ -84,6 +97,8 @@ def export_command(
         "parity_samples": len(rows),
         "max_abs_difference": difference,
     }
+    if quantize:
+        report["quantization"] = _quantization_report(loaded, held_out, artifact, size)
     if json_output:
         ui.print_json(report)
         return
@@ -93,4 +108,39 @@ def export_command(
         f"Parity on {len(rows):,} held-out ratings: max |exported - eager| = {difference:.2e} "
         f"(limit {PARITY_TOLERANCE:g})"
     )
+    if quantize:
+        q = report["quantization"]
+        console.print(
+            f"int8 tables: {q['bytes']:,} bytes against {q['float_bytes']:,} for float "
+            f"({100 * (1 - q['bytes'] / q['float_bytes']):.0f}% smaller); test RMSE {q['float_rmse']:.4f} -> "
+            f"{q['int8_rmse']:.4f} ({q['rmse_change']:+.4f}) on {q['ratings']:,} ratings"
+        )
     console.print(f"Inputs described in {sidecar}")
+
+
+def _quantization_report(loaded, held_out, artifact, size: int) -> dict:
+    """What int8 tables save and cost: artifact size, and test RMSE against the float model."""
+    import torch
+
+    from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
+    from dlrm_cli.serving import float_size, plain_inputs
+
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(held_out), EVAL_BATCH):
+            inputs = plain_inputs(
+                loaded.catalog, held_out.user[start : start + EVAL_BATCH], held_out.item[start : start + EVAL_BATCH]
+            )
+            predicted.append(artifact(*inputs))
+    int8 = error_metrics(torch.cat(predicted), held_out.rating)["rmse"]
+    float_rmse = error_metrics(
+        score(loaded.model, loaded.catalog, held_out.user, held_out.item, torch.device("cpu")), held_out.rating
+    )["rmse"]
+    return {
+        "bytes": size,
+        "float_bytes": float_size(loaded.model),
+        "float_rmse": float_rmse,
+        "int8_rmse": int8,
+        "rmse_change": int8 - float_rmse,
+        "ratings": len(held_out),
+    }
