@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,9 @@ def test_empty_store_lists_nothing(dlrm):
     import json
 
     assert json.loads(result.stdout)["checkpoints"] == []
+
+
+def test_shell_completion_completes_commands_and_options():
+    env = {**os.environ, "_DLRM_COMPLETE": "complete_bash", "COMP_WORDS": "dlrm train --emb", "COMP_CWORD": "2"}
+    out = subprocess.run([sys.executable, "-m", "dlrm_cli"], env=env, capture_output=True, text=True)
+    assert {"--embedding-dim", "--embeddings", "--embedding-l2"} <= set(out.stdout.split())

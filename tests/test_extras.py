@@ -109,3 +109,14 @@ def test_doctor_flags_a_store_that_is_a_file(dlrm, tmp_path):
     assert result.exit_code == 1
     checks = {check["name"]: check for check in json.loads(result.stdout)["checks"]}
     assert checks["store"]["status"] == "fail" and "not a folder" in checks["store"]["detail"]
+
+
+def test_movielens_preset_applies_unless_overridden(dlrm, tmp_path):
+    printed = dlrm("train", "--data", f"movielens:{tmp_path}", "--print-config")
+    assert printed.exit_code == 0, printed.output
+    assert 'top-mlp = "64,32"\n' in printed.stdout and "patience = 2\n" in printed.stdout
+    assert "embedding-l2 = 0.003\n" in printed.stdout
+    mine = dlrm("train", "--data", f"movielens:{tmp_path}", "--top-mlp", "128,64", "--print-config")
+    assert 'top-mlp = "128,64"\n' in mine.stdout
+    synthetic = dlrm("train", "--print-config")
+    assert 'top-mlp = "512,256"\n' in synthetic.stdout and "patience" not in synthetic.stdout
