@@ -255,3 +255,20 @@ def test_unreadable_cache_entry_is_parsed_again(tmp_path):
 
 def test_data_error_is_a_runtime_error():
     assert DataError.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    ("writer", "file", "text", "message"),
+    [
+        (write_ml100k, "u.data", "1\t2\t3\t4\n1\t2\tx\t4\n", "u.data: line 2: rating is 'x', not a finite number"),
+        (write_ml100k, "u.data", "1\t2\t3\t4\n1\t2\t9\t4\n", "line 2: rating 9 is outside the declared range 1 to 5"),
+        (write_ml_latest, "ratings.csv", "userId,movieId,rating,timestamp\n1,2,3.5,4\n1,2,abc,4\n",
+         "ratings.csv: line 3: rating is 'abc', not a finite number"),
+        (write_ml_latest, "ratings.csv", "userId,movieId,timestamp\n1,2,4\n", "ratings.csv: no column named 'rating'"),
+        (write_ml_latest, "ratings.csv", "userId,movieId,rating,timestamp\n", "has a header but no rows"),
+    ],
+)  # fmt: skip
+def test_bad_rows_in_other_releases(dlrm, tmp_path, writer, file, text, message):
+    folder = writer(tmp_path / "ml")
+    (folder / file).write_text(text)
+    assert_error(dlrm("train", "--data", f"movielens:{folder}", *FAST), 1, message)

@@ -157,3 +157,12 @@ print("ok")
 
 def test_export_into_a_folder_path_is_refused(trained, tmp_path):
     assert_error(trained("export", "--output", tmp_path), 2, "is a folder")
+
+
+def test_training_really_learns(trained_store):
+    meta = json.loads((trained_store / "tiny" / "meta.json").read_text())
+    model = meta["metrics"]["validation"]["rmse"]
+    baseline = meta["metrics"]["validation_baseline"]["rmse"]
+    floor = meta["metrics"]["validation_noise_floor"]["rmse"]
+    assert model < 0.85 * baseline, (model, baseline)  # two short epochs on 4,800 ratings
+    assert floor < model
