@@ -118,5 +118,7 @@ def test_movielens_preset_applies_unless_overridden(dlrm, tmp_path):
     assert "embedding-l2 = 0.003\n" in printed.stdout
     mine = dlrm("train", "--data", f"movielens:{tmp_path}", "--top-mlp", "128,64", "--print-config")
     assert 'top-mlp = "128,64"\n' in mine.stdout
+    plain = dlrm("train", "--data", f"movielens:{tmp_path}", "--embeddings", "plain", "--print-config")
+    assert plain.exit_code == 0 and 'embeddings = "plain"\n' in plain.stdout
     synthetic = dlrm("train", "--print-config")
     assert 'top-mlp = "512,256"\n' in synthetic.stdout and "patience" not in synthetic.stdout

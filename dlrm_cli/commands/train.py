@@ -130,7 +130,9 @@ def train_command(
     if resume is not None:
         _resume(ctx, options, resume)
         return
-    source, settings, name = _prepare(options)
+    from dlrm_cli.settings import given_on_command_line
+
+    source, settings, name = _prepare(options, given_on_command_line(ctx))
     run(source, settings, CheckpointStore(Path(options["store"])), name, options["checkpoint_every"], options)
 
 
@@ -150,7 +152,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _prepare(o: dict[str, Any]) -> tuple[dict[str, Any], Any, str | None]:
+def _prepare(o: dict[str, Any], given: set[str]) -> tuple[dict[str, Any], Any, str | None]:
     from dlrm_cli.config import TrainConfig
     from dlrm_cli.data import parse_data_option
     from dlrm_cli.errors import DlrmUsageError
@@ -175,7 +177,7 @@ def _prepare(o: dict[str, Any]) -> tuple[dict[str, Any], Any, str | None]:
         raise DlrmUsageError(f"--{next(iter(synthetic))} applies only to --data synthetic")
     if source["kind"] == "synthetic":
         source.update(synthetic, seed=o["seed"])
-    if o["embeddings"] == "plain" and o["sparse_lr"] != TrainConfig.sparse_lr:
+    if o["embeddings"] == "plain" and "sparse_lr" in given:
         raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
     checkpoints.ensure_writable()
     for key in ("bottom_mlp", "top_mlp"):
