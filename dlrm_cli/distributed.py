@@ -82,8 +82,12 @@ def init() -> Parallel:
     return Parallel(rank=dist.get_rank(), world=dist.get_world_size())
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. After a clean run, wait for every rank first: tearing down gloo's
+    connections while a peer still sends is what aborts a process ("terminate called ...")."""
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

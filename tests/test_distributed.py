@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,3 +71,26 @@ def test_a_failing_rank_ends_the_run_with_one_clear_error(tmp_path):
     assert errors == ["Error: rank 1: failure injected by DLRM_TEST_FAIL_RANK"]
     assert "Traceback" not in result.stderr
     assert not store.exists() or not any(p for p in store.iterdir() if not p.name.startswith("."))
+
+
+def test_ctrl_c_stops_every_rank_and_saves(tmp_path):
+    store = tmp_path / "store"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dlrm_cli", "train", *TINY, "--epochs", "100", "--name", "sig", "--nproc-per-node", "2"],
+        env={**os.environ, "DLRM_CHECKPOINT_DIR": str(store)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (store / "sig" / "meta.json").exists():
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole process group gets SIGINT
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].endswith("Resume with: dlrm train --resume sig"), stderr
+    assert json.loads((store / "sig" / "meta.json").read_text())["complete"] is False

@@ -298,9 +298,9 @@ def run(
     except DlrmError as error:
         if parallel.active:
             _report_rank_error(parallel, error)
+        shutdown(clean=False)
         raise
-    finally:
-        shutdown()
+    shutdown()
     if not parallel.is_main:
         return
     _summary(result)
@@ -310,7 +310,10 @@ def _report_rank_error(parallel: Any, error: Exception) -> None:
     """Name the failing rank; under dlrm's own launcher, leave the message for it to show once."""
     import os
 
-    error.args = (f"rank {parallel.rank}: {error}",)
+    from dlrm_cli.train import Interrupted
+
+    if not isinstance(error, Interrupted):  # a signal stops every rank alike; a failure belongs to one
+        error.args = (f"rank {parallel.rank}: {error}",)
     folder = os.environ.get("DLRM_DIST_ERRORS")
     if folder:
         code = getattr(error, "exit_code", 1)
