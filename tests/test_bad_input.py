@@ -103,7 +103,7 @@ OPTIONS = {
 def test_random_arguments_never_produce_a_traceback(trained, tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(pairs=st.lists(st.tuples(st.sampled_from(OPTIONS[command]), VALUES), max_size=4))
     def run(pairs):
         args = [command]
