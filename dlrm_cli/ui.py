@@ -45,3 +45,22 @@ def sparkline(values: list[float]) -> str:
 
 def fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def history_table(history: list[dict[str, Any]], title: str) -> Any:
+    """One row per epoch: train loss, validation RMSE and MAE, learning rate, throughput."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("epoch", "train loss", "val RMSE", "val MAE", "lr", "samples/s"):
+        table.add_column(column, justify="right")
+    for record in history:
+        table.add_row(
+            str(record["epoch"]),
+            fmt(record["train_loss"]),
+            fmt(record["val_rmse"]),
+            fmt(record["val_mae"]),
+            f"{record['lr']:.2e}",
+            f"{record['samples_per_s']:,.0f}",
+        )
+    return table

@@ -149,19 +149,7 @@ def show_command(
         if value is not None:
             settings.add_row(key, str(value))
     out.print(settings)
-    history = Table(title="History")
-    for column in ("epoch", "train loss", "val RMSE", "val MAE", "lr", "samples/s"):
-        history.add_column(column, justify="right")
-    for record in meta.get("history", []):
-        history.add_row(
-            str(record["epoch"]),
-            ui.fmt(record["train_loss"]),
-            ui.fmt(record["val_rmse"]),
-            ui.fmt(record["val_mae"]),
-            f"{record['lr']:.2e}",
-            f"{record['samples_per_s']:,.0f}",
-        )
-    out.print(history)
+    out.print(ui.history_table(meta.get("history", []), "History"))
     metrics = meta.get("metrics", {})
     validation = metrics.get("validation") or {}
     out.print(

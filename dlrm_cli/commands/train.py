@@ -352,28 +352,10 @@ def _show_plan(console: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _summary(result: Any) -> None:
-    from rich.table import Table
-
     from dlrm_cli import ui
 
-    table = Table(title=f"Training summary — {result.name}")
-    table.add_column("epoch", justify="right")
-    table.add_column("train loss", justify="right")
-    table.add_column("val RMSE", justify="right")
-    table.add_column("val MAE", justify="right")
-    table.add_column("lr", justify="right")
-    table.add_column("samples/s", justify="right")
-    for record in result.history:
-        table.add_row(
-            str(record["epoch"]),
-            ui.fmt(record["train_loss"]),
-            ui.fmt(record["val_rmse"]),
-            ui.fmt(record["val_mae"]),
-            f"{record['lr']:.2e}",
-            f"{record['samples_per_s']:,.0f}",
-        )
     output = ui.out()
-    output.print(table)
+    output.print(ui.history_table(result.history, f"Training summary — {result.name}"))
     curve = ui.sparkline([record["val_rmse"] for record in result.history])
     floor = f", noise floor {result.noise_floor['rmse']:.4f}" if result.noise_floor else ""
     output.print(
