@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from dlrm_cli.errors import DlrmUsageError
 
 
@@ -16,3 +19,23 @@ def parse_id_list(text: str, option: str) -> list[str]:
             raise DlrmUsageError(f"{option} lists {part!r} more than once")
         seen.add(part)
     return parts
+
+
+def parse_user(text: str) -> str:
+    """A user id as typed: surrounding spaces dropped, empty refused."""
+    user = text.strip()
+    if not user:
+        raise DlrmUsageError("--user must not be empty")
+    return user
+
+
+def output_path(path: Path | str) -> Path:
+    """A file to write: not a folder, in a folder that exists and can be written."""
+    output = Path(path)
+    if output.is_dir():
+        raise DlrmUsageError(f"--output {output} is a folder; give a file path")
+    if not output.parent.is_dir():
+        raise DlrmUsageError(f"--output folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise DlrmUsageError(f"--output folder {output.parent} is not writable")
+    return output

@@ -23,9 +23,8 @@ def export_command(
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Export a checkpoint for serving; the artifact needs only PyTorch to run."""
-    import os
-
     from dlrm_cli.errors import DlrmUsageError
+    from dlrm_cli.parsing import output_path
 
     formats = ("torchscript", "pt2")
     if format not in formats:
@@ -34,14 +33,7 @@ def export_command(
         raise DlrmUsageError(f"--quantize takes int8, got {quantize!r}")
     if quantize and format != "torchscript":
         raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
-    output = Path(output)
-    folder = output.parent
-    if output.is_dir():
-        raise DlrmUsageError(f"--output {output} is a folder; give a file path")
-    if not folder.is_dir():
-        raise DlrmUsageError(f"--output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise DlrmUsageError(f"--output folder {folder} is not writable")
+    output = output_path(output)
 
     import json
 

@@ -21,14 +21,10 @@ def predict_command(
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Rank items for a user by predicted rating; the top one is the recommendation."""
-    from dlrm_cli.parsing import parse_id_list
+    from dlrm_cli.parsing import parse_id_list, parse_user
 
     wanted = parse_id_list(items, "--items")
-    user = user.strip()
-    if not user:
-        from dlrm_cli.errors import DlrmUsageError
-
-        raise DlrmUsageError("--user must not be empty")
+    user = parse_user(user)
 
     from dlrm_cli.inference import rank_items
     from dlrm_cli.loading import load_model

@@ -23,11 +23,9 @@ def recommend_command(
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Score every item in the catalogue for a user and show the top ones."""
-    user = user.strip()
-    if not user:
-        from dlrm_cli.errors import DlrmUsageError
+    from dlrm_cli.parsing import parse_user
 
-        raise DlrmUsageError("--user must not be empty")
+    user = parse_user(user)
     from dlrm_cli import ui
     from dlrm_cli.commands.predict import show_ranking
     from dlrm_cli.inference import recommend

@@ -22,14 +22,11 @@ def report_command(
     """Loss and validation-RMSE curves of several runs on one chart, the final metrics, and a histogram
     of predicted against actual ratings on the test split."""
     from dlrm_cli.errors import DlrmError, DlrmUsageError
+    from dlrm_cli.parsing import output_path
 
-    output = Path(output)
-    if output.suffix.lower() not in (".html", ".png"):
-        raise DlrmUsageError(f"--output must end in .html or .png, got {output.name!r}")
-    if output.is_dir():
-        raise DlrmUsageError(f"--output {output} is a folder; give a file path")
-    if not output.parent.is_dir():
-        raise DlrmUsageError(f"--output folder {output.parent} does not exist")
+    if Path(output).suffix.lower() not in (".html", ".png"):
+        raise DlrmUsageError(f"--output must end in .html or .png, got {Path(output).name!r}")
+    output = output_path(output)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

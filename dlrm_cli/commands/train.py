@@ -114,25 +114,22 @@ def train_command(
 ) -> None:
     """Train a DLRM and save it as a checkpoint."""
     from dlrm_cli.distributed import launched_by_torchrun
-    from dlrm_cli.settings import effective_options, to_toml
+    from dlrm_cli.settings import effective_options, given_on_command_line, to_toml
 
     options = effective_options(ctx, config, PRESETS)
+    given = given_on_command_line(ctx)
     if print_config:
         typer.echo(to_toml(options), nl=False)
         return
     if options["nproc_per_node"] > 1 and not launched_by_torchrun():
         from dlrm_cli.launch import launch
-        from dlrm_cli.settings import given_on_command_line
 
-        given = given_on_command_line(ctx)
         kept = {key: options[key] for key in ("epochs", "threads", "device", "checkpoint_every") if key in given}
         raise typer.Exit(launch(options, resume, kept))
     if resume is not None:
-        _resume(ctx, options, resume)
+        _resume(options, given, resume)
         return
-    from dlrm_cli.settings import given_on_command_line
-
-    source, settings, name = _prepare(options, given_on_command_line(ctx))
+    source, settings, name = _prepare(options, given)
     run(source, settings, CheckpointStore(Path(options["store"])), name, options["checkpoint_every"], options)
 
 
@@ -200,15 +197,14 @@ def _sizes(text: str | tuple, option: str) -> tuple[int, ...]:
     return sizes
 
 
-def _resume(ctx: typer.Context, options: dict[str, Any], ref: str) -> None:
+def _resume(options: dict[str, Any], given: set[str], ref: str) -> None:
     from dataclasses import replace
 
     from dlrm_cli.config import TrainConfig
     from dlrm_cli.errors import DlrmError, DlrmUsageError
-    from dlrm_cli.settings import given_on_command_line
 
     allowed = {"resume", "epochs", "store", "threads", "device", "checkpoint_every", "config"}
-    extra = sorted(given_on_command_line(ctx) - allowed)
+    extra = sorted(given - allowed)
     if extra:
         raise DlrmUsageError(
             f"--{extra[0].replace('_', '-')} cannot be changed on --resume; a resumed run keeps its settings "
@@ -219,10 +215,7 @@ def _resume(ctx: typer.Context, options: dict[str, Any], ref: str) -> None:
     saved = {k: v for k, v in meta["train"].items() if k in TRAIN_FIELDS}
     saved.update({k: tuple(saved[k]) for k in ("bottom_mlp", "top_mlp") if k in saved})
     settings = TrainConfig(**saved)
-    changes = {"epochs": options["epochs"]} if "epochs" in given_on_command_line(ctx) else {}
-    for key in ("threads", "device"):
-        if key in given_on_command_line(ctx):
-            changes[key] = options[key]
+    changes = {key: options[key] for key in ("epochs", "threads", "device") if key in given}
     settings = replace(settings, **changes)
     done = int(meta.get("epochs_done", len(meta.get("history", []))))
     if settings.epochs <= done:
