@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCHREC := torchrec==1.8.0
 
-.PHONY: setup train test lint format benchmark clean
+.PHONY: setup train test test-quick lint format benchmark clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ test: setup
 	$(BIN)/pytest -q
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+test-quick: setup
+	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

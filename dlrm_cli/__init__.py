@@ -5,7 +5,9 @@ import logging
 # Importing TorchRec pulls in torch.fx, which logs a warning meant for torch's own developers.
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# Checkpoints record the format they were written in; a reader refuses any other.
-CHECKPOINT_FORMAT = 1
+# Checkpoints record the format they were written in. This version writes format 2 (one run record) and
+# reads format 1 too, converting it on load (``dlrm_cli.store.upgrade_meta``); it refuses any other.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)

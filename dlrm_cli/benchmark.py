@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -20,13 +20,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from dlrm_cli.config import TrainConfig
+from dlrm_cli.config import SyntheticSpec, TrainConfig
 from dlrm_cli.data.catalog import Dataset
-from dlrm_cli.data.synthetic import SyntheticSpec, generate
+from dlrm_cli.data.synthetic import generate
+from dlrm_cli.errors import DlrmUsageError
 from dlrm_cli.metrics import score
-from dlrm_cli.model import RatingDLRM
+from dlrm_cli.model import RatingDLRM, to_rating
 from dlrm_cli.optim import build_for_training
-from dlrm_cli.train import model_config_for, train_step
+from dlrm_cli.training import model_config_for, train_step
+
+PATHS = ("fused", "plain_ebc", "reference")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,23 @@ class BenchmarkSettings:
     eval_ratings: int = 1_000_000
     latency_calls: int = 200
     mlp_batch: int = 2048
-    paths: tuple[str, ...] = ("fused", "plain_ebc", "reference")
+    paths: tuple[str, ...] = PATHS
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    """Every figure of one benchmark run; ``to_dict()`` is ``dlrm benchmark --json``."""
+
+    settings: dict[str, Any]
+    train: dict[str, dict[str, float]]
+    latency: dict[str, dict[str, float]]
+    evaluate: dict[str, float]
+    mlp: dict[str, float]
+    ratios: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _median_rate(run: Callable[[], int], repeats: int, min_seconds: float) -> float:
@@ -108,7 +127,7 @@ class ReferenceDLRM(nn.Module):
         products = torch.bmm(stacked, stacked.transpose(1, 2))
         i, j = torch.triu_indices(len(vectors), len(vectors), offset=1)
         z = torch.cat([x, products[:, i, j]], dim=1)
-        return 5 * torch.sigmoid(self.top(z).squeeze(1))
+        return to_rating(self.top(z).squeeze(1), 0.0, 5.0)
 
 
 class PerSampleRatings(TorchDataset):
@@ -163,7 +182,7 @@ def _reference_train_rate(data: Dataset, settings: BenchmarkSettings) -> float:
 # Inference -----------------------------------------------------------------------------------------
 
 
-def _inference(data: Dataset, settings: BenchmarkSettings) -> dict[str, Any]:
+def _inference(data: Dataset, settings: BenchmarkSettings) -> tuple[dict[str, Any], dict[str, float]]:
     torch.manual_seed(0)
     model = RatingDLRM(model_config_for(data, TrainConfig())).eval()
     catalog, device = data.catalog, torch.device("cpu")
@@ -192,7 +211,7 @@ def _inference(data: Dataset, settings: BenchmarkSettings) -> dict[str, Any]:
     start = time.perf_counter()
     score(model, catalog, u, i, device)
     seconds = time.perf_counter() - start
-    return {"latency": latency, "evaluate": {"ratings": n, "seconds": seconds, "ratings_per_s": n / seconds}}
+    return latency, {"ratings": n, "seconds": seconds, "ratings_per_s": n / seconds}
 
 
 # MLP efficiency ------------------------------------------------------------------------------------
@@ -203,11 +222,11 @@ def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, flo
     torch.manual_seed(0)
     model = RatingDLRM(model_config_for(data, TrainConfig()))
     bottom, top = model.dlrm.dense_arch, model.dlrm.over_arch
-    linears = [m for part in (bottom, top) for m in part.modules() if isinstance(m, nn.Linear)]
-    flops_per_sample = 3 * sum(2 * m.in_features * m.out_features for m in linears)  # forward + 2x backward
-    batch = settings.mlp_batch
-    dense = torch.randn(batch, linears[0].in_features)
-    over_in = torch.randn(batch, top.model[0]._mlp[0]._linear.in_features)
+    bottom_layers, top_layers = model.dense_layers()
+    flops_per_sample = 3 * sum(2 * m.in_features * m.out_features for m in (*bottom_layers, *top_layers))
+    batch = settings.mlp_batch  # flops: forward, and twice that backward
+    dense = torch.randn(batch, bottom_layers[0].in_features)
+    over_in = torch.randn(batch, model.config.interaction_width)
 
     def mlp_step() -> int:
         out = bottom(dense).sum() + top(over_in).sum()
@@ -232,38 +251,48 @@ def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, flo
     }
 
 
-def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    spec = SyntheticSpec(
-        users=settings.rows, items=settings.rows, ratings=min(max(20_000, 40 * settings.batch_size), 2_000_000)
-    )
+def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
+    """Measure every figure in this process; ``progress`` hears what is being measured."""
+    unknown = [path for path in settings.paths if path not in PATHS]
+    if unknown:
+        raise DlrmUsageError(f"--paths takes {', '.join(PATHS)}; got {unknown[0]!r}")
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        ratings = min(max(20_000, 40 * settings.batch_size), 2_000_000)
+        spec = SyntheticSpec(users=settings.rows, items=settings.rows, ratings=ratings)
+    except ValueError as error:  # sizes this machine cannot hold
+        raise DlrmUsageError(str(error)) from None
     progress(f"data: synthetic, {settings.rows:,} users and {settings.rows:,} items")
     data = generate(spec)
-    report: dict[str, Any] = {
-        "settings": {
-            "rows": settings.rows,
-            "batch_size": settings.batch_size,
-            "repeats": settings.repeats,
-            "threads": torch.get_num_threads(),
-            "tables": [{"feature": name, "rows": rows} for name, rows in data.catalog.sparse_features],
-        },
-        "train": {},
-    }
+    train: dict[str, dict[str, float]] = {}
     for path in settings.paths:
         progress(f"training throughput: {path}")
         if path == "reference":
             rate = _reference_train_rate(data, settings)
         else:
             rate = _dlrm_train_rate(data, "fused" if path == "fused" else "plain", settings)
-        report["train"][path] = {"train_samples_per_s": rate}
+        train[path] = {"train_samples_per_s": rate}
     progress("inference latency and evaluate throughput")
-    report.update(_inference(data, settings))
+    latency, evaluate = _inference(data, settings)
     progress("MLP efficiency against a large matmul")
-    report["mlp"] = _mlp_efficiency(data, settings)
-    fused = report["train"].get("fused", {}).get("train_samples_per_s")
-    report["ratios"] = {
-        f"fused_over_{path}": fused / report["train"][path]["train_samples_per_s"]
-        for path in settings.paths
-        if path != "fused" and fused
+    mlp = _mlp_efficiency(data, settings)
+    fused = train.get("fused", {}).get("train_samples_per_s")
+    ratios = {
+        f"fused_over_{path}": fused / train[path]["train_samples_per_s"] for path in train if path != "fused" and fused
     }
-    report["ratios"]["mlp_over_matmul"] = report["mlp"]["mlp_fraction_of_matmul"]
-    return report
+    ratios["mlp_over_matmul"] = mlp["mlp_fraction_of_matmul"]
+    return BenchmarkReport(
+        settings={
+            "rows": settings.rows,
+            "batch_size": settings.batch_size,
+            "repeats": settings.repeats,
+            "threads": torch.get_num_threads(),
+            "tables": [{"feature": name, "rows": rows} for name, rows in data.catalog.sparse_features],
+        },
+        train=train,
+        latency=latency,
+        evaluate=evaluate,
+        mlp=mlp,
+        ratios=ratios,
+    )

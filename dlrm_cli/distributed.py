@@ -9,7 +9,11 @@ alone writes them, as ordinary single-process checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -67,14 +71,31 @@ class Parallel:
         return int(value)
 
 
-def init() -> Parallel:
-    """Join the process group that torchrun set up (gloo on CPU, nccl on CUDA)."""
-    import logging
-    import warnings
+@dataclass(frozen=True)
+class Shard:
+    """How the planner placed one embedding table: its sharding type and the ranks that hold it."""
 
-    # TorchRec's planner and DDP log advice meant for their developers on every rank; keep the run readable.
+    table: str
+    sharding: str
+    ranks: tuple[int, ...]
+
+
+@contextlib.contextmanager
+def quiet_library_logs() -> Iterator[None]:
+    """TorchRec's planner and DistributedModelParallel log advice meant for their developers, on every rank;
+    silence their warnings while they run, and only then."""
+    previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
-    warnings.filterwarnings("ignore")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def join() -> Parallel:
+    """Join the process group that torchrun set up (gloo on CPU, nccl on CUDA)."""
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
     if backend == "nccl":
@@ -82,7 +103,7 @@ def init() -> Parallel:
     return Parallel(rank=dist.get_rank(), world=dist.get_world_size())
 
 
-def shutdown(clean: bool = True) -> None:
+def leave(clean: bool = True) -> None:
     """Leave the process group. After a clean run, wait for every rank first: tearing down gloo's
     connections while a peer still sends is what aborts a process ("terminate called ...")."""
     if dist.is_initialized():
@@ -135,13 +156,14 @@ def bare(model: nn.Module) -> RatingDLRM:
     return model
 
 
-def plan_table(plan: Any) -> list[dict[str, Any]]:
+def plan_table(plan: Any) -> list[Shard]:
     """One row per table: how the planner sharded it and on which ranks."""
-    rows = []
-    for module_plan in plan.plan.values():
-        for table, sharding in module_plan.items():
-            rows.append({"table": table, "sharding": sharding.sharding_type, "ranks": list(sharding.ranks or [])})
-    return sorted(rows, key=lambda row: row["table"])
+    rows = [
+        Shard(table, sharding.sharding_type, tuple(sharding.ranks or ()))
+        for module_plan in plan.plan.values()
+        for table, sharding in module_plan.items()
+    ]
+    return sorted(rows, key=lambda row: row.table)
 
 
 def full_state(model: nn.Module, parallel: Parallel) -> dict[str, torch.Tensor] | None:
@@ -149,13 +171,14 @@ def full_state(model: nn.Module, parallel: Parallel) -> dict[str, torch.Tensor] 
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     gathered = {}
-    for key, value in model.state_dict().items():
-        if isinstance(value, ShardedTensor):
-            out = torch.empty(value.size(), dtype=value.dtype) if parallel.is_main else None
-            value.gather(dst=0, out=out)
-            value = out
-        if parallel.is_main:
-            gathered[_plain_key(key)] = value.detach().to("cpu", copy=True)
+    with quiet_library_logs():  # torch deprecates ShardedTensor, which TorchRec's sharded tables still are
+        for key, value in model.state_dict().items():
+            if isinstance(value, ShardedTensor):
+                out = torch.empty(value.size(), dtype=value.dtype) if parallel.is_main else None
+                value.gather(dst=0, out=out)
+                value = out
+            if parallel.is_main:
+                gathered[_plain_key(key)] = value.detach().to("cpu", copy=True)
     return gathered if parallel.is_main else None
 
 

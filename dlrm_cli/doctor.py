@@ -106,7 +106,7 @@ def _runtime_checks() -> list[Check]:
 
         from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
         from dlrm_cli.optim import build_for_training
-        from dlrm_cli.train import train_step
+        from dlrm_cli.training import train_step
 
         config = ModelConfig(num_dense=1, tables=(TableConfig("a", 4),), embedding_dim=4, bottom_mlp=(4,), top_mlp=(4,))
         model, optimizers = build_for_training(config, TrainConfig(), torch.device("cpu"))

@@ -1,14 +1,19 @@
-"""Using a trained model: evaluate it on a split, rank items for a user."""
+"""Using a trained model: evaluate it on a split, rank items for a user, recommend from the catalogue.
+
+Each function returns a result object; its ``to_dict()`` is the command's ``--json`` document.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from dlrm_cli.config import CsvColumns, DataSource, FileSource
 from dlrm_cli.data import load_dataset
-from dlrm_cli.data.catalog import Ratings
+from dlrm_cli.data.catalog import EntityTable, Ratings
 from dlrm_cli.errors import DataError, DlrmUsageError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import error_metrics, score
@@ -16,38 +21,69 @@ from dlrm_cli.metrics import error_metrics, score
 SPLITS = ("test", "validation")
 
 
-def evaluate(loaded: LoadedModel, split: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Evaluation:
+    """Error metrics of a checkpoint beside the global-mean baseline and (synthetic data) the noise floor."""
+
+    checkpoint: str
+    data: str
+    split: str
+    count: int
+    model: dict[str, float]
+    global_mean_baseline: dict[str, float]
+    noise_floor: dict[str, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Evaluation:
     """MSE, RMSE and MAE of the model beside two references: always predicting the training mean, and
     (for synthetic data) the best any model can do.
 
-    Without ``data``: on a split of the data the checkpoint was trained on. With ``data`` (a source
-    description): on every rating in it, ids mapped through the checkpoint's vocabularies."""
+    Without ``data``: on a split of the data the checkpoint was trained on. With ``data``: on every
+    rating in it, ids mapped through the checkpoint's vocabularies."""
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     floor = None
     if data is None:
-        dataset = load_dataset(loaded.meta["data"])
+        trained_on = loaded.checkpoint.run.data
+        dataset = load_dataset(trained_on)
         ratings = dataset.split(split)
         if split in dataset.expected:
             floor = error_metrics(dataset.expected[split], ratings.rating)
-        kind = loaded.meta["data"]["kind"]
+        kind = trained_on.kind
     else:
+        if not isinstance(data, FileSource):
+            raise DlrmUsageError("--data takes movielens:DIR or csv:FILE here")
         ratings = _ratings_from(loaded, data)
-        split, kind = "all", data["kind"]
+        split, kind = "all", data.kind
     predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
     mean = float(loaded.meta["global_mean"])
-    return {
-        "checkpoint": loaded.checkpoint.name,
-        "data": kind,
-        "split": split,
-        "count": len(ratings),
-        "model": error_metrics(predicted, ratings.rating),
-        "global_mean_baseline": error_metrics(torch.full_like(ratings.rating, mean), ratings.rating),
-        "noise_floor": floor,
-    }
+    return Evaluation(
+        checkpoint=loaded.checkpoint.name,
+        data=kind,
+        split=split,
+        count=len(ratings),
+        model=error_metrics(predicted, ratings.rating),
+        global_mean_baseline=error_metrics(torch.full_like(ratings.rating, mean), ratings.rating),
+        noise_floor=floor,
+    )
 
 
-def _ratings_from(loaded: LoadedModel, data: dict[str, Any]) -> Ratings:
+def source_to_score(loaded: LoadedModel, text: str) -> DataSource:
+    """``evaluate --data``: other data to score, read with the CSV columns the checkpoint was trained with."""
+    from dlrm_cli.data import parse_data_option
+
+    columns = None
+    if text.startswith("csv:"):
+        trained_on = loaded.checkpoint.run.data
+        columns = trained_on.columns if isinstance(trained_on, FileSource) else None
+        columns = columns or CsvColumns()
+    return parse_data_option(text, columns=columns)
+
+
+def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
     """Every rating of a data source, its ids mapped to the checkpoint's rows (unknown ids: the neutral row)."""
     from dlrm_cli.data import load_raw
 
@@ -58,13 +94,13 @@ def _ratings_from(loaded: LoadedModel, data: dict[str, Any]) -> Ratings:
         if (found < 0).any():
             if table.neutral_row is None:
                 unknown = ids[found < 0][0]
-                raise DataError(f"{data['path']} has {table.kind} id {unknown!r}, which this checkpoint does not know")
+                raise DataError(f"{data.path} has {table.kind} id {unknown!r}, which this checkpoint does not know")
             found[found < 0] = table.neutral_row
         rows.append(torch.from_numpy(found))
     return Ratings(rows[0], rows[1], torch.from_numpy(raw.rating))
 
 
-@dataclass
+@dataclass(frozen=True)
 class RankedItem:
     item: str
     title: str | None
@@ -72,8 +108,13 @@ class RankedItem:
     unseen: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class Ranking:
+    """Items for one user, best first, as one checkpoint scores them."""
+
+    checkpoint: str
+    user: str
+    rating_max: float
     items: list[RankedItem]
     user_unseen: bool
 
@@ -81,17 +122,85 @@ class Ranking:
     def unseen_items(self) -> list[str]:
         return [entry.item for entry in self.items if entry.unseen]
 
+    def to_dict(self, **extra: Any) -> dict[str, Any]:
+        from dlrm_cli.ui import stars
+
+        return {
+            "checkpoint": self.checkpoint,
+            "user": self.user,
+            **extra,
+            "recommended": self.items[0].item if self.items else None,
+            "user_unseen_in_training": self.user_unseen,
+            "items": [
+                {
+                    "rank": rank,
+                    "item": entry.item,
+                    "title": entry.title,
+                    "rating": entry.rating,
+                    "stars": stars(entry.rating, self.rating_max),
+                    "unseen_in_training": entry.unseen,
+                }
+                for rank, entry in enumerate(self.items, start=1)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The top of the whole catalogue for one user, and how many items were scored in how long."""
+
+    ranking: Ranking
+    scored: int
+    seconds: float
+    exclude_seen: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.ranking.to_dict(scored=self.scored, seconds=self.seconds, exclude_seen=self.exclude_seen)
+
+
+def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
+    """Score ``items`` for ``user``, best first.
+
+    Ids never seen in training take the shared out-of-vocabulary row where the checkpoint has one
+    (real data); for synthetic data, whose ids are a fixed range, an unknown id is a usage error."""
+    catalog = loaded.catalog
+    user_rows = _user_row(loaded, user)
+    item_rows, unknown_items = catalog.items.lookup(items)
+    if unknown_items and catalog.items.neutral_row is None:
+        listed = ", ".join(repr(item) for item in unknown_items)
+        plural = "s" if len(unknown_items) > 1 else ""
+        raise DlrmUsageError(f"unknown item id{plural} {listed}: {_id_range(catalog.items)}")
+    return _ranking(loaded, user, user_rows, item_rows, items)
+
+
+def recommend(loaded: LoadedModel, user: str, top: int, exclude_seen: bool) -> Recommendation:
+    """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
+    ``exclude_seen`` drops the items the user rated in the training rows."""
+    catalog = loaded.catalog
+    user_rows = _user_row(loaded, user)
+    started = time.perf_counter()
+    candidates = torch.arange(len(catalog.items.keys))
+    if exclude_seen:
+        train = load_dataset(loaded.checkpoint.run.data).train
+        seen = train.item[train.user == user_rows[0]]
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        keep[seen] = False
+        candidates = candidates[keep]
+    ranking = _ranking(loaded, user, user_rows, candidates, limit=top)
+    return Recommendation(ranking, len(candidates), time.perf_counter() - started, exclude_seen)
+
 
 def _user_row(loaded: LoadedModel, user: str) -> torch.Tensor:
-    catalog = loaded.catalog
-    user_rows, unknown_users = catalog.users.lookup([user])
-    if unknown_users and catalog.users.neutral_row is None:
-        raise DlrmUsageError(f"unknown user id {user!r}: {_id_range(catalog.users)}")
+    users = loaded.catalog.users
+    user_rows, unknown = users.lookup([user])
+    if unknown and users.neutral_row is None:
+        raise DlrmUsageError(f"unknown user id {user!r}: {_id_range(users)}")
     return user_rows
 
 
 def _ranking(
     loaded: LoadedModel,
+    user: str,
     user_rows: torch.Tensor,
     item_rows: torch.Tensor,
     items: list[str] | None = None,
@@ -110,42 +219,16 @@ def _ranking(
         RankedItem(name, (titles[row] or None) if titles else None, float(value), flag)
         for name, row, value, flag in zip(names, rows.tolist(), predicted[order].tolist(), unseen, strict=True)
     ]
-    return Ranking(items=ranked, user_unseen=bool(catalog.users.unseen_in_training(user_rows)[0]))
+    return Ranking(
+        checkpoint=loaded.checkpoint.name,
+        user=user,
+        rating_max=loaded.model.config.rating_max,
+        items=ranked,
+        user_unseen=bool(catalog.users.unseen_in_training(user_rows)[0]),
+    )
 
 
-def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
-    """Score ``items`` for ``user``, best first.
-
-    Ids never seen in training take the shared out-of-vocabulary row where the checkpoint has one
-    (real data); for synthetic data, whose ids are a fixed range, an unknown id is a usage error."""
-    catalog = loaded.catalog
-    user_rows = _user_row(loaded, user)
-    item_rows, unknown_items = catalog.items.lookup(items)
-    if unknown_items and catalog.items.neutral_row is None:
-        listed = ", ".join(repr(item) for item in unknown_items)
-        plural = "s" if len(unknown_items) > 1 else ""
-        raise DlrmUsageError(f"unknown item id{plural} {listed}: {_id_range(catalog.items)}")
-    return _ranking(loaded, user_rows, item_rows, items)
-
-
-def recommend(loaded: LoadedModel, user: str, top: int, exclude_seen: bool) -> tuple[Ranking, int]:
-    """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
-
-    ``exclude_seen`` drops the items the user rated in the training rows. Returns the ranking and the
-    number of items scored."""
-    catalog = loaded.catalog
-    user_rows = _user_row(loaded, user)
-    candidates = torch.arange(len(catalog.items.keys))
-    if exclude_seen:
-        train = load_dataset(loaded.meta["data"]).train
-        seen = train.item[train.user == user_rows[0]]
-        keep = torch.ones(len(candidates), dtype=torch.bool)
-        keep[seen] = False
-        candidates = candidates[keep]
-    return _ranking(loaded, user_rows, candidates, limit=top), len(candidates)
-
-
-def _id_range(table: Any) -> str:
+def _id_range(table: EntityTable) -> str:
     keys = table.keys
     if keys.dtype.kind in "iu" and len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):
         return f"this checkpoint knows {table.kind} ids {int(keys[0])} to {int(keys[-1])}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from dlrm_cli.config import ModelConfig
 from dlrm_cli.data.catalog import Catalog
 from dlrm_cli.errors import CorruptCheckpoint
 from dlrm_cli.model import RatingDLRM, build_model
-from dlrm_cli.store import Checkpoint
+from dlrm_cli.store import Checkpoint, CheckpointStore
 
 
 @dataclass
@@ -43,3 +44,11 @@ def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
         raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: {first}") from None
     model.eval()
     return LoadedModel(checkpoint, model, catalog, device)
+
+
+def open_model(store: Path | str, ref: str, device: str = "cpu") -> LoadedModel:
+    """The checkpoint ``ref`` (a name, ``latest`` or ``best``) of the store at ``store``, ready to score on
+    ``device`` (``auto``, ``cpu`` or ``cuda``): what evaluate, predict, recommend, export and report load."""
+    from dlrm_cli.model import resolve_device
+
+    return load_model(CheckpointStore(Path(store)).load(ref), resolve_device(device))

@@ -4,11 +4,12 @@ Legend: B batch size, F sparse features, D embedding dimension, Dn dense feature
 Data flow: dense B x Dn -> bottom MLP -> B x D; sparse KJT -> EmbeddingBagCollection -> B x F x D;
 pairwise dot products of the F + 1 vectors, concatenated with the dense embedding; top MLP -> one
 logit per sample; ``rating_min + (rating_max - rating_min) * sigmoid(logit)``.
-The loss lives outside the model (see ``dlrm_cli.train``) so that inference and export use it bare.
+The loss lives outside the model (see ``dlrm_cli.training``) so that inference and export use it bare.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,6 +24,12 @@ from dlrm_cli.config import ModelConfig
 
 def table_name(feature: str) -> str:
     return f"t_{feature}"
+
+
+def to_rating(logits: torch.Tensor, rating_min: float, rating_span: float) -> torch.Tensor:
+    """The rating scale's squash: ``rating_min + rating_span * sigmoid(logits)``. Every model that predicts
+    ratings (the trained one, the serving copy, the benchmark's reference) ends here."""
+    return rating_min + rating_span * torch.sigmoid(logits)
 
 
 def embedding_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
@@ -97,8 +104,23 @@ class RatingDLRM(nn.Module):
         embedded_sparse = dlrm.sparse_arch(sparse_features)
         interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
         logits = dlrm.over_arch(self.dropout(interactions)).squeeze(1)
-        ratings = self.rating_min + self.rating_span * torch.sigmoid(logits)
+        ratings = to_rating(logits, self.rating_min, self.rating_span)
         return (ratings, embedded_sparse) if with_embeddings else ratings
+
+    def dense_layers(self) -> tuple[list[nn.Linear], list[nn.Linear]]:
+        """The linear layers of the bottom MLP and of the top MLP, in order."""
+        return tuple(  # type: ignore[return-value]
+            [module for module in arch.modules() if isinstance(module, nn.Linear)]
+            for arch in (self.dlrm.dense_arch, self.dlrm.over_arch)
+        )
+
+    def start_at(self, rating: float) -> None:
+        """Set the output layer's bias so that an untrained model predicts ``rating`` (say, the training
+        mean) rather than the middle of the scale."""
+        fraction = min(max((rating - self.rating_min) / self.rating_span, 1e-3), 1 - 1e-3)
+        output = self.dense_layers()[1][-1]
+        with torch.no_grad():
+            output.bias.fill_(math.log(fraction / (1 - fraction)))
 
 
 def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:
@@ -109,6 +131,7 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without it is a usage error."""
     from dlrm_cli.errors import DlrmUsageError
 
+    name = str(name)  # a Device option arrives as a StrEnum
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

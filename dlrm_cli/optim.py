@@ -19,8 +19,7 @@ from torchrec.optim import RowWiseAdagrad
 from dlrm_cli.config import ModelConfig, TrainConfig
 from dlrm_cli.model import RatingDLRM, embedding_configs
 
-EMBEDDINGS = ("fused", "plain")
-SPARSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+SPARSE_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "rowwise_adagrad": RowWiseAdagrad,
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
@@ -79,7 +78,7 @@ def build_for_training(
         kwargs: dict[str, Any] = {"lr": settings.sparse_lr}
         ebc = FusedEmbeddingBagCollection(
             tables=embedding_configs(config),
-            optimizer_type=SPARSE_OPTIMIZERS[settings.sparse_optimizer],
+            optimizer_type=SPARSE_OPTIMIZER_CLASSES[settings.sparse_optimizer],
             optimizer_kwargs=kwargs,
             device=device,
         )

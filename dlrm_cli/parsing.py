@@ -21,6 +21,28 @@ def parse_id_list(text: str, option: str) -> list[str]:
     return parts
 
 
+def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """``512,256`` -> (512, 256): layer sizes, each a positive whole number."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",")) if text.strip() else ()
+    except ValueError:
+        sizes = (0,)
+    if not sizes or any(size < 1 for size in sizes):
+        raise DlrmUsageError(f"{option} must be comma-separated positive layer sizes such as 512,256, got {text!r}")
+    return sizes
+
+
+def parse_rating_range(text: str) -> tuple[float, float]:
+    """``1,5`` -> (1.0, 5.0): a declared rating scale, LOW below HIGH."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise DlrmUsageError(f"--rating-range must be LOW,HIGH, got {text!r}") from None
+    if not low < high:
+        raise DlrmUsageError(f"--rating-range must have LOW below HIGH, got {text!r}")
+    return low, high
+
+
 def parse_user(text: str) -> str:
     """A user id as typed: surrounding spaces dropped, empty refused."""
     user = text.strip()

@@ -16,21 +16,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from dlrm_cli.data import load_dataset
+from dlrm_cli.errors import DlrmError
 from dlrm_cli.inference import evaluate
-from dlrm_cli.loading import load_model
+from dlrm_cli.loading import open_model
 from dlrm_cli.metrics import score
-from dlrm_cli.store import CheckpointStore
 
 
 def _runs(store: Path, refs: list[str]) -> list[dict[str, Any]]:
-    from dlrm_cli.data import load_dataset
-
-    checkpoints = CheckpointStore(store)
     runs = []
     for ref in refs:
-        loaded = load_model(checkpoints.load(ref), torch.device("cpu"))
-        report = evaluate(loaded, "test")
-        test = load_dataset(loaded.meta["data"]).test
+        loaded = open_model(store, ref)
+        report = evaluate(loaded, "test").to_dict()
+        test = load_dataset(loaded.checkpoint.run.data).test
         predicted = score(loaded.model, loaded.catalog, test.user, test.item, loaded.device)
         runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report, "predicted": predicted,
                      "actual": test.rating})  # fmt: skip
@@ -71,7 +69,7 @@ def _row(run: dict[str, Any]) -> dict[str, str]:
     test, meta = run["test"], run["meta"]
     return {
         "run": run["name"],
-        "data": meta["data"]["kind"],
+        "data": meta["run"]["data"]["kind"],
         "epochs": str(len(meta["history"])),
         "best epoch": str(meta.get("best_epoch", "")),
         "val RMSE": f"{meta['metrics']['validation']['rmse']:.4f}",
@@ -82,22 +80,29 @@ def _row(run: dict[str, Any]) -> dict[str, str]:
 
 
 def build_report(store: Path, refs: list[str], output: Path) -> list[str]:
-    """Write the report for the named checkpoints; returns their names."""
+    """Write the report for the named checkpoints (.html or .png, by ``output``'s suffix); returns their
+    names."""
     runs = _runs(store, refs)
     figure = _figure(runs)
     tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}{output.suffix}")
     try:
-        if output.suffix.lower() == ".png":
-            figure.savefig(tmp, dpi=110)
-        else:
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=110)
-            tmp.write_text(_html(runs, base64.b64encode(buffer.getvalue()).decode()))
-        os.replace(tmp, output)
+        _write(runs, figure, tmp, output)
+    except OSError as error:
+        raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
     finally:
         plt.close(figure)
         tmp.unlink(missing_ok=True)
     return [run["name"] for run in runs]
+
+
+def _write(runs: list[dict[str, Any]], figure: plt.Figure, tmp: Path, output: Path) -> None:
+    if output.suffix.lower() == ".png":
+        figure.savefig(tmp, dpi=110)
+    else:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        tmp.write_text(_html(runs, base64.b64encode(buffer.getvalue()).decode()))
+    os.replace(tmp, output)
 
 
 def _html(runs: list[dict[str, Any]], png: str) -> str:

@@ -13,19 +13,23 @@ Output: float32 tensor of size B, the predicted ratings.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import secrets
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dlrm_cli.data.catalog import Catalog
+from dlrm_cli.data import load_dataset
+from dlrm_cli.data.catalog import Catalog, Ratings
 from dlrm_cli.errors import DlrmError
-from dlrm_cli.model import RatingDLRM, table_name
+from dlrm_cli.loading import LoadedModel
+from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
+from dlrm_cli.model import RatingDLRM, table_name, to_rating
 
-FORMATS = ("torchscript", "pt2")
 PARITY_TOLERANCE = 1e-5
 
 
@@ -52,7 +56,7 @@ class ServingDLRM(nn.Module):
             pooled.append(bag(ids[index], offsets[index]))
         sparse = torch.stack(pooled, dim=1)
         logits = self.over_arch(self.inter_arch(self.dense_arch(dense), sparse)).squeeze(1)
-        return self.rating_min + self.rating_span * torch.sigmoid(logits)
+        return to_rating(logits, self.rating_min, self.rating_span)
 
 
 def plain_inputs(
@@ -142,3 +146,94 @@ def describe(
             for name, rows in catalog.sparse_features
         ],
     }
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """What int8 tables save and cost: artifact size, and test RMSE against the float model."""
+
+    bytes: int
+    float_bytes: int
+    float_rmse: float
+    int8_rmse: float
+    rmse_change: float
+    ratings: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written artifact, its side file, and how closely it agrees with the checkpoint."""
+
+    checkpoint: str
+    format: str
+    output: str
+    description: str
+    bytes: int
+    parity_samples: int
+    max_abs_difference: float
+    quantization: Quantization | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        report = asdict(self)
+        if self.quantization is None:
+            del report["quantization"]
+        return report
+
+
+def export_checkpoint(loaded: LoadedModel, output: Path, fmt: str, quantize: str | None = None) -> ExportResult:
+    """Write ``loaded`` as a serving artifact at ``output`` and its input description at ``output``.json,
+    after checking the artifact against the eager model on up to 1,024 held-out ratings (nothing is left
+    at ``output`` when the check fails)."""
+    from dlrm_cli.quantized import QuantizedServingDLRM
+
+    held_out = load_dataset(loaded.checkpoint.run.data).test
+    rows = torch.arange(min(len(held_out), 1024))
+    users, items = held_out.user[rows], held_out.item[rows]
+    inputs = plain_inputs(loaded.catalog, users, items)
+    try:
+        artifact = export_model(loaded.model, fmt, output, inputs, quantize)
+    except OSError as error:
+        raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
+    with torch.inference_mode():
+        exported = artifact(*inputs)
+        if quantize:  # an int8 artifact must match the eager int8 model, not the float one
+            eager = QuantizedServingDLRM(loaded.model).eval()(*inputs)
+        else:
+            eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
+    difference = float((exported - eager).abs().max())
+    if not difference <= PARITY_TOLERANCE:
+        output.unlink(missing_ok=True)
+        raise DlrmError(
+            f"the exported model disagrees with the checkpoint by {difference:.3g} (limit {PARITY_TOLERANCE:g}); "
+            "nothing was written"
+        )
+    sidecar = output.with_name(output.name + ".json")
+    description = describe(loaded.model, loaded.catalog, fmt, loaded.checkpoint.name, quantize)
+    try:
+        sidecar.write_text(json.dumps(description, indent=2) + "\n")
+    except OSError as error:
+        output.unlink(missing_ok=True)
+        raise DlrmError(f"cannot write {sidecar}: {error.strerror or error}") from None
+    size = output.stat().st_size
+    return ExportResult(
+        checkpoint=loaded.checkpoint.name,
+        format=fmt,
+        output=str(output),
+        description=str(sidecar),
+        bytes=size,
+        parity_samples=len(rows),
+        max_abs_difference=difference,
+        quantization=_quantization(loaded, held_out, artifact, size) if quantize else None,
+    )
+
+
+def _quantization(loaded: LoadedModel, held_out: Ratings, artifact: Any, size: int) -> Quantization:
+    predicted = []
+    with torch.inference_mode():
+        for start in range(0, len(held_out), EVAL_BATCH):
+            chunk = slice(start, start + EVAL_BATCH)
+            predicted.append(artifact(*plain_inputs(loaded.catalog, held_out.user[chunk], held_out.item[chunk])))
+    int8 = error_metrics(torch.cat(predicted), held_out.rating)["rmse"]
+    float_predicted = score(loaded.model, loaded.catalog, held_out.user, held_out.item, torch.device("cpu"))
+    float_rmse = error_metrics(float_predicted, held_out.rating)["rmse"]
+    return Quantization(size, float_size(loaded.model), float_rmse, int8, int8 - float_rmse, len(held_out))

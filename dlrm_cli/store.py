@@ -18,10 +18,15 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dlrm_cli import CHECKPOINT_FORMAT, __version__
+from dlrm_cli import CHECKPOINT_FORMAT, READABLE_FORMATS, __version__
 from dlrm_cli.errors import CheckpointNotFound, CorruptCheckpoint, DlrmError, DlrmUsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dlrm_cli.config import RunConfig
 
 META = "meta.json"
 ALIASES = ("latest", "best")
@@ -66,6 +71,16 @@ class Checkpoint:
     name: str
     path: Path
     meta: dict[str, Any]
+
+    @property
+    def run(self) -> RunConfig:
+        """The run record: how this checkpoint was trained, and on what data."""
+        from dlrm_cli.config import RunConfig
+
+        try:
+            return RunConfig.from_dict(self.meta["run"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise CorruptCheckpoint(f"checkpoint {self.name} is corrupt: bad run record ({error})") from None
 
     def tensors(self, file: str) -> dict[str, Any]:
         """Load one tensor file; never unpickles arbitrary objects."""
@@ -150,15 +165,16 @@ class CheckpointStore:
             return CheckpointInfo(path.name, path, None, "meta.json was not written by dlrm")
         if meta.get("meta_sha256") != _meta_digest(meta):
             return CheckpointInfo(path.name, path, None, "meta.json does not match its recorded checksum")
-        if meta["format"] != CHECKPOINT_FORMAT:
+        if meta["format"] not in READABLE_FORMATS:
+            readable = " and ".join(str(f) for f in READABLE_FORMATS)
             return CheckpointInfo(
                 path.name,
                 path,
                 meta,
                 f"written by dlrm {meta.get('dlrm_version', '?')} in checkpoint format {meta['format']}; "
-                f"this is dlrm {__version__}, which reads format {CHECKPOINT_FORMAT}",
+                f"this is dlrm {__version__}, which reads formats {readable}",
             )
-        return CheckpointInfo(path.name, path, meta)
+        return CheckpointInfo(path.name, path, upgrade_meta(meta))
 
     def aliases(self, infos: list[CheckpointInfo] | None = None) -> dict[str, str]:
         """``latest``: the newest complete checkpoint. ``best``: of the complete checkpoints trained on the
@@ -204,9 +220,9 @@ class CheckpointStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise DlrmError(f"cannot create checkpoint store {self.root}: {error.strerror}") from None
+            raise DlrmUsageError(f"cannot create checkpoint store {self.root}: {error.strerror}") from None
         if not os.access(self.root, os.W_OK | os.X_OK):
-            raise DlrmError(f"checkpoint store {self.root} is not writable")
+            raise DlrmUsageError(f"checkpoint store {self.root} is not writable")
 
     def exists(self, name: str) -> bool:
         return (self.root / name).exists()
@@ -219,12 +235,15 @@ class CheckpointStore:
         meta: dict[str, Any],
         tensors: dict[str, Any],
         replace: bool = False,
+        before_publish: Callable[[Path], None] | None = None,
     ) -> str:
         """Write a checkpoint and return its name.
 
         ``tensors`` maps file names to objects of tensors, lists, dicts and numbers. With ``name=None`` a
         fresh name ``PREFIX-YYYYmmdd-HHMMSS`` is chosen (with a suffix if two saves share a second).
         ``replace=True`` swaps a new version in for the checkpoint ``name`` (a run saving each epoch).
+        ``before_publish`` is called with the finished temporary folder just before it is renamed into
+        place (tests use it to kill a writer at that moment).
         """
         import torch
 
@@ -251,10 +270,8 @@ class CheckpointStore:
                 os.fsync(handle.fileno())
             for file in tensors:
                 _fsync(tmp / file)
-            if os.environ.get("DLRM_TEST_SLOW_SAVE"):  # fault injection: lets tests kill a run mid-write
-                import time
-
-                time.sleep(float(os.environ["DLRM_TEST_SLOW_SAVE"]))
+            if before_publish is not None:
+                before_publish(tmp)
             if replace and name is not None and (self.root / name).exists():
                 return self._swap(tmp, name)
             return self._publish(tmp, name, f"{prefix}-{now:%Y%m%d-%H%M%S}")
@@ -298,13 +315,27 @@ class CheckpointStore:
         shutil.rmtree(trash)
 
 
+def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's metadata in the current format. Format 1 kept the training settings (``train``),
+    the effective command-line options (``options``) and the data source (``data``) side by side; format 2
+    keeps one run record, ``run``, of the training settings and the data source."""
+    if meta["format"] != 1:
+        return meta
+    meta = dict(meta)
+    train = dict(meta.pop("train"))
+    options = meta.pop("options", None) or {}
+    train.setdefault("checkpoint_every", int(options.get("checkpoint_every", 1)))
+    meta["run"] = {"train": train, "data": meta.pop("data")}
+    return meta
+
+
 def _meta_digest(meta: dict[str, Any]) -> str:
     body = {key: value for key, value in meta.items() if key != "meta_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _data_key(meta: dict[str, Any] | None) -> str:
-    data = dict((meta or {}).get("data") or {})
+    data = ((meta or {}).get("run") or {}).get("data") or {}
     return json.dumps(data, sort_keys=True)
 
 

@@ -64,3 +64,135 @@ def history_table(history: list[dict[str, Any]], title: str) -> Any:
             f"{record['samples_per_s']:,.0f}",
         )
     return table
+
+
+class RichProgress:
+    """The training display (a ``TrainingObserver``): a spinner while data loads, then a progress bar with
+    epoch, batches, running loss and learning rate, and one line per finished epoch. Use it as a context
+    manager, so that the live display always stops."""
+
+    def __init__(self, console: Console, show_plan: bool = False) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.show_plan = show_plan
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("batches · loss {task.fields[loss]:.4f} · lr {task.fields[lr]:.2e}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.status: Any = None
+        self.task: Any = None
+        self.loss = 0.0
+        self.steps = 0
+
+    def __enter__(self) -> RichProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop_status()
+        self.progress.stop()
+
+    def _stop_status(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def data_loading(self) -> None:
+        self.status = self.console.status("Loading data…")
+        self.status.start()
+
+    def data_loaded(self, dataset: Any, processes: int) -> None:
+        self._stop_status()
+        self.console.print(
+            f"Data: {dataset.source.kind} — {len(dataset.train):,} train, {len(dataset.validation):,} "
+            f"validation, {len(dataset.test):,} test ratings; {len(dataset.catalog.users):,} users, "
+            f"{len(dataset.catalog.items):,} items" + (f"; {processes} processes" if processes > 1 else "")
+        )
+
+    def resumed(self, name: str, epoch: int) -> None:
+        self.console.print(f"Resuming {name} after epoch {epoch}")
+
+    def planned(self, shards: list[Any]) -> None:
+        if self.show_plan:
+            self.console.print(plan_table(shards))
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
+        if self.task is None:
+            self.progress.start()
+        else:
+            self.progress.remove_task(self.task)
+        self.loss, self.steps = 0.0, 0
+        self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", loss=0.0, lr=lr)
+
+    def batch_done(self, loss: float) -> None:
+        self.steps += 1
+        self.loss += (loss - self.loss) / min(self.steps, 100)  # running mean over the last ~100 batches
+        if self.steps % 10 == 0 or self.steps == self.progress.tasks[-1].total:
+            self.progress.update(self.task, completed=self.steps, loss=self.loss)
+
+    def epoch_done(self, record: dict[str, float]) -> None:
+        self.console.print(
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val RMSE {record['val_rmse']:.4f}, "
+            f"val MAE {record['val_mae']:.4f}, {record['samples_per_s']:,.0f} samples/s"
+        )
+
+
+def plan_table(shards: list[Any]) -> Any:
+    """How the planner placed each embedding table."""
+    from rich.table import Table
+
+    table = Table(title="Sharding plan")
+    for column in ("table", "sharding", "ranks"):
+        table.add_column(column)
+    for shard in shards:
+        table.add_row(shard.table, shard.sharding, ",".join(map(str, shard.ranks)))
+    return table
+
+
+def show_training_summary(result: Any) -> None:
+    """The history table, the validation RMSE beside its references, and the checkpoint's name."""
+    console = out()
+    console.print(history_table(result.history, f"Training summary — {result.name}"))
+    curve = sparkline([record["val_rmse"] for record in result.history])
+    floor = f", noise floor {result.noise_floor['rmse']:.4f}" if result.noise_floor else ""
+    console.print(
+        f"Validation RMSE {result.validation['rmse']:.4f} (best epoch {result.best_epoch}) {curve} "
+        f"(global-mean baseline {result.baseline['rmse']:.4f}{floor}); trained in {result.seconds:.1f} s"
+    )
+    console.print(f"Saved checkpoint {result.name}")
+
+
+def show_ranking(ranking: Any, title: str) -> None:
+    """A ranking as a table, the top one marked as the recommendation; notes on unseen ids to stderr."""
+    from rich.table import Table
+
+    ranked = ranking.items
+    table = Table(title=f"{title} ({ranking.checkpoint})")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    with_titles = any(entry.title for entry in ranked)
+    if with_titles:
+        table.add_column("title")
+    table.add_column("rating", justify="right")
+    table.add_column("stars")
+    table.add_column("")
+    for rank, entry in enumerate(ranked, start=1):
+        cells = [str(rank), entry.item] + ([entry.title or ""] if with_titles else [])
+        note = "← recommended" if rank == 1 else ""
+        if entry.unseen:
+            note = (note + " (unseen in training)").strip()
+        cells += [f"{entry.rating:.2f}", stars(entry.rating, ranking.rating_max), note]
+        table.add_row(*cells, style="bold green" if rank == 1 else None)
+    out().print(table)
+    if ranking.user_unseen:
+        err().print(
+            f"Note: user {ranking.user} was not in the training data, so no history of theirs shapes this ranking"
+        )
+    if ranking.unseen_items:
+        listed = ", ".join(ranking.unseen_items)
+        err().print(f"Note: not in the training data (scored from side features only): item {listed}")

@@ -23,6 +23,14 @@ class Dlrm:
         return self.runner.invoke(app, [str(a) for a in args], env={"DLRM_CHECKPOINT_DIR": str(self.store)})
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test parses into a cache of its own, never the user's ~/.cache/dlrm (subprocesses inherit it)."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DLRM_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def dlrm(tmp_path: Path) -> Dlrm:
     """A CLI with an empty store of its own."""
@@ -44,6 +52,16 @@ def trained(trained_store: Path, tmp_path: Path) -> Dlrm:
     store = tmp_path / "store"
     shutil.copytree(trained_store, store)
     return Dlrm(store)
+
+
+def tiny_request(store: Path, name: str | None = "core", **train: object):
+    """A request for the TINY run through the core API, with ``train`` settings changed."""
+    from dlrm_cli.config import RunConfig, SyntheticSpec, TrainConfig
+    from dlrm_cli.request import TrainRequest
+
+    settings = TrainConfig(embedding_dim=16, batch_size=128, **{"epochs": 2, **train})  # type: ignore[arg-type]
+    data = SyntheticSpec(users=200, items=150, ratings=6000)
+    return TrainRequest(RunConfig(settings, data), store=store, name=name)
 
 
 def snapshot(store: Path) -> dict[str, bytes]:

@@ -10,10 +10,11 @@ import pytest
 from conftest import assert_error, snapshot
 from fixtures import write_generic_csv, write_ml1m, write_ml100k, write_ml_latest
 
+from dlrm_cli.config import CsvColumns
 from dlrm_cli.data import load_dataset, load_raw, parse_data_option
 from dlrm_cli.data.features import split_rows
 from dlrm_cli.data.readers import read_movielens
-from dlrm_cli.errors import DataError
+from dlrm_cli.errors import DataError, DlrmUsageError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m-subset"
 FAST = ["--epochs", "1", "--embedding-dim", "8", "--batch-size", "256"]
@@ -21,11 +22,6 @@ CSV_COLUMNS = [
     "--user-col", "customer", "--item-col", "sku", "--rating-col", "stars",
     "--dense-cols", "price", "--sparse-cols", "brand,tags,region", "--time-col", "when",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLRM_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.mark.parametrize(
@@ -42,7 +38,7 @@ def test_movielens_releases_train_and_predict_with_titles(dlrm, tmp_path, writer
     assert result.exit_code == 0, result.output
     meta = json.loads((dlrm.store / "ml" / "meta.json").read_text())
     assert meta["features"]["sparse"] == sparse
-    assert meta["data"]["split"] == "random:0.1"
+    assert meta["run"]["data"]["split"] == "random:0.1"
     result = dlrm("predict", "--user", "3", "--items", "1,2", "--json")
     assert result.exit_code == 0, result.output
     titles = {entry["item"]: entry["title"] for entry in json.loads(result.stdout)["items"]}
@@ -235,10 +231,9 @@ def test_missing_split_file(dlrm, tmp_path):
 
 def test_temporal_split_needs_timestamps(tmp_path):
     path = write_generic_csv(tmp_path / "shop.csv")
-    source = parse_data_option(
-        f"csv:{path}", split="temporal:0.1", columns={"user": "customer", "item": "sku", "rating": "stars"}
-    )
-    with pytest.raises(Exception, match="--split temporal needs timestamps"):
+    columns = CsvColumns(user="customer", item="sku", rating="stars")
+    source = parse_data_option(f"csv:{path}", split="temporal:0.1", columns=columns)
+    with pytest.raises(DlrmUsageError, match="--split temporal needs timestamps"):
         load_dataset(source)
 
 

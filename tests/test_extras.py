@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY, assert_error
 
 
@@ -18,15 +19,15 @@ def test_recommend_scores_the_whole_catalogue(trained):
     items = ",".join(entry["item"] for entry in doc["items"])
     predicted = json.loads(trained("predict", "--user", "7", "--items", items, "--json").stdout)
     assert [e["item"] for e in predicted["items"]] == [e["item"] for e in doc["items"]]
-    assert [e["rating"] for e in predicted["items"]] == ratings
+    # Batch size changes the matrix kernels' rounding (recommend scores 150 rows at once, predict 5).
+    assert [e["rating"] for e in predicted["items"]] == pytest.approx(ratings, abs=1e-5)
 
 
 def test_recommend_exclude_seen_drops_rated_items(trained):
     from dlrm_cli.data import load_dataset
     from dlrm_cli.store import CheckpointStore
 
-    meta = CheckpointStore(trained.store).load("tiny").meta
-    train = load_dataset(meta["data"]).train
+    train = load_dataset(CheckpointStore(trained.store).load("tiny").run.data).train
     seen = {str(int(i)) for i in train.item[train.user == 7]}
     result = trained("recommend", "--user", "7", "--top", "200", "--exclude-seen", "--json")
     doc = json.loads(result.stdout)
@@ -50,8 +51,9 @@ def test_config_file_with_command_line_overrides(dlrm, tmp_path):
     result = dlrm("train", "--config", tmp_path / "effective.toml", "--name", "from-toml")
     assert result.exit_code == 0, result.output
     shown = json.loads(dlrm("checkpoints", "show", "from-toml", "--json").stdout)
-    assert shown["options"]["lr"] == 0.003 and shown["options"]["embedding_dim"] == 16
-    assert shown["train"]["epochs"] == 1
+    settings = shown["run"]["train"]
+    assert settings["lr"] == 0.003 and settings["embedding_dim"] == 16 and settings["epochs"] == 1
+    assert shown["run"]["data"]["users"] == 200
 
 
 def test_bad_config_files(dlrm, tmp_path):

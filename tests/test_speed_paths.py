@@ -17,7 +17,7 @@ def test_each_path_trains_and_serves(dlrm, tmp_path, embeddings):
     result = dlrm("train", "--epochs", "2", "--embeddings", embeddings, "--name", embeddings, *TINY)
     assert result.exit_code == 0, result.output
     meta = json.loads((dlrm.store / embeddings / "meta.json").read_text())
-    assert meta["train"]["embeddings"] == embeddings
+    assert meta["run"]["train"]["embeddings"] == embeddings
     assert meta["metrics"]["validation"]["rmse"] < meta["metrics"]["validation_baseline"]["rmse"]
     assert dlrm("predict", "--user", "1", "--items", "1,2", "--checkpoint", embeddings).exit_code == 0
     export = dlrm("export", "--checkpoint", embeddings, "--output", tmp_path / f"{embeddings}.pt", "--json")
@@ -34,7 +34,7 @@ def _config() -> ModelConfig:
 def test_fused_updates_only_the_rows_a_batch_uses():
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from dlrm_cli.train import train_step
+    from dlrm_cli.training import train_step
 
     torch.manual_seed(0)
     model, optimizers = build_for_training(_config(), TrainConfig(embeddings="fused"), torch.device("cpu"))
@@ -73,7 +73,8 @@ def test_benchmark_smoke_json(dlrm):
     assert set(report["train"]) == {"fused", "plain_ebc", "reference"}
     assert all(figures["train_samples_per_s"] > 0 for figures in report["train"].values())
     assert set(report["latency"]) == {"1", "100", "10000"}
-    assert report["latency"]["1"]["p50_ms"] <= report["latency"]["1"]["p99_ms"]
+    # Scoring 10,000 pairs takes longer than scoring one: the timer measures the work, not the call.
+    assert report["latency"]["10000"]["p50_ms"] > 2 * report["latency"]["1"]["p50_ms"]
     assert report["evaluate"]["ratings"] == 2000
     assert report["mlp"]["mlp_fraction_of_matmul"] > 0
     assert set(report["ratios"]) == {"fused_over_plain_ebc", "fused_over_reference", "mlp_over_matmul"}

@@ -6,6 +6,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
 from conftest import TINY, assert_error, snapshot
 
 
@@ -17,7 +20,8 @@ def test_train_saves_a_named_checkpoint_and_prints_a_summary(dlrm):
     assert "epoch 1: train loss" in result.stderr
     meta = json.loads((dlrm.store / "run-a" / "meta.json").read_text())
     assert meta["model"]["embedding_dim"] == 16
-    assert meta["data"]["kind"] == "synthetic" and meta["data"]["users"] == 200
+    assert meta["run"]["data"]["kind"] == "synthetic" and meta["run"]["data"]["users"] == 200
+    assert meta["run"]["train"]["epochs"] == 1 and meta["format"] == 2
     assert len(meta["history"]) == 1
     assert set(meta["versions"]) >= {"python", "torch", "torchrec"}
     assert [p.name for p in dlrm.store.iterdir()] == ["run-a"]  # no temporary folder left behind
@@ -54,11 +58,24 @@ def test_evaluate_reports_model_baseline_and_noise_floor(trained):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["checkpoint"] == "tiny" and report["split"] == "test" and report["count"] == 600
-    for key in ("model", "global_mean_baseline", "noise_floor"):
+    # The same figures, computed here from the definitions: the model's own predictions on the test rows.
+    from dlrm_cli.data import load_dataset
+    from dlrm_cli.loading import open_model
+
+    loaded = open_model(trained.store, "tiny")
+    test = load_dataset(loaded.checkpoint.run.data).test
+    with torch.no_grad():
+        dense, kjt = loaded.catalog.batch(test.user, test.item)
+        error = (loaded.model(dense, kjt).double() - test.rating.double()).numpy()
+    mean_error = (float(loaded.meta["global_mean"]) - test.rating.double()).numpy()
+    expected = {"model": error, "global_mean_baseline": mean_error}
+    for key, errors in expected.items():
         metrics = report[key]
-        assert abs(metrics["rmse"] ** 2 - metrics["mse"]) < 1e-9
-        assert 0 < metrics["mae"] <= metrics["rmse"]
-    assert report["noise_floor"]["rmse"] < report["global_mean_baseline"]["rmse"]
+        assert metrics["mse"] == pytest.approx(float(np.mean(errors**2)), rel=1e-5)
+        assert metrics["rmse"] == pytest.approx(float(np.sqrt(np.mean(errors**2))), rel=1e-5)
+        assert metrics["mae"] == pytest.approx(float(np.mean(np.abs(errors))), rel=1e-5)
+    assert report["model"]["rmse"] < report["global_mean_baseline"]["rmse"]
+    assert report["noise_floor"]["rmse"] < report["model"]["rmse"]
     validation = json.loads(trained("evaluate", "--split", "validation", "--json").stdout)
     assert validation["split"] == "validation" and validation["count"] == 600
     assert validation["model"] != report["model"]
@@ -130,6 +147,7 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_export_int8_is_smaller_and_reports_the_rmse_change(dlrm, tmp_path):
     # Tables large enough to dominate the artifact (25,000 rows x 64), trained briefly.
     args = ["--users", "20000", "--items", "5000", "--ratings", "3000", "--embedding-dim", "64", "--epochs", "1"]

@@ -1,4 +1,4 @@
-"""``dlrm checkpoints``: the store as a table."""
+"""``dlrm checkpoints``: the store as a table; ``rm``, ``prune`` and ``show`` manage it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from dlrm_cli import checkpoints as core
+from dlrm_cli import ui
 from dlrm_cli.options import DEFAULT_STORE, JsonOption, StoreOption
 from dlrm_cli.store import CheckpointStore
 
@@ -16,6 +18,7 @@ app = typer.Typer(
     epilog="Example: dlrm checkpoints --json",
     invoke_without_command=True,
 )
+ForceOption = Annotated[bool, typer.Option("--force", help="Also remove what 'latest' or 'best' points at.")]
 
 
 @app.callback()
@@ -25,103 +28,54 @@ def list_command(ctx: typer.Context, json_output: JsonOption = False, store: Sto
         return
     from rich.table import Table
 
-    from dlrm_cli import ui
-
-    checkpoints = CheckpointStore(Path(store))
-    infos = checkpoints.infos()
-    aliases = checkpoints.aliases(infos)
-    rows = []
-    for info in infos:
-        meta = info.meta or {}
-        history = meta.get("history") or []
-        validation = (meta.get("metrics") or {}).get("validation") or {}
-        rows.append(
-            {
-                "name": info.name,
-                "created": meta.get("created"),
-                "data": (meta.get("data") or {}).get("kind"),
-                "epochs": len(history),
-                "val_rmse": validation.get("rmse"),
-                "complete": bool(meta.get("complete")),
-                "latest": info.name == aliases.get("latest"),
-                "best": info.name == aliases.get("best"),
-                "problem": info.problem,
-            }
-        )
+    listing = core.list_checkpoints(CheckpointStore(Path(store)))
     if json_output:
-        ui.print_json({"store": str(checkpoints.root), "checkpoints": rows})
+        ui.print_json(listing.to_dict())
         return
-    if not rows:
-        ui.err().print(f"No checkpoints in {checkpoints.root}. Train one with `dlrm train`.")
+    if not listing.checkpoints:
+        ui.err().print(f"No checkpoints in {listing.store}. Train one with `dlrm train`.")
         return
-    table = Table(title=f"Checkpoints in {checkpoints.root}")
+    table = Table(title=f"Checkpoints in {listing.store}")
     for column in ("name", "created", "data", "epochs", "val RMSE", ""):
         table.add_column(
             column, justify="right" if column in ("epochs", "val RMSE") else "left", no_wrap=column == "name"
         )
-    for row in rows:
-        created = (row["created"] or "")[:19].replace("T", " ")
-        labels = [alias for alias in ("latest", "best") if row[alias]]
-        if row["problem"]:
-            labels = [f"[red]unusable: {row['problem']}"]
-        elif not row["complete"]:
+    for row in listing.checkpoints:
+        labels = [alias for alias in ("latest", "best") if getattr(row, alias)]
+        if row.problem:
+            labels = [f"[red]unusable: {row.problem}"]
+        elif not row.complete:
             labels.append("[yellow]incomplete")
-        note = ", ".join(labels)
-        table.add_row(row["name"], created, row["data"] or "?", str(row["epochs"]), ui.fmt(row["val_rmse"]), note)
+        created = (row.created or "")[:19].replace("T", " ")
+        table.add_row(row.name, created, row.data or "?", str(row.epochs), ui.fmt(row.val_rmse), ", ".join(labels))
     ui.out().print(table)
-
-
-def _protected(store: CheckpointStore) -> dict[str, str]:
-    """Checkpoint name -> the alias that points at it."""
-    return {name: alias for alias, name in store.aliases().items()}
 
 
 @app.command("rm", epilog="Example: dlrm checkpoints rm old-run other-run")
 def remove_command(
     names: Annotated[list[str], typer.Argument(help="Checkpoints to remove.")],
-    force: Annotated[bool, typer.Option("--force", help="Also remove what 'latest' or 'best' points at.")] = False,
+    force: ForceOption = False,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Remove checkpoints (each is renamed away first, so a crash never leaves half of one)."""
-    from dlrm_cli import ui
-    from dlrm_cli.errors import DlrmUsageError
-
-    checkpoints = CheckpointStore(Path(store))
-    if any(name in ("latest", "best") for name in names):
-        raise DlrmUsageError("name checkpoints to remove; the aliases latest and best are not accepted here")
-    for name in names:
-        checkpoints.resolve(name)  # every name must exist before anything is removed
-    protected = _protected(checkpoints)
-    for name in names:
-        if name in protected and not force:
-            raise DlrmUsageError(f"checkpoint {name} is '{protected[name]}'; pass --force to remove it")
-    for name in dict.fromkeys(names):
-        checkpoints.remove(name)
+    for name in core.remove_checkpoints(CheckpointStore(Path(store)), names, force):
         ui.out().print(f"Removed {name}")
 
 
 @app.command("prune", epilog="Example: dlrm checkpoints prune --keep 3")
 def prune_command(
     keep: Annotated[int, typer.Option(min=0, help="How many of the newest checkpoints to keep.")],
-    force: Annotated[bool, typer.Option("--force", help="Also remove what 'latest' or 'best' points at.")] = False,
+    force: ForceOption = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Remove all but the newest KEEP checkpoints; 'latest' and 'best' stay unless --force."""
-    from dlrm_cli import ui
-
-    checkpoints = CheckpointStore(Path(store))
-    infos = checkpoints.infos()
-    protected = _protected(checkpoints)
-    older = infos[: max(len(infos) - keep, 0)]
-    doomed = [info.name for info in older if force or info.name not in protected]
-    for name in doomed:
-        if not dry_run:
-            checkpoints.remove(name)
+    result = core.prune_checkpoints(CheckpointStore(Path(store)), keep, force, dry_run)
+    for name in result.removed:
         ui.out().print(f"{'Would remove' if dry_run else 'Removed'} {name}")
-    kept = [f"{name} ({protected[name]})" for name in (info.name for info in older) if name not in doomed]
-    if kept:
-        ui.err().print(f"Kept {', '.join(kept)}; pass --force to remove them too")
+    if result.kept:
+        kept = ", ".join(f"{name} ({result.aliases[name]})" for name in result.kept)
+        ui.err().print(f"Kept {kept}; pass --force to remove them too")
 
 
 @app.command("show", epilog="Example: dlrm checkpoints show latest --json")
@@ -133,21 +87,19 @@ def show_command(
     """Print a checkpoint's settings, metrics and training history."""
     from rich.table import Table
 
-    from dlrm_cli import ui
+    from dlrm_cli.options import settings_rows
 
-    checkpoint = CheckpointStore(Path(store)).load(name)
-    meta = checkpoint.meta
+    details = core.show_checkpoint(CheckpointStore(Path(store)), name)
     if json_output:
-        ui.print_json({"name": checkpoint.name, **{k: v for k, v in meta.items() if k != "files"}})
+        ui.print_json(details.to_dict())
         return
-    out = ui.out()
+    meta, out = details.meta, ui.out()
     status = "complete" if meta.get("complete") else "incomplete (resume with dlrm train --resume)"
-    out.print(f"[bold]{checkpoint.name}[/bold] — {status}, created {meta['created'][:19].replace('T', ' ')} UTC")
-    out.print(f"data: {json.dumps(meta['data'])}")
+    out.print(f"[bold]{details.name}[/bold] — {status}, created {meta['created'][:19].replace('T', ' ')} UTC")
+    out.print(f"data: {json.dumps(details.run.data.to_dict())}")
     settings = Table(title="Settings", show_header=False)
-    for key, value in (meta.get("options") or meta.get("train") or {}).items():
-        if value is not None:
-            settings.add_row(key, str(value))
+    for key, value in settings_rows(details.run):
+        settings.add_row(key, value)
     out.print(settings)
     out.print(ui.history_table(meta.get("history", []), "History"))
     metrics = meta.get("metrics", {})

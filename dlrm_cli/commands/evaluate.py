@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dlrm_cli.options import DEFAULT_STORE, CheckpointOption, DeviceOption, JsonOption, StoreOption
+from dlrm_cli.options import DEFAULT_STORE, CheckpointOption, Device, DeviceOption, JsonOption, StoreOption
 
 EXAMPLE = "Example: dlrm evaluate --checkpoint latest --split test --json"
 
@@ -20,42 +19,31 @@ def evaluate_command(
         typer.Option(help="Score every rating of other data instead (movielens:DIR or csv:FILE)."),
     ] = None,
     json_output: JsonOption = False,
-    device: DeviceOption = "auto",  # type: ignore[assignment]
+    device: DeviceOption = Device.auto,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Report MSE, RMSE and MAE beside the global-mean baseline and the noise floor."""
-    from rich.table import Table
-
     from dlrm_cli import ui
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.inference import SPLITS, evaluate
-    from dlrm_cli.loading import load_model
-    from dlrm_cli.model import resolve_device
-    from dlrm_cli.store import CheckpointStore
+    from dlrm_cli.inference import SPLITS, evaluate, source_to_score
+    from dlrm_cli.loading import open_model
 
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    loaded = load_model(CheckpointStore(Path(store)).load(checkpoint), resolve_device(getattr(device, "value", device)))
-    source = None
-    if data is not None:
-        from dlrm_cli.data import parse_data_option
-
-        trained_on = loaded.meta["data"]
-        columns = trained_on.get("columns") if data.startswith("csv:") and trained_on["kind"] == "csv" else None
-        if data.startswith("csv:") and columns is None:
-            columns = {}
-        source = parse_data_option(data, columns=columns)
-    report = evaluate(loaded, split, source)
+    loaded = open_model(store, checkpoint, device)
+    result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None)
     if json_output:
-        ui.print_json(report)
+        ui.print_json(result.to_dict())
         return
+    from rich.table import Table
+
     where = f"the {split} split" if data is None else data
-    table = Table(title=f"{report['checkpoint']} on {where} ({report['count']:,} ratings)")
+    table = Table(title=f"{result.checkpoint} on {where} ({result.count:,} ratings)")
     for column in ("", "MSE", "RMSE", "MAE"):
         table.add_column(column, justify="left" if not column else "right")
-    rows = [("DLRM", report["model"]), ("global-mean baseline", report["global_mean_baseline"])]
-    if report["noise_floor"] is not None:
-        rows.append(("noise floor (perfect model)", report["noise_floor"]))
+    rows = [("DLRM", result.model), ("global-mean baseline", result.global_mean_baseline)]
+    if result.noise_floor is not None:
+        rows.append(("noise floor (perfect model)", result.noise_floor))
     for label, metrics in rows:
         table.add_row(label, ui.fmt(metrics["mse"]), ui.fmt(metrics["rmse"]), ui.fmt(metrics["mae"]))
     ui.out().print(table)

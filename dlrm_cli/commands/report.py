@@ -37,8 +37,5 @@ def report_command(
 
     refs = list(dict.fromkeys(names or ["latest"]))
     with ui.err().status("Scoring the test splits…"):
-        try:
-            written = build_report(Path(store), refs, output)
-        except OSError as error:
-            raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
+        written = build_report(Path(store), refs, output)
     ui.out().print(f"Wrote {output} ({output.stat().st_size / 1e3:.0f} kB) comparing {', '.join(written)}")

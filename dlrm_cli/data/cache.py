@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrm_cli.config import FileSource
 from dlrm_cli.data.readers import RawData, SideTable
 
 READER_VERSION = 1  # bump when parsing changes, so old entries are not used
@@ -24,9 +25,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DLRM_CACHE_DIR") or Path.home() / ".cache" / "dlrm")
 
 
-def fingerprint(files: list[Path], options: dict) -> str:
-    """A key from the reader version, the options and every file's bytes."""
-    digest = hashlib.sha256(json.dumps({"v": READER_VERSION, **options}, sort_keys=True, default=str).encode())
+def fingerprint(files: list[Path], source: FileSource) -> str:
+    """A key from the reader version, what the parse depends on (the kind of data and its CSV columns)
+    and every file's bytes. Checkpoints record it, so its form must not change."""
+    columns = source.columns.to_dict() if source.columns is not None else None
+    reader = {"v": READER_VERSION, "kind": source.kind, "columns": columns}
+    digest = hashlib.sha256(json.dumps(reader, sort_keys=True, default=str).encode())
     for path in files:
         digest.update(path.name.encode())
         with path.open("rb") as handle:

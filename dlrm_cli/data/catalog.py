@@ -7,10 +7,14 @@ Every user and every item owns its feature values, so a batch needs only user ro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+if TYPE_CHECKING:
+    from dlrm_cli.config import DataSource
 
 PAD = -1  # fills the unused slots of a multi-valued feature
 
@@ -210,7 +214,7 @@ class Dataset:
     train: Ratings
     validation: Ratings
     test: Ratings
-    source: dict[str, object]
+    source: DataSource
     expected: dict[str, torch.Tensor] = field(default_factory=dict)
     """For synthetic data: the rating a perfect model predicts for each row of each split."""
 

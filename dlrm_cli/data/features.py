@@ -11,6 +11,7 @@ import math
 import numpy as np
 import torch
 
+from dlrm_cli.config import FileSource
 from dlrm_cli.data.catalog import PAD, Catalog, Dataset, EntityTable, Ratings
 from dlrm_cli.data.readers import RawData, SideTable
 from dlrm_cli.errors import DataError, DlrmUsageError
@@ -154,8 +155,9 @@ def build_entities(kind: str, all_ids: np.ndarray, train_ids: np.ndarray, side: 
     )
 
 
-def build_dataset(raw: RawData, split: str, seed: int, validation: float, source: dict) -> Dataset:
-    rows = split_rows(raw, split, seed, validation)
+def build_dataset(raw: RawData, source: FileSource) -> Dataset:
+    """Splits, vocabularies and features of ``raw``, as ``source`` asks; the dataset records ``source``."""
+    rows = split_rows(raw, source.split, source.seed, source.validation)
     train = rows["train"]
     users = build_entities("user", raw.user, raw.user[train], raw.users)
     items = build_entities("item", raw.item, raw.item[train], raw.items)

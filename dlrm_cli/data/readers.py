@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dlrm_cli.config import CsvColumns
 from dlrm_cli.errors import DataError
 
 ML_GENRES_100K = [
@@ -273,27 +274,17 @@ def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawD
 # Generic CSV ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CsvColumns:
-    user: str = "user"
-    item: str = "item"
-    rating: str = "rating"
-    dense: tuple[str, ...] = ()
-    sparse: tuple[str, ...] = ()
-    time: str | None = None
-    rating_range: tuple[float, float] | None = None
-
-
 def read_csv(path: Path, columns: CsvColumns) -> RawData:
     """Any interactions table with a header. Side columns must describe the user or the item of each row."""
-    named = [columns.user, columns.item, columns.rating, *columns.dense, *columns.sparse]
+    user_column, item_column, rating_column = columns.user_column, columns.item_column, columns.rating_column
+    named = [user_column, item_column, rating_column, *columns.dense, *columns.sparse]
     if columns.time:
         named.append(columns.time)
     duplicated = sorted({c for c in named if named.count(c) > 1})
     if duplicated:
         raise DataError(f"column {duplicated[0]!r} is named for more than one role")
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-    numeric = (columns.rating, *columns.dense) + ((columns.time,) if columns.time else ())
+    numeric = (rating_column, *columns.dense) + ((columns.time,) if columns.time else ())
     frame, lines = read_table(
         path,
         sep=sep,
@@ -301,13 +292,13 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
         numeric=numeric,
         dtype={c: str for c in (*columns.sparse,)},
     )
-    values = frame[columns.rating].to_numpy()
+    values = frame[rating_column].to_numpy()
     low, high = columns.rating_range or (float(values.min()), float(values.max()))
     if columns.rating_range:
-        check_range(path, frame, lines, columns.rating, low, high)
+        check_range(path, frame, lines, rating_column, low, high)
     if high <= low:
         raise DataError(f"{path}: every rating is {low:g}; there is nothing to learn")
-    user, item = _ids(frame[columns.user]), _ids(frame[columns.item])
+    user, item = _ids(frame[user_column]), _ids(frame[item_column])
     users, items = SideTable(ids=np.unique(user)), SideTable(ids=np.unique(item))
     for column in (*columns.dense, *columns.sparse):
         owner = _owner(frame, column, columns)
@@ -337,7 +328,7 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
 
 def _owner(frame: pd.DataFrame, column: str, columns: CsvColumns) -> str | None:
     """Which entity a side column describes: the item if it is constant per item, else the user."""
-    for owner, key in (("item", columns.item), ("user", columns.user)):
+    for owner, key in (("item", columns.item_column), ("user", columns.user_column)):
         if (frame.groupby(key, sort=False)[column].nunique(dropna=False) <= 1).all():
             return owner
     return None

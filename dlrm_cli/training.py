@@ -1,0 +1,540 @@
+"""A training run's life cycle, in the order it happens::
+
+    run = TrainingRun(request, observer=progress)
+    run.setup()      # join the ranks, load the data, build the model, restore a resumed run's state
+    run.train()      # for each epoch: run_epoch (which validates), save_checkpoint when due
+    run.cleanup()    # leave the process group
+
+``train(request)`` does exactly that, and names the failing rank when one of several fails. The run
+owns resume, interruption (Ctrl-C and SIGTERM save the last completed epoch), rank coordination and the
+checkpoint's metadata. A front end hears about it through a ``TrainingObserver``; tests inject failures
+through ``Faults``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlrm_cli import distributed
+from dlrm_cli.config import ModelConfig, RunConfig, TableConfig, TrainConfig, memory_bytes
+from dlrm_cli.data import load_dataset
+from dlrm_cli.data.catalog import Dataset
+from dlrm_cli.distributed import Parallel, Shard
+from dlrm_cli.errors import DlrmError, DlrmUsageError, Interrupted
+from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split
+from dlrm_cli.model import resolve_device, table_name
+from dlrm_cli.optim import Optimizers, build_for_training
+from dlrm_cli.request import TrainRequest
+from dlrm_cli.signals import StopOnSignal
+from dlrm_cli.store import CheckpointStore
+
+
+class TrainingObserver(Protocol):
+    """What a front end (the rich progress display, or nothing) hears about a run. Only rank 0 speaks."""
+
+    def data_loading(self) -> None: ...
+    def data_loaded(self, dataset: Dataset, processes: int) -> None: ...
+    def resumed(self, name: str, epoch: int) -> None: ...
+    def planned(self, shards: list[Shard]) -> None: ...
+    def epoch_started(self, epoch: int, epochs: int, batches: int, lr: float) -> None: ...
+    def batch_done(self, loss: float) -> None: ...
+    def epoch_done(self, record: dict[str, float]) -> None: ...
+
+
+class SilentObserver:
+    """Hears everything, says nothing: tests, scripts and the ranks other than 0."""
+
+    def data_loading(self) -> None:
+        pass
+
+    def data_loaded(self, dataset: Dataset, processes: int) -> None:
+        pass
+
+    def resumed(self, name: str, epoch: int) -> None:
+        pass
+
+    def planned(self, shards: list[Shard]) -> None:
+        pass
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
+        pass
+
+    def batch_done(self, loss: float) -> None:
+        pass
+
+    def epoch_done(self, record: dict[str, float]) -> None:
+        pass
+
+
+def _nothing(*args: object) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Failures a test injects, as callables; a real run leaves them empty. ``on_setup`` runs on every
+    rank once it has joined; ``before_publish`` runs with each finished checkpoint folder before it is
+    renamed into the store."""
+
+    on_setup: Callable[[Parallel], None] = _nothing
+    before_publish: Callable[[Path], None] = _nothing
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports: its checkpoint, its history and the best epoch's validation metrics."""
+
+    name: str
+    history: list[dict[str, float]]
+    validation: dict[str, float]
+    baseline: dict[str, float]
+    noise_floor: dict[str, float] | None
+    seconds: float
+    best_epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainResult:
+        return cls(**raw)
+
+
+@dataclass
+class Best:
+    """The best epoch so far by validation RMSE: the checkpoint serves its weights, not the last epoch's."""
+
+    epoch: int = 0
+    rmse: float = math.inf
+    metrics: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class EpochState:
+    """A completed epoch as the store will hold it: what resuming needs, and the best weights so far."""
+
+    epoch: int
+    weights: dict[str, torch.Tensor] | None
+    optimizers: dict[str, Any]
+    rng: torch.Tensor
+    order: torch.Tensor
+    history: list[dict[str, float]]
+    best: Best
+
+    def resume_state(self) -> dict[str, Any]:
+        """The ``train_state.pt`` file (its layout is shared by checkpoint formats 1 and 2)."""
+        return {
+            "model": self.weights,
+            "optimizers": self.optimizers,
+            "rng": self.rng,
+            "order": self.order,
+            "epoch": self.epoch,
+            "best_epoch": self.best.epoch,
+            "best_val_rmse": self.best.rmse,
+        }
+
+
+def train(
+    request: TrainRequest, *, observer: TrainingObserver | None = None, faults: Faults | None = None
+) -> TrainResult | None:
+    """Run ``request`` (already ``prepare``d) in this process: the whole run, or under torchrun one rank of
+    it. Returns the result on rank 0 and None on the other ranks."""
+    run = TrainingRun(request, observer=observer, faults=faults)
+    try:
+        run.setup()
+        result = run.train()
+    except DlrmError as error:
+        run.cleanup(failed=True)
+        raise run.blame(error) from None
+    except BaseException:
+        run.cleanup(failed=True)
+        raise
+    run.cleanup()
+    return result
+
+
+class TrainingRun:
+    """One training run: see the module's docstring for its life cycle."""
+
+    def __init__(
+        self, request: TrainRequest, *, observer: TrainingObserver | None = None, faults: Faults | None = None
+    ) -> None:
+        self.request = request
+        self.settings: TrainConfig = request.config.train
+        self.store = CheckpointStore(request.store)
+        self.name = request.resume or request.name
+        self.observer: TrainingObserver = observer or SilentObserver()
+        self.faults = faults or Faults()
+        self.parallel = Parallel()
+        self.history: list[dict[str, float]] = []
+        self.best = Best()
+        self.first_epoch = 1
+        self.pending: EpochState | None = None  # the last completed epoch, until it is saved
+        self.seconds_before = 0.0
+        self._stop_requested: Callable[[], int | None] = _nothing
+
+    # Setting up ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Join the ranks, load the data, build the model and its optimizers, and restore a resumed run."""
+        self.parallel = distributed.join() if distributed.launched_by_torchrun() else Parallel()
+        if not self.parallel.is_main:
+            self.observer = SilentObserver()
+        self.faults.on_setup(self.parallel)
+        self.store.ensure_writable()
+        self.device = resolve_device(self.settings.device)
+        self.observer.data_loading()
+        self.dataset = load_dataset(self.request.config.data)
+        self.observer.data_loaded(self.dataset, self.parallel.world)
+        resume = load_resume(self.store, self.request.resume) if self.request.resume else None
+        if resume is not None:
+            self.observer.resumed(resume.name, resume.last["epoch"])
+        self._build_model()
+        if resume is not None:
+            self._restore(resume)
+        validation = self.dataset.validation
+        self.baseline = error_metrics(torch.full_like(validation.rating, self.dataset.global_mean), validation.rating)
+        expected = self.dataset.expected.get("validation")
+        self.noise_floor = error_metrics(expected, validation.rating) if expected is not None else None
+        rows = len(self.dataset.train)
+        if self.parallel.active:  # every rank needs a share of each batch
+            rows -= rows % self.settings.batch_size if rows % self.settings.batch_size < self.parallel.world else 0
+        self.rows_per_epoch = rows
+        self.batches = math.ceil(rows / self.settings.batch_size)
+
+    def _build_model(self) -> None:
+        settings = self.settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        torch.manual_seed(settings.seed)
+        self.model_config = model_config_for(self.dataset, settings)
+        _check_fits(self.model_config)
+        if self.parallel.active:
+            with distributed.quiet_library_logs():
+                self.model, self.optimizers, plan = distributed.build_sharded(
+                    self.model_config, settings, self.device, self.parallel
+                )
+            shards = distributed.plan_table(plan)
+        else:
+            self.model, self.optimizers = build_for_training(self.model_config, settings, self.device)
+            shards = [Shard(table_name(table.feature), "unsharded", (0,)) for table in self.model_config.tables]
+        self.observer.planned(shards)
+        distributed.bare(self.model).start_at(self.dataset.global_mean)
+        self.order = torch.Generator().manual_seed(settings.seed)
+
+    def _restore(self, resume: ResumeFrom) -> None:
+        last = resume.last
+        if self.parallel.active:
+            distributed.load_full_state(self.model, last["model"])
+        else:
+            self.model.load_state_dict(last["model"])
+        self.optimizers.load_state_dict(last["optimizers"], sparse=not self.parallel.active)
+        torch.set_rng_state(last["rng"])
+        self.order.set_state(last["order"])
+        self.history = list(resume.meta["history"])
+        metrics = dict(resume.meta["metrics"]["validation"])
+        self.best = Best(last["best_epoch"], last["best_val_rmse"], metrics, resume.best_state)
+        self.first_epoch = last["epoch"] + 1
+        self.seconds_before = float(resume.meta.get("seconds", 0.0))
+
+    # Training --------------------------------------------------------------------------------------
+    def train(self) -> TrainResult | None:
+        """Train the remaining epochs, saving the checkpoint when due and at the end; stop early after
+        ``patience`` epochs without a better validation RMSE. Returns the result on rank 0."""
+        self.started = time.perf_counter()
+        with StopOnSignal() as signals:
+            self._stop_requested = signals.requested
+            for epoch in range(self.first_epoch, self.settings.epochs + 1):
+                self.run_epoch(epoch)
+                patience = self.settings.patience
+                stopping_early = bool(patience and epoch - self.best.epoch >= patience)
+                last = stopping_early or epoch == self.settings.epochs
+                if last or epoch % self.settings.checkpoint_every == 0:
+                    self.save_checkpoint(complete=last)
+                if stopping_early:
+                    break
+        return self._result()
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training rows, then validation; returns the epoch's history record."""
+        settings, train_rows = self.settings, self.dataset.train
+        lr = self.optimizers.lr
+        self.observer.epoch_started(epoch, settings.epochs, self.batches, lr)
+        self.model.train()
+        started = time.perf_counter()
+        permutation = torch.randperm(len(train_rows), generator=self.order)[: self.rows_per_epoch]
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for batch, start in enumerate(range(0, self.rows_per_epoch, settings.batch_size), start=1):
+            rows = self.parallel.share(permutation[start : start + settings.batch_size])
+            dense, kjt = self.dataset.catalog.batch(train_rows.user[rows], train_rows.item[rows])
+            target = train_rows.rating[rows].to(self.device)
+            loss = train_step(
+                self.model, self.optimizers, dense.to(self.device), kjt.to(self.device), target, settings.embedding_l2
+            ).item()
+            self._check_batch(loss, epoch, batch)
+            loss_sum += loss * rows.shape[0]
+            self.observer.batch_done(loss)
+        self.optimizers.epoch_done()
+        train_seconds = time.perf_counter() - started
+        validation = self.validate()
+        record = {
+            "epoch": epoch,
+            "train_loss": float(self.parallel.sum(loss_sum)) / self.rows_per_epoch,
+            "val_rmse": validation["rmse"],
+            "val_mae": validation["mae"],
+            "lr": lr,
+            "samples_per_s": self.rows_per_epoch / train_seconds,
+            "seconds": time.perf_counter() - started,
+        }
+        self._epoch_done(record, validation)
+        return record
+
+    def _check_batch(self, loss: float, epoch: int, batch: int) -> None:
+        """Stop on a diverged loss or a signal; with several ranks, all stop at the same batch or none."""
+        diverged, signal_number = not math.isfinite(loss), self._stop_requested() or 0
+        if self.parallel.active:
+            diverged, signal_number = bool(self.parallel.any(int(diverged))), self.parallel.any(signal_number)
+        if diverged:
+            saved = self.save_checkpoint(complete=False) if self.pending is not None else None
+            kept = f"; the last good epoch is saved as {saved}" if saved else ""
+            raise DlrmError(
+                f"training diverged: the loss became {loss} in epoch {epoch}, batch {batch}{kept}; try a smaller --lr"
+            )
+        if signal_number:
+            self._interrupt(signal_number, completed=epoch - 1)
+
+    def _interrupt(self, signal_number: int, completed: int) -> None:
+        """Save the last completed epoch (if it is not in the store yet) and end the run."""
+        signame = {2: "SIGINT", 15: "SIGTERM"}.get(signal_number, f"signal {signal_number}")
+        code = 128 + signal_number
+        if self.pending is not None:
+            self.save_checkpoint(complete=False)
+        if completed == 0 or self.name is None:
+            raise Interrupted(f"interrupted by {signame} before the first epoch finished; nothing was saved", code)
+        raise Interrupted(
+            f"interrupted by {signame}; epoch {completed} is saved as {self.name} (incomplete). "
+            f"Resume with: dlrm train --resume {self.name}",
+            code,
+        )
+
+    def validate(self) -> dict[str, float]:
+        """MSE, RMSE and MAE on the validation rows; with several ranks, each scores a share."""
+        if not self.parallel.active:
+            return evaluate_split(self.model, self.dataset.catalog, self.dataset.validation, self.device)
+        return _validate_shared(self.model, self.dataset, self.device, self.parallel)
+
+    def _epoch_done(self, record: dict[str, float], validation: dict[str, float]) -> None:
+        self.history.append(record)
+        weights = self._weights()  # a collective when distributed: every rank calls it
+        if validation["rmse"] < self.best.rmse:
+            self.best = Best(int(record["epoch"]), validation["rmse"], validation, weights)
+        self.observer.epoch_done(record)
+        self.pending = EpochState(
+            epoch=int(record["epoch"]),
+            weights=weights,
+            optimizers=_cpu_copy(self.optimizers.state_dict(sparse=not self.parallel.active)),
+            rng=torch.get_rng_state(),
+            order=self.order.get_state(),
+            history=list(self.history),
+            best=self.best,
+        )
+
+    def _weights(self) -> dict[str, torch.Tensor] | None:
+        """Whole CPU copies of the weights (gathered from every rank when distributed; None off rank 0)."""
+        if self.parallel.active:
+            return distributed.full_state(self.model, self.parallel)
+        return _cpu_copy(self.model.state_dict())
+
+    # Saving ----------------------------------------------------------------------------------------
+    def save_checkpoint(self, *, complete: bool) -> str | None:
+        """Write the last completed epoch into the run's checkpoint (created on the first save, replaced
+        after that) and return its name. Rank 0 writes; the other ranks only forget the epoch."""
+        state, self.pending = self.pending, None
+        if state is None or not self.parallel.is_main:
+            return self.name
+        self.name = self.store.save(
+            name=self.name,
+            prefix=self.dataset.source.kind,
+            meta=self._meta(state, complete),
+            tensors={
+                "model.pt": state.best.weights,
+                "catalog.pt": self.dataset.catalog.state(),
+                "train_state.pt": state.resume_state(),
+            },
+            replace=self.name is not None,
+            before_publish=self.faults.before_publish,
+        )
+        return self.name
+
+    def _meta(self, state: EpochState, complete: bool) -> dict[str, Any]:
+        """The checkpoint's metadata: the run record, the model's shape, metrics, history, provenance."""
+        dataset = self.dataset
+        return {
+            "run": RunConfig(self.settings, dataset.source).to_dict(),
+            "model": self.model_config.to_dict(),
+            "features": {
+                "dense": dataset.catalog.dense_names,
+                "sparse": [f for f, _ in dataset.catalog.sparse_features],
+            },
+            "global_mean": dataset.global_mean,
+            "counts": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
+            "metrics": {
+                "validation": {"rmse": state.best.rmse, **state.best.metrics},
+                "validation_baseline": self.baseline,
+                "validation_noise_floor": self.noise_floor,
+            },
+            "history": state.history,
+            "best_epoch": state.best.epoch,
+            "epochs_done": state.epoch,
+            "seconds": self._seconds(),
+            "versions": versions(),
+            "complete": complete,
+            "processes": self.parallel.world,
+        }
+
+    def _seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def _result(self) -> TrainResult | None:
+        names = [self.name]
+        if self.parallel.active:  # rank 0 chose the name of a new checkpoint
+            torch.distributed.broadcast_object_list(names, src=0)
+        if not self.parallel.is_main or names[0] is None:
+            return None
+        validation = {"rmse": self.best.rmse, **self.best.metrics}
+        return TrainResult(
+            names[0], self.history, validation, self.baseline, self.noise_floor, self._seconds(), self.best.epoch
+        )
+
+    # Cleaning up -----------------------------------------------------------------------------------
+    def cleanup(self, failed: bool = False) -> None:
+        """Leave the process group: after a clean run, once every rank is done."""
+        distributed.leave(clean=not failed)
+
+    def blame(self, error: DlrmError) -> DlrmError:
+        """A failure belongs to a rank: name it (a signal stops every rank alike, so it names none)."""
+        if self.parallel.active and not isinstance(error, Interrupted):
+            error.args = (f"rank {self.parallel.rank}: {error}",)
+        return error
+
+
+@dataclass
+class ResumeFrom:
+    """A checkpoint's training state: where a resumed run continues."""
+
+    name: str
+    meta: dict[str, Any]
+    best_state: dict[str, torch.Tensor]
+    last: dict[str, Any]
+
+
+def load_resume(store: CheckpointStore, ref: str) -> ResumeFrom:
+    """The training state of a checkpoint, for ``dlrm train --resume``."""
+    checkpoint = store.load(ref)
+    if "train_state.pt" not in checkpoint.meta.get("files", {}):
+        raise DlrmError(f"checkpoint {checkpoint.name} holds no training state to resume from")
+    return ResumeFrom(
+        name=checkpoint.name,
+        meta=checkpoint.meta,
+        best_state=checkpoint.tensors("model.pt"),
+        last=checkpoint.tensors("train_state.pt"),
+    )
+
+
+def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
+    """The model's inputs follow from the data: its dense columns and its sparse features."""
+    catalog = dataset.catalog
+    dim = settings.embedding_dim
+    return ModelConfig(
+        num_dense=len(catalog.dense_names),
+        tables=tuple(TableConfig(name, rows) for name, rows in catalog.sparse_features),
+        embedding_dim=dim,
+        bottom_mlp=(*settings.bottom_mlp, dim),
+        top_mlp=tuple(settings.top_mlp),
+        rating_min=catalog.rating_min,
+        rating_max=catalog.rating_max,
+        dropout=settings.dropout,
+    )
+
+
+def train_step(
+    model: nn.Module,
+    optimizers: Optimizers,
+    dense: torch.Tensor,
+    kjt: KeyedJaggedTensor,
+    target: torch.Tensor,
+    embedding_l2: float = 0.0,
+) -> torch.Tensor:
+    """One optimizer step on a batch. The loss lives here, outside the model: mean squared error, plus
+    ``embedding_l2`` times the mean squared norm of the embeddings the batch looked up. Returns the MSE."""
+    predicted, embedded = model(dense, kjt, with_embeddings=True)
+    mse = nn.functional.mse_loss(predicted, target)
+    loss = mse + embedding_l2 * embedded.pow(2).sum(dim=(1, 2)).mean() if embedding_l2 else mse
+    optimizers.zero_grad()
+    loss.backward()
+    optimizers.step()
+    return mse.detach()
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            found[package] = md.version(package)
+    return found
+
+
+def _validate_shared(model: nn.Module, dataset: Dataset, device: torch.device, parallel: Parallel) -> dict[str, float]:
+    """Validation metrics over several ranks: each scores its share of each chunk, and the sums are reduced."""
+    ratings, catalog = dataset.validation, dataset.catalog
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # squared error, absolute error, count
+    with torch.no_grad():  # fused kernels run only behind autograd on CPU
+        for start in range(0, len(ratings), EVAL_BATCH):
+            rows = torch.arange(start, min(start + EVAL_BATCH, len(ratings)))
+            mine = parallel.share(rows)
+            weight = torch.ones(len(mine), dtype=torch.float64)
+            if len(mine) == 0:  # fewer rows than ranks: score a stand-in row with no weight
+                mine, weight = rows[:1], torch.zeros(1, dtype=torch.float64)
+            dense, kjt = catalog.batch(ratings.user[mine], ratings.item[mine])
+            diff = model(dense.to(device), kjt.to(device)).double().cpu() - ratings.rating[mine].double()
+            sums += torch.stack([(weight * diff**2).sum(), (weight * diff.abs()).sum(), weight.sum()])
+    model.train()
+    total = parallel.sum(sums)
+    mse = float(total[0] / total[2])
+    return {"mse": mse, "rmse": mse**0.5, "mae": float(total[1] / total[2])}
+
+
+def _check_fits(config: ModelConfig) -> None:
+    """Refuse, before allocating, a model whose tables and their optimizer state outgrow the memory."""
+    rows = sum(table.num_embeddings for table in config.tables)
+    need = rows * config.embedding_dim * 4 * 3  # weights, a gradient or Adam's moments, snapshots
+    if need > memory_bytes() // 2:
+        raise DlrmUsageError(
+            f"embedding tables of {rows:,} rows x {config.embedding_dim} would need about {need / 2**30:.1f} GiB; "
+            "choose a smaller --embedding-dim"
+        )
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy on the CPU of a (nested) state dict, safe from later in-place updates."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value) for value in obj)
+    return obj
