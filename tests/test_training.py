@@ -1,0 +1,130 @@
+"""The training run's life cycle through the core API: early stopping, the best epoch kept, saves when
+due, each sparse optimizer, what an observer hears, and what a resumed request keeps."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, tiny_request
+
+from dlrm_cli.inference import evaluate
+from dlrm_cli.loading import open_model
+from dlrm_cli.request import prepare
+from dlrm_cli.training import Faults, SilentObserver, TrainingRun, train
+
+
+def _meta(store: Path, name: str) -> dict:
+    return json.loads((store / name / "meta.json").read_text())
+
+
+def test_patience_stops_once_that_many_epochs_bring_no_better_validation_rmse(tmp_path):
+    store = tmp_path / "store"
+    result = train(tiny_request(store, epochs=10, patience=1))
+    rmse = [record["val_rmse"] for record in result.history]
+    best = rmse.index(min(rmse)) + 1
+    assert result.best_epoch == best
+    assert len(rmse) == best + 1 < 10, rmse  # one epoch without improvement, then it stopped
+    meta = _meta(store, result.name)
+    assert meta["complete"] and meta["epochs_done"] == len(rmse)
+
+
+def test_the_checkpoint_serves_the_best_epoch_not_the_last(tmp_path):
+    store = tmp_path / "store"
+    result = train(tiny_request(store, epochs=4))  # this small set overfits after its second epoch
+    rmse = [record["val_rmse"] for record in result.history]
+    assert result.best_epoch < 4 and rmse[-1] > min(rmse), rmse
+    served = evaluate(open_model(store, result.name), "validation").model["rmse"]
+    assert served == pytest.approx(rmse[result.best_epoch - 1], rel=1e-5)
+    assert served != pytest.approx(rmse[-1], rel=1e-5)
+
+
+def test_checkpoint_every_saves_when_due_and_at_the_end(tmp_path):
+    saved = []
+
+    def record(folder: Path) -> None:
+        saved.append(json.loads((folder / "meta.json").read_text())["epochs_done"])
+
+    train(tiny_request(tmp_path / "store", epochs=5, checkpoint_every=2), faults=Faults(before_publish=record))
+    assert saved == [2, 4, 5]
+
+
+@pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adagrad", "sgd"])
+def test_each_sparse_optimizer_trains_the_tables(tmp_path, optimizer):
+    run = TrainingRun(tiny_request(tmp_path / "store", sparse_optimizer=optimizer))
+    run.setup()
+    tables = run.model.dlrm.sparse_arch.embedding_bag_collection
+    before = {name: weight.detach().clone() for name, weight in tables.state_dict().items()}
+    result = run.train()
+    run.cleanup()
+    assert result.validation["rmse"] < 0.9 * result.baseline["rmse"]  # SGD learns slowest: 0.86 of it
+    after = tables.state_dict()
+    assert all(not torch.equal(before[name], after[name]) for name in before)
+    state = run.optimizers.sparse.state_dict()["state"]
+    sizes = {name: tuple(value.shape) for values in state.values() for name, value in values.items()}
+    expected = {  # row-wise Adagrad keeps one accumulator per row, Adagrad one per weight, SGD none
+        "rowwise_adagrad": {"t_user_id.weight.momentum_1": (200,)},
+        "adagrad": {"t_user_id.weight.momentum_1": (200, 16)},
+        "sgd": {},
+    }[optimizer]
+    assert {name: size for name, size in sizes.items() if name.startswith("t_user_id")} == expected
+
+
+class Recorder(SilentObserver):
+    """Notes the name of every event it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def data_loading(self) -> None:
+        self.events.append("data_loading")
+
+    def data_loaded(self, dataset, processes) -> None:
+        self.events.append("data_loaded")
+
+    def planned(self, shards) -> None:
+        self.events.append(f"planned {len(shards)} tables")
+
+    def epoch_started(self, epoch, epochs, batches, lr) -> None:
+        self.events.append(f"epoch {epoch}/{epochs} of {batches} batches")
+
+    def batch_done(self, loss) -> None:
+        self.events.append("batch_done")
+
+    def epoch_done(self, record) -> None:
+        self.events.append(f"epoch {record['epoch']} done")
+
+
+def test_an_observer_hears_the_run_in_order(tmp_path):
+    recorder = Recorder()
+    train(tiny_request(tmp_path / "store", epochs=2), observer=recorder)
+    batches = 38  # 4,800 training rows in batches of 128
+
+    def epoch(number: int) -> list[str]:
+        return [f"epoch {number}/2 of 38 batches", *["batch_done"] * batches, f"epoch {number} done"]
+
+    assert recorder.events == ["data_loading", "data_loaded", "planned 3 tables", *epoch(1), *epoch(2)]
+
+
+def test_a_resumed_request_keeps_its_checkpoints_record_but_for_what_may_change(tmp_path):
+    store = tmp_path / "store"
+    first = train(tiny_request(store, name="first", epochs=1))
+    assert first is not None
+    asked = tiny_request(store, name=None, epochs=3, lr=0.5, threads=1)
+    resumed = prepare(replace(asked, resume="latest", given=frozenset({"resume", "epochs", "threads"})))
+    saved = _meta(store, "first")["run"]
+    assert resumed.resume == "first" and resumed.config.data.to_dict() == saved["data"]
+    assert resumed.config.train.lr == saved["train"]["lr"] != 0.5  # not given: the checkpoint's
+    assert (resumed.config.train.epochs, resumed.config.train.threads) == (3, 1)  # given: the command line's
+
+
+def test_tiny_request_matches_the_command_lines_tiny_run():
+    settings = tiny_request(Path("store")).config
+    assert [
+        "--users", str(settings.data.users), "--items", str(settings.data.items),
+        "--ratings", str(settings.data.ratings), "--embedding-dim", str(settings.train.embedding_dim),
+        "--batch-size", str(settings.train.batch_size),
+    ] == TINY  # fmt: skip
