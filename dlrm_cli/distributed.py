@@ -9,11 +9,7 @@ alone writes them, as ordinary single-process checkpoints.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +21,7 @@ from torch import nn
 from dlrm_cli.config import ModelConfig, TrainConfig
 from dlrm_cli.model import RatingDLRM, embedding_configs
 from dlrm_cli.optim import Optimizers
+from dlrm_cli.quiet import quiet_library_logs
 
 TIMEOUT = timedelta(seconds=int(os.environ.get("DLRM_DIST_TIMEOUT", "120")))
 # Data-parallel tables run FBGEMM's dense lookup, whose CPU build has no autograd kernel (torch warns that
@@ -78,20 +75,6 @@ class Shard:
     table: str
     sharding: str
     ranks: tuple[int, ...]
-
-
-@contextlib.contextmanager
-def quiet_library_logs() -> Iterator[None]:
-    """TorchRec's planner and DistributedModelParallel log advice meant for their developers, on every rank;
-    silence their warnings while they run, and only then."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def join() -> Parallel:

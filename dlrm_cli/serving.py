@@ -29,6 +29,7 @@ from dlrm_cli.errors import DlrmError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
 from dlrm_cli.model import RatingDLRM, table_name, to_rating
+from dlrm_cli.quiet import quiet_library_logs
 
 PARITY_TOLERANCE = 1e-5
 
@@ -85,7 +86,9 @@ def export_model(
             from dlrm_cli.quantized import QuantizedServingDLRM
 
             quantized = QuantizedServingDLRM(model).eval()
-            torch.jit.save(torch.jit.script(torchrec.fx.symbolic_trace(quantized)), str(tmp))
+            with quiet_library_logs():
+                scripted = torch.jit.script(torchrec.fx.symbolic_trace(quantized))
+            torch.jit.save(scripted, str(tmp))
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.script(serving), str(tmp))
         elif fmt == "pt2":

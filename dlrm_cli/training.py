@@ -35,6 +35,7 @@ from dlrm_cli.errors import DlrmError, DlrmUsageError, Interrupted
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split
 from dlrm_cli.model import resolve_device, table_name
 from dlrm_cli.optim import Optimizers, build_for_training
+from dlrm_cli.quiet import quiet_library_logs
 from dlrm_cli.request import TrainRequest
 from dlrm_cli.signals import StopOnSignal
 from dlrm_cli.store import CheckpointStore
@@ -221,7 +222,7 @@ class TrainingRun:
         self.model_config = model_config_for(self.dataset, settings)
         _check_fits(self.model_config)
         if self.parallel.active:
-            with distributed.quiet_library_logs():
+            with quiet_library_logs():
                 self.model, self.optimizers, plan = distributed.build_sharded(
                     self.model_config, settings, self.device, self.parallel
                 )
