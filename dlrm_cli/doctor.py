@@ -92,7 +92,7 @@ def _runtime_checks() -> list[Check]:
         checks.append(
             Check("fbgemm operators", "ok" if ok else "fail", "load and run" if ok else f"wrong result {out}")
         )
-    except Exception as error:
+    except Exception as error:  # a broken FBGEMM fails in many ways; each is the finding, shown as a red line
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         fix = CPU_INSTALL
         if "nvidia-ml" in message or "libcuda" in message:
@@ -113,7 +113,7 @@ def _runtime_checks() -> list[Check]:
         kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([1]), torch.tensor([1]))
         train_step(model, optimizers, torch.zeros(1, 1), kjt, torch.tensor([3.0]))
         checks.append(Check("fused training step", "ok", "FusedEmbeddingBagCollection trains on the CPU"))
-    except Exception as error:
+    except Exception as error:  # whatever stops a training step on this install is the finding
         message = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         checks.append(Check("fused training step", "fail", message, "use --embeddings plain, or " + CPU_INSTALL))
     if torch.cuda.is_available():
