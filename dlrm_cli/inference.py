@@ -37,21 +37,36 @@ class Evaluation:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """Ratings beside the model's predictions of them; for synthetic data also what a perfect model predicts."""
+
+    data: str
+    split: str
+    ratings: Ratings
+    predicted: torch.Tensor
+    expected: torch.Tensor | None
+
+
 def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Evaluation:
     """MSE, RMSE and MAE of the model beside two references: always predicting the training mean, and
     (for synthetic data) the best any model can do.
 
     Without ``data``: on a split of the data the checkpoint was trained on. With ``data``: on every
     rating in it, ids mapped through the checkpoint's vocabularies."""
+    return evaluation_of(loaded, score_ratings(loaded, split, data))
+
+
+def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Scored:
+    """The model's predictions for the ratings ``evaluate`` scores (see there for ``split`` and ``data``)."""
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    floor = None
+    expected = None
     if data is None:
         trained_on = loaded.checkpoint.run.data
         dataset = load_dataset(trained_on)
         ratings = dataset.split(split)
-        if split in dataset.expected:
-            floor = error_metrics(dataset.expected[split], ratings.rating)
+        expected = dataset.expected.get(split)
         kind = trained_on.kind
     else:
         if not isinstance(data, FileSource):
@@ -59,15 +74,21 @@ def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) ->
         ratings = _ratings_from(loaded, data)
         split, kind = "all", data.kind
     predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
+    return Scored(kind, split, ratings, predicted, expected)
+
+
+def evaluation_of(loaded: LoadedModel, scored: Scored) -> Evaluation:
+    """The metrics of scored ratings, beside the global-mean baseline and the noise floor."""
+    actual = scored.ratings.rating
     mean = float(loaded.meta["global_mean"])
     return Evaluation(
         checkpoint=loaded.checkpoint.name,
-        data=kind,
-        split=split,
-        count=len(ratings),
-        model=error_metrics(predicted, ratings.rating),
-        global_mean_baseline=error_metrics(torch.full_like(ratings.rating, mean), ratings.rating),
-        noise_floor=floor,
+        data=scored.data,
+        split=scored.split,
+        count=len(scored.ratings),
+        model=error_metrics(scored.predicted, actual),
+        global_mean_baseline=error_metrics(torch.full_like(actual, mean), actual),
+        noise_floor=error_metrics(scored.expected, actual) if scored.expected is not None else None,
     )
 
 

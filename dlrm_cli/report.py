@@ -16,22 +16,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from dlrm_cli.data import load_dataset
 from dlrm_cli.errors import DlrmError
-from dlrm_cli.inference import evaluate
+from dlrm_cli.inference import evaluation_of, score_ratings
 from dlrm_cli.loading import open_model
-from dlrm_cli.metrics import score
 
 
 def _runs(store: Path, refs: list[str]) -> list[dict[str, Any]]:
     runs = []
     for ref in refs:
         loaded = open_model(store, ref)
-        report = evaluate(loaded, "test").to_dict()
-        test = load_dataset(loaded.checkpoint.run.data).test
-        predicted = score(loaded.model, loaded.catalog, test.user, test.item, loaded.device)
-        runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report, "predicted": predicted,
-                     "actual": test.rating})  # fmt: skip
+        test = score_ratings(loaded, "test")  # scored once: for the metrics table and for the histogram
+        report = evaluation_of(loaded, test).to_dict()
+        runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report,
+                     "predicted": test.predicted, "actual": test.ratings.rating})  # fmt: skip
     return runs
 
 
