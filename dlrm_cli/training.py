@@ -117,9 +117,12 @@ class Best:
     """The best epoch so far by validation RMSE: the checkpoint serves its weights, not the last epoch's."""
 
     epoch: int = 0
-    rmse: float = math.inf
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # MSE, RMSE and MAE on the validation rows
     weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def rmse(self) -> float:
+        return self.metrics.get("rmse", math.inf)
 
 
 @dataclass
@@ -244,8 +247,8 @@ class TrainingRun:
         torch.set_rng_state(last["rng"])
         self.order.set_state(last["order"])
         self.history = list(resume.meta["history"])
-        metrics = dict(resume.meta["metrics"]["validation"])
-        self.best = Best(last["best_epoch"], last["best_val_rmse"], metrics, resume.best_state)
+        metrics = dict(resume.meta["metrics"]["validation"])  # its RMSE is train_state's best_val_rmse
+        self.best = Best(last["best_epoch"], metrics, resume.best_state)
         self.first_epoch = last["epoch"] + 1
         self.seconds_before = float(resume.meta.get("seconds", 0.0))
 
@@ -339,7 +342,7 @@ class TrainingRun:
         self.history.append(record)
         weights = self._weights()  # a collective when distributed: every rank calls it
         if validation["rmse"] < self.best.rmse:
-            self.best = Best(int(record["epoch"]), validation["rmse"], validation, weights)
+            self.best = Best(int(record["epoch"]), validation, weights)
         self.observer.epoch_done(record)
         self.pending = EpochState(
             epoch=int(record["epoch"]),
@@ -391,7 +394,7 @@ class TrainingRun:
             "global_mean": dataset.global_mean,
             "counts": {"train": len(dataset.train), "validation": len(dataset.validation), "test": len(dataset.test)},
             "metrics": {
-                "validation": {"rmse": state.best.rmse, **state.best.metrics},
+                "validation": state.best.metrics,
                 "validation_baseline": self.baseline,
                 "validation_noise_floor": self.noise_floor,
             },
@@ -413,9 +416,9 @@ class TrainingRun:
             torch.distributed.broadcast_object_list(names, src=0)
         if not self.parallel.is_main or names[0] is None:
             return None
-        validation = {"rmse": self.best.rmse, **self.best.metrics}
+        best = self.best
         return TrainResult(
-            names[0], self.history, validation, self.baseline, self.noise_floor, self._seconds(), self.best.epoch
+            names[0], self.history, best.metrics, self.baseline, self.noise_floor, self._seconds(), best.epoch
         )
 
     # Cleaning up -----------------------------------------------------------------------------------
