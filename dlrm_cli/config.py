@@ -179,7 +179,7 @@ class SyntheticSpec:
 
     @property
     def label(self) -> str:
-        return "synthetic"
+        return self.kind
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **asdict(self)}

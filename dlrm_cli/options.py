@@ -281,14 +281,15 @@ def _option_values(config: RunConfig) -> dict[str, Any]:
     values: dict[str, Any] = config.train.to_dict()
     values.update(bottom_mlp=comma_joined(config.train.bottom_mlp), top_mlp=comma_joined(config.train.top_mlp))
     data = config.data
+    values["data"] = data.label
     if isinstance(data, FileSource):
-        values.update(data=data.label, split=data.split, val_fraction=data.validation)
+        values.update(split=data.split, val_fraction=data.validation)
         columns = data.columns or CsvColumns()
         values.update(user_col=columns.user, item_col=columns.item, rating_col=columns.rating)
         values.update(time_col=columns.time)
-        values.update({f"{key}_cols": ",".join(getattr(columns, key)) or None for key in ("dense", "sparse")})
+        values.update({f"{key}_cols": comma_joined(getattr(columns, key)) or None for key in ("dense", "sparse")})
         if columns.rating_range is not None:
             values["rating_range"] = comma_joined(columns.rating_range)
     else:
-        values.update(data="synthetic", **{key: getattr(data, key) for key in SYNTHETIC_SIZES})
+        values.update({key: getattr(data, key) for key in SYNTHETIC_SIZES})
     return values
