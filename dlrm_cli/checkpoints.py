@@ -8,7 +8,7 @@ from typing import Any
 
 from dlrm_cli.config import RunConfig
 from dlrm_cli.errors import DlrmUsageError
-from dlrm_cli.store import ALIASES, CheckpointStore
+from dlrm_cli.store import ALIASES, CheckpointInfo, CheckpointStore
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,9 @@ def list_checkpoints(store: CheckpointStore) -> Listing:
     return Listing(str(store.root), rows)
 
 
-def _protected(store: CheckpointStore) -> dict[str, str]:
-    """Checkpoint name -> the alias that points at it."""
-    return {name: alias for alias, name in store.aliases().items()}
+def _protected(store: CheckpointStore, infos: list[CheckpointInfo] | None = None) -> dict[str, str]:
+    """Checkpoint name -> the alias that points at it (``infos``: the store, if already read)."""
+    return {name: alias for alias, name in store.aliases(infos).items()}
 
 
 def remove_checkpoints(store: CheckpointStore, names: list[str], force: bool = False) -> list[str]:
@@ -94,7 +94,7 @@ class Pruning:
 def prune_checkpoints(store: CheckpointStore, keep: int, force: bool = False, dry_run: bool = False) -> Pruning:
     """Remove all but the newest ``keep`` checkpoints; 'latest' and 'best' stay unless ``force``."""
     infos = store.infos()
-    protected = _protected(store)
+    protected = _protected(store, infos)
     older = [info.name for info in infos[: max(len(infos) - keep, 0)]]
     doomed = [name for name in older if force or name not in protected]
     if not dry_run:
