@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlrm_cli.store import CheckpointStore
+from dlrm_cli.threads import available_cpus, chosen_threads
 
 # TorchRec and FBGEMM are released in lockstep with PyTorch; these pairs are known to work together.
 KNOWN_GOOD = {("1.8", "2.13"), ("1.7", "2.12"), ("1.6", "2.11"), ("1.5", "2.10"), ("1.4", "2.9"), ("1.3", "2.8")}
@@ -121,7 +122,13 @@ def _runtime_checks() -> list[Check]:
         checks.append(Check("CUDA", "ok", f"{torch.cuda.device_count()} GPU(s): {names}"))
     else:
         checks.append(Check("CUDA", "info", "no GPU seen; dlrm runs on the CPU"))
-    threads = f"torch uses {torch.get_num_threads()} of {os.cpu_count()} CPUs (--threads changes it)"
+    fixed, usable = chosen_threads(None), available_cpus()
+    threads = (
+        f"OMP_NUM_THREADS fixes torch's threads at {fixed}"
+        if fixed
+        else f"training picks 1 to {usable} threads by timing its steps ({usable} of {os.cpu_count()} CPUs usable "
+        "here; --threads fixes a count)"
+    )
     checks.append(Check("threads", "info", threads))
     return checks
 

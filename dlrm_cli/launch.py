@@ -20,6 +20,7 @@ from typing import TextIO
 
 from dlrm_cli.errors import DlrmError, error_for_exit_code
 from dlrm_cli.request import TrainRequest
+from dlrm_cli.threads import available_cpus
 from dlrm_cli.training import TrainResult
 
 WORKER = ("-m", "dlrm_cli.worker")
@@ -33,7 +34,7 @@ def launch(request: TrainRequest, worker: Sequence[str] = WORKER) -> TrainResult
     with tempfile.TemporaryDirectory(prefix="dlrm-launch-") as folder:
         workspace = Path(folder)
         (workspace / "request.json").write_text(json.dumps(request.to_dict()))
-        threads = max(1, (os.cpu_count() or 1) // request.processes)
+        threads = max(1, available_cpus() // request.processes)  # fixed: each rank keeps its share
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={request.processes}",

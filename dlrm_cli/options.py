@@ -83,7 +83,9 @@ CheckpointOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run: CUDA when available, or as chosen.")]
 UserOption = Annotated[str, typer.Option(help="The user's id, as in the training data.")]
-ThreadsOption = Annotated[int | None, _option("CPU threads for torch (default: one per core).", min=1)]
+ThreadsOption = Annotated[
+    int | None, _option("CPU threads for torch (default: training picks a count by timing its steps).", min=1)
+]
 
 # dlrm train ----------------------------------------------------------------------------------------
 Epochs = Annotated[int, _option("Passes over the training rows.", min=1)]

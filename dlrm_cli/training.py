@@ -14,6 +14,7 @@ through ``Faults``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import platform
 import time
@@ -39,6 +40,7 @@ from dlrm_cli.quiet import quiet_library_logs
 from dlrm_cli.request import TrainRequest
 from dlrm_cli.signals import StopOnSignal
 from dlrm_cli.store import CheckpointStore
+from dlrm_cli.threads import ThreadGovernor, available_cpus, chosen_threads
 
 
 class TrainingObserver(Protocol):
@@ -187,6 +189,7 @@ class TrainingRun:
         self.first_epoch = 1
         self.pending: EpochState | None = None  # the last completed epoch, until it is saved
         self.seconds_before = 0.0
+        self.governor: ThreadGovernor | None = None  # None when the thread count is fixed
         self._stop_requested: Callable[[], int | None] = _nothing
 
     # Setting up ------------------------------------------------------------------------------------
@@ -219,8 +222,11 @@ class TrainingRun:
 
     def _build_model(self) -> None:
         settings = self.settings
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
+        fixed = chosen_threads(settings.threads)
+        if fixed:
+            torch.set_num_threads(fixed)
+        elif self.device.type == "cpu":
+            self.governor = ThreadGovernor(available_cpus(), torch.set_num_threads)
         torch.manual_seed(settings.seed)
         self.model_config = model_config_for(self.dataset, settings)
         _check_fits(self.model_config)
@@ -281,11 +287,8 @@ class TrainingRun:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for batch, start in enumerate(range(0, self.rows_per_epoch, settings.batch_size), start=1):
             rows = self.parallel.share(permutation[start : start + settings.batch_size])
-            dense, kjt = self.dataset.catalog.batch(train_rows.user[rows], train_rows.item[rows])
-            target = train_rows.rating[rows].to(self.device)
-            loss = train_step(
-                self.model, self.optimizers, dense.to(self.device), kjt.to(self.device), target, settings.embedding_l2
-            ).item()
+            step = functools.partial(self._step, train_rows.user[rows], train_rows.item[rows], train_rows.rating[rows])
+            loss = self.governor.timed(step, len(rows)) if self.governor is not None else step()
             self._check_batch(loss, epoch, batch)
             loss_sum += loss * rows.shape[0]
             self.observer.batch_done(loss)
@@ -303,6 +306,17 @@ class TrainingRun:
         }
         self._epoch_done(record, validation)
         return record
+
+    def _step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> float:
+        dense, kjt = self.dataset.catalog.batch(users, items)
+        return train_step(
+            self.model,
+            self.optimizers,
+            dense.to(self.device),
+            kjt.to(self.device),
+            ratings.to(self.device),
+            self.settings.embedding_l2,
+        ).item()
 
     def _check_batch(self, loss: float, epoch: int, batch: int) -> None:
         """Stop on a diverged loss or a signal; with several ranks, all stop at the same batch or none."""

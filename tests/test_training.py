@@ -128,3 +128,31 @@ def test_tiny_request_matches_the_command_lines_tiny_run():
         "--ratings", str(settings.data.ratings), "--embedding-dim", str(settings.train.embedding_dim),
         "--batch-size", str(settings.train.batch_size),
     ] == TINY  # fmt: skip
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("threads", "omp", "governed"), [(None, None, True), (1, None, False), (None, "1", False)])
+def test_the_thread_count_is_measured_unless_the_user_fixed_it(
+    tmp_path, monkeypatch, torch_threads, threads, omp, governed
+):
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    run = TrainingRun(tiny_request(tmp_path / "store", epochs=1, threads=threads))
+    try:
+        run.setup()
+        run.train()
+    finally:
+        run.cleanup()
+    assert (run.governor is not None) == governed
+    if governed:
+        assert run.governor.settled and run.governor.threads in run.governor.candidates
+    else:
+        assert torch.get_num_threads() == 1

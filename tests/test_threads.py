@@ -1,0 +1,118 @@
+"""The CPUs dlrm may use, and the governor that picks torch's thread count by timing training steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlrm_cli import threads
+from dlrm_cli.threads import ThreadGovernor, available_cpus, candidates, cgroup_quota, chosen_threads
+
+
+def test_available_cpus_follow_the_affinity_mask_and_the_cgroup_quota(monkeypatch, tmp_path):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    no_quota = tmp_path / "none"
+    assert available_cpus(no_quota) == 4
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # docker --cpus 1.5
+    assert cgroup_quota(quota) == 1.5
+    assert available_cpus(quota) == 2
+    quota.write_text("max 100000\n")
+    assert cgroup_quota(quota) is None and available_cpus(quota) == 4
+    quota.write_text("garbage")
+    assert cgroup_quota(quota) is None
+    quota.write_text("50000 100000")  # half a CPU still runs one thread
+    assert available_cpus(quota) == 1
+
+
+def test_the_users_thread_count_wins():
+    assert chosen_threads(3, {"OMP_NUM_THREADS": "2"}) == 3
+    assert chosen_threads(None, {"OMP_NUM_THREADS": "2"}) == 2
+    assert chosen_threads(None, {"OMP_NUM_THREADS": "zero"}) is None
+    assert chosen_threads(None, {"OMP_NUM_THREADS": "0"}) is None
+    assert chosen_threads(None, {}) is None
+
+
+def test_candidates_double_up_to_the_cpus():
+    assert candidates(1) == [1]
+    assert candidates(2) == [1, 2]
+    assert candidates(6) == [1, 2, 4, 6]
+    assert candidates(8) == [1, 2, 4, 8]
+
+
+class Machine:
+    """A fake clock and a step whose cost depends on the thread count and on what else runs."""
+
+    def __init__(self, cost):
+        self.now, self.cost, self.threads, self.steps = 0.0, cost, 1, []
+
+    def set_threads(self, n: int) -> None:
+        self.threads = n
+
+    def clock(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.steps.append(self.threads)
+        self.now += self.cost(self.threads)
+
+    def run(self, governor: ThreadGovernor, steps: int) -> None:
+        for _ in range(steps):
+            governor.timed(self.step, samples=100)
+
+
+def governed(machine: Machine, most: int = 2) -> ThreadGovernor:
+    return ThreadGovernor(most, machine.set_threads, clock=machine.clock, probe_steps=5, hold_seconds=5.0)
+
+
+def test_alone_it_keeps_every_cpu():
+    machine = Machine(lambda n: 0.010 / n**0.8)  # two threads are faster
+    governor = governed(machine)
+    machine.run(governor, 20)
+    assert governor.settled and governor.choice == 2 and machine.threads == 2
+    assert machine.steps[-5:] == [2] * 5
+
+
+def test_beside_a_busy_process_it_drops_to_one_thread_after_one_slow_step():
+    machine = Machine(lambda n: 0.010 if n == 1 else 0.600)  # spinning threads collapse beside another job
+    governor = governed(machine)
+    machine.run(governor, 30)
+    assert governor.choice == 1 and machine.threads == 1
+    # the trial of two threads: one step paying for the switch, one timed step, then it gave up
+    assert machine.steps.count(2) == 2
+
+
+def test_it_measures_again_when_step_times_drift():
+    busy = {"other job": False}
+    machine = Machine(lambda n: (0.010 if n == 1 else 0.600) if busy["other job"] else 0.010 / n)
+    governor = governed(machine)
+    machine.run(governor, 20)
+    assert governor.choice == 2 and governor.trials == 1
+    busy["other job"] = True  # another process starts: two threads become slow
+    machine.run(governor, 8)
+    assert governor.trials == 2 and machine.threads == 1
+    machine.run(governor, 10)
+    assert governor.choice == 1
+
+
+def test_it_checks_again_less_often_while_the_answer_stays_the_same():
+    machine = Machine(lambda n: 0.010 / n)
+    governor = governed(machine)
+    holds = []
+    for _ in range(6):
+        trials = governor.trials
+        while governor.trials == trials:
+            machine.run(governor, 1)
+        holds.append(governor._hold)
+    assert holds == [5.0, 10.0, 20.0, 40.0, 40.0, 40.0]
+
+
+def test_one_cpu_needs_no_trials():
+    machine = Machine(lambda n: 0.010)
+    governor = governed(machine, most=1)
+    machine.run(governor, 50)
+    assert governor.settled and governor.trials == 0 and set(machine.steps) == {1}
+
+
+def test_a_governor_needs_a_cpu():
+    with pytest.raises(ValueError, match="most must be >= 1, got 0"):
+        ThreadGovernor(0, lambda _: None)
