@@ -1,5 +1,6 @@
-"""``dlrm benchmark``: training throughput of three paths, inference latency, evaluate throughput and MLP
-efficiency, all measured in one process and one run (warm-up excluded, median of repeats).
+"""``dlrm benchmark``: training throughput of three paths for two models, the total throughput of several
+training processes at once against one alone, inference latency, evaluate throughput and MLP efficiency,
+all in one run (warm-up excluded, median of repeats). Only the concurrency figure runs in other processes.
 
 The ``reference`` path is a DLRM of the same architecture written the way a hand-written script usually
 is: one ``nn.EmbeddingBag`` per table, a ``Dataset`` returning one dict per sample, a ``DataLoader``
@@ -8,11 +9,15 @@ collating them, and Adam over every parameter. It exists here only to be measure
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -23,18 +28,26 @@ from torch.utils.data import Dataset as TorchDataset
 from dlrm_cli.config import SyntheticSpec, TrainConfig
 from dlrm_cli.data.catalog import Dataset
 from dlrm_cli.data.synthetic import generate
-from dlrm_cli.errors import DlrmUsageError
+from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.metrics import score
 from dlrm_cli.model import RatingDLRM, to_rating
 from dlrm_cli.optim import build_for_training
+from dlrm_cli.threads import ThreadGovernor, available_cpus, chosen_threads
 from dlrm_cli.training import model_config_for, train_step
 
 PATHS = ("fused", "plain_ebc", "reference")
+# The models a run can measure. ``seed`` has the sizes of the example dlrm started from (and of the
+# reference script people write from it): 1,000 users and 500 items, embeddings of 64, MLPs 32-64 and 128-64.
+MODELS: dict[str, TrainConfig] = {
+    "default": TrainConfig(),
+    "seed": TrainConfig(embedding_dim=64, bottom_mlp=(32, 64), top_mlp=(128, 64)),
+}
+SEED_USERS, SEED_ITEMS = 1_000, 500
 
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    rows: int = 100_000
+    rows: int = 100_000  # users and items of the default model's data
     batch_size: int = 256
     repeats: int = 5
     min_seconds: float = 1.0
@@ -43,6 +56,11 @@ class BenchmarkSettings:
     mlp_batch: int = 2048
     paths: tuple[str, ...] = PATHS
     threads: int | None = None
+    models: tuple[str, ...] = tuple(MODELS)
+    concurrent: int = 2  # training processes run at once for the concurrency figure; 0 skips it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "paths": list(self.paths), "models": list(self.models)}
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,8 @@ class BenchmarkReport:
     """Every figure of one benchmark run; ``to_dict()`` is ``dlrm benchmark --json``."""
 
     settings: dict[str, Any]
-    train: dict[str, dict[str, float]]
+    train: dict[str, dict[str, dict[str, float]]]  # model -> path -> figures
+    concurrency: dict[str, Any]
     latency: dict[str, dict[str, float]]
     evaluate: dict[str, float]
     mlp: dict[str, float]
@@ -78,10 +97,21 @@ def _median_rate(run: Callable[[], int], repeats: int, min_seconds: float) -> fl
 # dlrm's own paths ----------------------------------------------------------------------------------
 
 
-def _dlrm_train_rate(data: Dataset, embeddings: str, settings: BenchmarkSettings) -> float:
+def _data(model: str, settings: BenchmarkSettings) -> Dataset:
+    users, items = (SEED_USERS, SEED_ITEMS) if model == "seed" else (settings.rows, settings.rows)
+    ratings = min(max(20_000, 40 * settings.batch_size), 2_000_000)
+    try:
+        return generate(SyntheticSpec(users=users, items=items, ratings=ratings))
+    except ValueError as error:  # sizes this machine cannot hold
+        raise DlrmUsageError(str(error)) from None
+
+
+def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: BenchmarkSettings) -> Callable[[], int]:
+    """One training step of dlrm as ``dlrm train`` runs it (thread count chosen the same way); returns
+    the number of samples it trained on. The first steps, which pick the thread count, are run here."""
     torch.manual_seed(0)
-    config = model_config_for(data, TrainConfig())
-    model, optimizers = build_for_training(config, TrainConfig(embeddings=embeddings), torch.device("cpu"))
+    config = model_config_for(data, train_config)
+    model, optimizers = build_for_training(config, train_config, torch.device("cpu"))
     train, catalog = data.train, data.catalog
     order = torch.randperm(len(train))
     position = [0]
@@ -91,10 +121,86 @@ def _dlrm_train_rate(data: Dataset, embeddings: str, settings: BenchmarkSettings
         rows = order[start : start + settings.batch_size]
         position[0] += settings.batch_size
         dense, kjt = catalog.batch(train.user[rows], train.item[rows])
-        train_step(model, optimizers, dense, kjt, train.rating[rows])
+        train_step(model, optimizers, dense, kjt, train.rating[rows], train_config.embedding_l2).item()
         return settings.batch_size
 
-    return _median_rate(step, settings.repeats, settings.min_seconds)
+    fixed = chosen_threads(settings.threads)
+    if fixed:
+        torch.set_num_threads(fixed)
+        return step
+    governor = ThreadGovernor(available_cpus(), torch.set_num_threads)
+
+    def governed() -> int:
+        return governor.timed(step, settings.batch_size)  # type: ignore[return-value]
+
+    deadline = time.perf_counter() + 60
+    while not governor.settled and time.perf_counter() < deadline:
+        governed()
+    return governed
+
+
+def _dlrm_train_rate(data: Dataset, train_config: TrainConfig, settings: BenchmarkSettings) -> float:
+    return _median_rate(_dlrm_training(data, train_config, settings), settings.repeats, settings.min_seconds)
+
+
+# Several training processes at once ------------------------------------------------------------------
+
+
+def _concurrency(model: str, settings: BenchmarkSettings) -> dict[str, Any]:
+    """dlrm's default training path in one process alone, then in ``settings.concurrent`` processes at
+    once (each sets up, then all start timing together); the total against the one alone."""
+    solo = _train_in_processes(1, model, settings)[0]
+    together = _train_in_processes(settings.concurrent, model, settings)
+    return {
+        "processes": settings.concurrent,
+        "solo_samples_per_s": solo,
+        "each_samples_per_s": together,
+        "total_samples_per_s": sum(together),
+        "total_over_solo": sum(together) / solo,
+    }
+
+
+def _train_in_processes(count: int, model: str, settings: BenchmarkSettings) -> list[float]:
+    payload = json.dumps({"model": model, "settings": settings.to_dict()})
+    command = [sys.executable, "-m", "dlrm_cli.benchmark", payload]
+    with tempfile.TemporaryFile("w+") as errors:
+        children = [
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True)
+            for _ in range(count)
+        ]
+        try:
+            ready = [child.stdout.readline().strip() == "ready" for child in children]  # type: ignore[union-attr]
+            for child in children:
+                if all(ready):
+                    child.stdin.write("go\n")  # type: ignore[union-attr]
+                child.stdin.close()  # type: ignore[union-attr]
+            outputs = [child.stdout.read() for child in children]  # type: ignore[union-attr]
+            codes = [child.wait() for child in children]
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        if not all(ready) or any(codes):
+            errors.seek(0)
+            lines = errors.read().strip().splitlines() or ["no output"]
+            raise DlrmError(f"a benchmark process failed: {lines[-1]}")
+    return [json.loads(output)["samples_per_s"] for output in outputs]
+
+
+def _child(payload: str) -> None:
+    """A training process of ``_concurrency``: set up, say ``ready``, wait for ``go``, measure, print."""
+    request = json.loads(payload)
+    raw = request["settings"]
+    settings = BenchmarkSettings(**{**raw, "paths": tuple(raw["paths"]), "models": tuple(raw["models"])})
+    model = request["model"]
+    step = _dlrm_training(_data(model, settings), MODELS[model], settings)
+    step()
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    rate = _median_rate(step, settings.repeats, settings.min_seconds)
+    print(json.dumps({"samples_per_s": rate}), flush=True)
 
 
 # The hand-written reference ------------------------------------------------------------------------
@@ -149,9 +255,9 @@ class PerSampleRatings(TorchDataset):
         }
 
 
-def _reference_train_rate(data: Dataset, settings: BenchmarkSettings) -> float:
+def _reference_train_rate(data: Dataset, train_config: TrainConfig, settings: BenchmarkSettings) -> float:
     torch.manual_seed(0)
-    config = model_config_for(data, TrainConfig())
+    config = model_config_for(data, train_config)
     model = ReferenceDLRM(
         config.num_dense,
         [t.num_embeddings for t in config.tables],
@@ -217,14 +323,20 @@ def _inference(data: Dataset, settings: BenchmarkSettings) -> tuple[dict[str, An
 # MLP efficiency ------------------------------------------------------------------------------------
 
 
+def _mlp_flops_per_sample(model: RatingDLRM) -> int:
+    """Multiply-adds of the bottom and top MLPs for one training sample: forward, and twice that backward."""
+    bottom_layers, top_layers = model.dense_layers()
+    return 3 * sum(2 * m.in_features * m.out_features for m in (*bottom_layers, *top_layers))
+
+
 def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, float]:
     """Forward and backward of the bottom and top MLPs at a large batch, against a large matmul."""
     torch.manual_seed(0)
     model = RatingDLRM(model_config_for(data, TrainConfig()))
     bottom, top = model.dlrm.dense_arch, model.dlrm.over_arch
-    bottom_layers, top_layers = model.dense_layers()
-    flops_per_sample = 3 * sum(2 * m.in_features * m.out_features for m in (*bottom_layers, *top_layers))
-    batch = settings.mlp_batch  # flops: forward, and twice that backward
+    bottom_layers = model.dense_layers()[0]
+    flops_per_sample = _mlp_flops_per_sample(model)
+    batch = settings.mlp_batch
     dense = torch.randn(batch, bottom_layers[0].in_features)
     over_in = torch.randn(batch, model.config.interaction_width)
 
@@ -252,47 +364,74 @@ def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, flo
 
 
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
-    """Measure every figure in this process; ``progress`` hears what is being measured."""
-    unknown = [path for path in settings.paths if path not in PATHS]
-    if unknown:
-        raise DlrmUsageError(f"--paths takes {', '.join(PATHS)}; got {unknown[0]!r}")
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        ratings = min(max(20_000, 40 * settings.batch_size), 2_000_000)
-        spec = SyntheticSpec(users=settings.rows, items=settings.rows, ratings=ratings)
-    except ValueError as error:  # sizes this machine cannot hold
-        raise DlrmUsageError(str(error)) from None
-    progress(f"data: synthetic, {settings.rows:,} users and {settings.rows:,} items")
-    data = generate(spec)
-    train: dict[str, dict[str, float]] = {}
-    for path in settings.paths:
-        progress(f"training throughput: {path}")
-        if path == "reference":
-            rate = _reference_train_rate(data, settings)
-        else:
-            rate = _dlrm_train_rate(data, "fused" if path == "fused" else "plain", settings)
-        train[path] = {"train_samples_per_s": rate}
+    """Measure every figure (training processes for the concurrency figure aside) in this process;
+    ``progress`` hears what is being measured."""
+    for given, allowed, option in ((settings.paths, PATHS, "--paths"), (settings.models, tuple(MODELS), "--model")):
+        unknown = [name for name in given if name not in allowed]
+        if unknown:
+            raise DlrmUsageError(f"{option} takes {', '.join(allowed)}; got {unknown[0]!r}")
+    if settings.concurrent == 1 or settings.concurrent < 0:
+        raise DlrmUsageError(f"--concurrent takes 0 (skip) or 2 or more processes; got {settings.concurrent}")
+    # Measurements outside dlrm's training loop use every CPU (or the count the user fixed).
+    threads = chosen_threads(settings.threads) or available_cpus()
+    train: dict[str, dict[str, dict[str, float]]] = {}
+    datasets: dict[str, Dataset] = {}
+    for model in settings.models:
+        data = datasets[model] = _data(model, settings)
+        users, items = len(data.catalog.users), len(data.catalog.items)
+        progress(f"{model} model: synthetic data, {users:,} users and {items:,} items")
+        train[model] = {}
+        for path in settings.paths:
+            progress(f"{model} model: training throughput, {path}")
+            torch.set_num_threads(threads)
+            if path == "reference":
+                rate = _reference_train_rate(data, MODELS[model], settings)
+            else:
+                embeddings = "fused" if path == "fused" else "plain"
+                rate = _dlrm_train_rate(data, replace(MODELS[model], embeddings=embeddings), settings)
+            train[model][path] = {"train_samples_per_s": rate}
+    concurrency: dict[str, Any] = {}
+    if settings.concurrent:
+        model = settings.models[0]
+        progress(f"{model} model: {settings.concurrent} training processes at once, and one alone")
+        concurrency = {"model": model, **_concurrency(model, settings)}
+    torch.set_num_threads(threads)
+    data = datasets.get("default") or _data("default", settings)
     progress("inference latency and evaluate throughput")
     latency, evaluate = _inference(data, settings)
     progress("MLP efficiency against a large matmul")
     mlp = _mlp_efficiency(data, settings)
-    fused = train.get("fused", {}).get("train_samples_per_s")
-    ratios = {
-        f"fused_over_{path}": fused / train[path]["train_samples_per_s"] for path in train if path != "fused" and fused
-    }
-    ratios["mlp_over_matmul"] = mlp["mlp_fraction_of_matmul"]
+    ratios: dict[str, float] = {"mlp_over_matmul": mlp["mlp_fraction_of_matmul"]}
+    for model, rates in train.items():
+        fused = rates.get("fused", {}).get("train_samples_per_s")
+        if not fused:
+            continue
+        for path in rates:
+            if path != "fused":
+                ratios[f"{model}_fused_over_{path}"] = fused / rates[path]["train_samples_per_s"]
+        flops = _mlp_flops_per_sample(RatingDLRM(model_config_for(datasets[model], MODELS[model])))
+        ceiling = mlp["matmul_gflops"] * 1e9 / flops  # samples/s if the MLPs ran at the matmul rate
+        rates["fused"]["ceiling_samples_per_s"] = ceiling
+        ratios[f"{model}_fused_share_of_ceiling"] = fused / ceiling
+    if concurrency:
+        ratios["concurrent_over_solo"] = concurrency["total_over_solo"]
     return BenchmarkReport(
         settings={
-            "rows": settings.rows,
-            "batch_size": settings.batch_size,
-            "repeats": settings.repeats,
-            "threads": torch.get_num_threads(),
-            "tables": [{"feature": name, "rows": rows} for name, rows in data.catalog.sparse_features],
+            **settings.to_dict(),
+            "threads": threads,
+            "tables": {
+                model: [{"feature": name, "rows": rows} for name, rows in data.catalog.sparse_features]
+                for model, data in datasets.items()
+            },
         },
         train=train,
+        concurrency=concurrency,
         latency=latency,
         evaluate=evaluate,
         mlp=mlp,
         ratios=ratios,
     )
+
+
+if __name__ == "__main__":  # a training process of the concurrency figure
+    _child(sys.argv[1])

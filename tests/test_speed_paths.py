@@ -64,25 +64,51 @@ def test_plain_path_rejects_fused_only_options(dlrm):
     )
 
 
+QUICK = ("--repeats", "1", "--seconds", "0.01")
+
+
 def test_benchmark_smoke_json(dlrm):
-    result = dlrm(
-        "benchmark", "--rows", "300", "--repeats", "1", "--seconds", "0.01", "--eval-ratings", "2000", "--json"
-    )
+    result = dlrm("benchmark", "--rows", "300", *QUICK, "--eval-ratings", "2000", "--concurrent", "0", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report["train"]) == {"fused", "plain_ebc", "reference"}
-    assert all(figures["train_samples_per_s"] > 0 for figures in report["train"].values())
+    assert set(report["train"]) == {"default", "seed"}
+    for model in ("default", "seed"):
+        assert set(report["train"][model]) == {"fused", "plain_ebc", "reference"}
+        assert all(figures["train_samples_per_s"] > 0 for figures in report["train"][model].values())
+        assert report["train"][model]["fused"]["ceiling_samples_per_s"] > 0
+    # the seed example's sizes: 1,000 users and 500 items, whatever --rows says
+    assert {t["feature"]: t["rows"] for t in report["settings"]["tables"]["seed"]}["user_id"] == 1000
+    assert report["concurrency"] == {}
     assert set(report["latency"]) == {"1", "100", "10000"}
     # Scoring 10,000 pairs takes longer than scoring one: the timer measures the work, not the call.
     assert report["latency"]["10000"]["p50_ms"] > 2 * report["latency"]["1"]["p50_ms"]
     assert report["evaluate"]["ratings"] == 2000
     assert report["mlp"]["mlp_fraction_of_matmul"] > 0
-    assert set(report["ratios"]) == {"fused_over_plain_ebc", "fused_over_reference", "mlp_over_matmul"}
+    assert set(report["ratios"]) == {
+        "mlp_over_matmul",
+        *(f"{model}_fused_{ratio}" for model in ("default", "seed") for ratio in
+          ("over_plain_ebc", "over_reference", "share_of_ceiling")),
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_benchmark_trains_in_several_processes_at_once(dlrm):
+    result = dlrm("benchmark", "--model", "seed", "--paths", "fused", *QUICK, "--eval-ratings", "500", "--json")
+    assert result.exit_code == 0, result.output
+    concurrency = json.loads(result.stdout)["concurrency"]
+    assert concurrency["model"] == "seed" and concurrency["processes"] == 2
+    assert len(concurrency["each_samples_per_s"]) == 2 and min(concurrency["each_samples_per_s"]) > 0
+    assert concurrency["total_over_solo"] == pytest.approx(
+        sum(concurrency["each_samples_per_s"]) / concurrency["solo_samples_per_s"]
+    )
 
 
 def test_benchmark_table_and_bad_paths(dlrm):
-    result = dlrm("benchmark", "--rows", "200", "--repeats", "1", "--seconds", "0.01", "--eval-ratings", "500",
-                  "--paths", "fused")  # fmt: skip
+    result = dlrm("benchmark", "--rows", "200", *QUICK, "--eval-ratings", "500", "--paths", "fused",
+                  "--concurrent", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "fused" in result.stdout and "Evaluate: 500 ratings" in result.stdout
+    assert "Training, default model" in result.stdout and "Training, seed model" in result.stdout
+    assert "of this model's matmul-bound ceiling" in result.stdout and "Evaluate: 500 ratings" in result.stdout
     assert_error(dlrm("benchmark", "--paths", "fused,gpu"), 2, "--paths takes fused, plain_ebc, reference; got 'gpu'")
+    assert_error(dlrm("benchmark", "--model", "big"), 2, "--model takes default, seed; got 'big'")
+    assert_error(dlrm("benchmark", "--concurrent", "1"), 2, "--concurrent takes 0 (skip) or 2 or more processes; got 1")

@@ -22,19 +22,46 @@ def benchmark_command(
     paths: Annotated[str, typer.Option(help="Training paths to measure: fused,plain_ebc,reference.")] = (
         "fused,plain_ebc,reference"
     ),
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Models to train: default (the default model over --rows users and items) and seed (the seed "
+            "example's: 1,000 users, 500 items, embeddings 64, MLPs 32-64 and 128-64)."
+        ),
+    ] = "default,seed",
+    concurrent: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also train in this many processes at once, and in one alone, and report the total against "
+            "the one alone (0 skips it).",
+        ),
+    ] = 2,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Measure training samples/s (dlrm fused, plain EBC, hand-written reference), inference latency,
-    evaluate throughput and MLP GFLOP/s against a large matmul, in one process."""
+    """Measure training samples/s (dlrm fused, plain EBC, hand-written reference) for the default and the
+    seed example's model, several training processes at once against one alone, inference latency,
+    evaluate throughput and MLP GFLOP/s against a large matmul."""
     from dlrm_cli.parsing import parse_id_list
 
     chosen = tuple(parse_id_list(paths, "--paths"))
+    models = tuple(parse_id_list(model, "--model"))
 
     from dlrm_cli import ui
     from dlrm_cli.benchmark import BenchmarkSettings, run_benchmark
 
-    settings = BenchmarkSettings(rows, batch_size, repeats, seconds, eval_ratings, paths=chosen, threads=threads)
+    settings = BenchmarkSettings(
+        rows,
+        batch_size,
+        repeats,
+        seconds,
+        eval_ratings,
+        paths=chosen,
+        threads=threads,
+        models=models,
+        concurrent=concurrent,
+    )
     with ui.err().status("Benchmarking…") as status:
         report = run_benchmark(settings, progress=lambda text: status.update(f"Benchmarking: {text}"))
     if json_output:
@@ -49,16 +76,31 @@ def _show(report: Any) -> None:
     from dlrm_cli import ui
 
     out, s = ui.out(), report.settings
-    table = Table(
-        title=f"Training, batch {s['batch_size']}, {s['rows']:,}-row user and item tables, {s['threads']} threads"
-    )
-    for column, justify in (("path", "left"), ("samples/s", "right"), ("fused is", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    fused = report.train.get("fused", {}).get("train_samples_per_s")
-    for path, figures in report.train.items():
-        rate = figures["train_samples_per_s"]
-        table.add_row(path, f"{rate:,.0f}", f"{fused / rate:.1f}x" if fused and path != "fused" else "")
-    out.print(table)
+    for model, rates in report.train.items():
+        sizes = MODEL_SIZES.get(model, "")
+        users = "1,000 users and 500 items" if model == "seed" else f"{s['rows']:,}-row user and item tables"
+        table = Table(title=f"Training, {model} model{sizes}, batch {s['batch_size']}, {users}")
+        for column, justify in (("path", "left"), ("samples/s", "right"), ("fused is", "right")):
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        fused = rates.get("fused", {}).get("train_samples_per_s")
+        for path, figures in rates.items():
+            rate = figures["train_samples_per_s"]
+            table.add_row(path, f"{rate:,.0f}", f"{fused / rate:.1f}x" if fused and path != "fused" else "")
+        out.print(table)
+        if fused:
+            ceiling = rates["fused"]["ceiling_samples_per_s"]
+            out.print(
+                f"  fused is {100 * fused / ceiling:.0f}% of this model's matmul-bound ceiling "
+                f"({ceiling:,.0f} samples/s: its MLPs' work at the rate of a large matmul)"
+            )
+    c = report.concurrency
+    if c:
+        each = " + ".join(f"{rate:,.0f}" for rate in c["each_samples_per_s"])
+        out.print(
+            f"{c['processes']} training processes at once ({c['model']} model, fused): {each} = "
+            f"{c['total_samples_per_s']:,.0f} samples/s, {c['total_over_solo']:.2f}x one alone "
+            f"({c['solo_samples_per_s']:,.0f})"
+        )
     latency = Table(title="Inference (eager model, torch.inference_mode)")
     for column in ("batch", "p50 ms", "p99 ms", "ratings/s at p50"):
         latency.add_column(column, justify="right")
@@ -70,5 +112,9 @@ def _show(report: Any) -> None:
     out.print(f"Evaluate: {e['ratings']:,} ratings in {e['seconds']:.2f} s ({e['ratings_per_s']:,.0f} ratings/s)")
     out.print(
         f"MLP work at batch {m['mlp_batch']:,}: {m['mlp_gflops']:.1f} GFLOP/s = "
-        f"{100 * m['mlp_fraction_of_matmul']:.0f}% of a 2048x2048 matmul ({m['matmul_gflops']:.1f} GFLOP/s)"
+        f"{100 * m['mlp_fraction_of_matmul']:.0f}% of a 2048x2048 matmul ({m['matmul_gflops']:.1f} GFLOP/s), "
+        f"{s['threads']} threads"
     )
+
+
+MODEL_SIZES = {"default": " (embeddings 128, MLPs 512-256)", "seed": " (embeddings 64, MLPs 32-64, 128-64)"}
