@@ -71,6 +71,7 @@ def remove_checkpoints(store: CheckpointStore, names: list[str], force: bool = F
         raise DlrmUsageError("name checkpoints to remove; the aliases latest and best are not accepted here")
     for name in names:
         store.resolve(name)
+        _refuse_busy(store, name)
     protected = _protected(store)
     for name in names:
         if name in protected and not force:
@@ -96,12 +97,21 @@ def prune_checkpoints(store: CheckpointStore, keep: int, force: bool = False, dr
     infos = store.infos()
     protected = _protected(store, infos)
     older = [info.name for info in infos[: max(len(infos) - keep, 0)]]
-    doomed = [name for name in older if force or name not in protected]
+    doomed = [name for name in older if (force or name not in protected) and store.busy(name) is None]
     if not dry_run:
         for name in doomed:
             store.remove(name)
     kept = [name for name in older if name not in doomed]
-    return Pruning(doomed, kept, {name: protected[name] for name in kept}, dry_run)
+    reasons = {name: "training" if store.busy(name) is not None else protected[name] for name in kept}
+    return Pruning(doomed, kept, reasons, dry_run)
+
+
+def _refuse_busy(store: CheckpointStore, name: str) -> None:
+    holder = store.busy(name)
+    if holder is not None:
+        raise DlrmUsageError(
+            f"checkpoint {name} is being trained by process {holder}; stop that run before removing it"
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ checkpoint found in the folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -138,9 +139,16 @@ class CheckpointStore:
         return sorted(infos, key=lambda info: (info.created, info.name))
 
     def _recover(self) -> None:
-        """Finish what a killed writer left: put back a checkpoint it was replacing, drop its temporary files."""
+        """Finish what a killed writer left: put back a checkpoint it was replacing, drop its temporary files
+        and its claim on the name."""
         for path in self.root.glob(".*-*"):
             kind, _, rest = path.name[1:].partition("-")
+            if kind == "claim":
+                holder = self.holder(rest)
+                if holder is None or not _alive(holder):
+                    with contextlib.suppress(OSError):
+                        path.unlink()  # the run that held the name was killed
+                continue
             if kind not in ("tmp", "replaced", "trash"):
                 continue
             name, _, pid = rest.rpartition("-")
@@ -227,6 +235,49 @@ class CheckpointStore:
     def exists(self, name: str) -> bool:
         return (self.root / name).exists()
 
+    # Claims: a running training run holds its checkpoint's name ----------------------------------
+    def claim(self, name: str) -> None:
+        """Reserve ``name`` for this process's run until ``release``. The claim is a symbolic link
+        ``.claim-NAME`` pointing at the holder's process id, created atomically (``os.symlink`` fails if
+        it exists), so of two runs started together exactly one gets the name. A claim whose process has
+        died is taken over. Raises ``DlrmUsageError`` while another live process holds ``name``."""
+        path = self.root / f".claim-{name}"
+        for _ in range(5):
+            try:
+                os.symlink(str(os.getpid()), path)
+                return
+            except FileExistsError:
+                holder = self.holder(name)
+                if holder == os.getpid():
+                    return
+                if holder is not None and _alive(holder):
+                    raise DlrmUsageError(
+                        f"checkpoint {name} is being written by another training run (process {holder}); "
+                        "choose another --name, or wait for that run to end"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # its process is gone: the claim is stale
+        raise DlrmUsageError(f"cannot claim checkpoint name {name} in {self.root}; try again")
+
+    def holder(self, name: str) -> int | None:
+        """The process id holding a claim on ``name``, or None."""
+        try:
+            target = os.readlink(self.root / f".claim-{name}")
+        except OSError:
+            return None
+        return int(target) if target.isdigit() else None
+
+    def release(self, name: str) -> None:
+        """Give up this process's claim on ``name`` (nothing happens if it holds none)."""
+        if self.holder(name) == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / f".claim-{name}").unlink()
+
+    def busy(self, name: str) -> int | None:
+        """The live process that is training checkpoint ``name`` (other than this one), or None."""
+        holder = self.holder(name)
+        return holder if holder is not None and holder != os.getpid() and _alive(holder) else None
+
     def save(
         self,
         *,
@@ -310,9 +361,12 @@ class CheckpointStore:
     def remove(self, name: str) -> None:
         """Remove a checkpoint: renamed out of sight first, so a crash never leaves half a checkpoint listed."""
         trash = self.root / f".trash-{name}-{os.getpid()}"
-        os.rename(self.root / name, trash)
+        try:
+            os.rename(self.root / name, trash)
+        except OSError as error:
+            raise DlrmUsageError(f"cannot remove checkpoint {name} from {self.root}: {error.strerror}") from None
         _fsync(self.root)
-        shutil.rmtree(trash)
+        shutil.rmtree(trash, ignore_errors=True)  # what cannot go now, a later listing clears
 
 
 def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,8 @@ def prune_command(
         ui.out().print(f"{'Would remove' if dry_run else 'Removed'} {name}")
     if result.kept:
         kept = ", ".join(f"{name} ({result.aliases[name]})" for name in result.kept)
-        ui.err().print(f"Kept {kept}; pass --force to remove them too")
+        aliased = any(reason != "training" for reason in result.aliases.values())
+        ui.err().print(f"Kept {kept}" + ("; pass --force to remove them too" if aliased else ": a run is training it"))
 
 
 @app.command("show", epilog="Example: dlrm checkpoints show latest --json")
