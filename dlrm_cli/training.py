@@ -190,7 +190,10 @@ class TrainingRun:
         self.pending: EpochState | None = None  # the last completed epoch, until it is saved
         self.seconds_before = 0.0
         self.governor: ThreadGovernor | None = None  # None when the thread count is fixed
+        self.published = request.resume is not None  # whether the checkpoint self.name is this run's
+        self.claimed: str | None = None
         self._stop_requested: Callable[[], int | None] = _nothing
+        self._signals: StopOnSignal | None = None
 
     # Setting up ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -200,6 +203,13 @@ class TrainingRun:
             self.observer = SilentObserver()
         self.faults.on_setup(self.parallel)
         self.store.ensure_writable()
+        if self.parallel.is_main and self.name is not None:
+            self.store.claim(self.name)  # two runs started together with one name: the second stops here
+            self.claimed = self.name
+            if not self.published and self.store.exists(self.name):
+                raise DlrmUsageError(
+                    f"checkpoint {self.name} already exists in {self.store.root}; choose another --name"
+                )
         self.device = resolve_device(self.settings.device)
         self.observer.data_loading()
         self.dataset = load_dataset(self.request.config.data)
@@ -264,7 +274,7 @@ class TrainingRun:
         ``patience`` epochs without a better validation RMSE. Returns the result on rank 0."""
         self.started = time.perf_counter()
         with StopOnSignal() as signals:
-            self._stop_requested = signals.requested
+            self._stop_requested, self._signals = signals.requested, signals
             for epoch in range(self.first_epoch, self.settings.epochs + 1):
                 self.run_epoch(epoch)
                 patience = self.settings.patience
@@ -272,8 +282,11 @@ class TrainingRun:
                 last = stopping_early or epoch == self.settings.epochs
                 if last or epoch % self.settings.checkpoint_every == 0:
                     self.save_checkpoint(complete=last)
+                    if not last:
+                        self._check_signal(completed=epoch)  # one that came while it saved
                 if stopping_early:
                     break
+            self._signals = None
         return self._result()
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
@@ -317,6 +330,14 @@ class TrainingRun:
             ratings.to(self.device),
             self.settings.embedding_l2,
         ).item()
+
+    def _check_signal(self, completed: int) -> None:
+        """Stop now if a signal came (on any rank); every rank calls this at the same point."""
+        signal_number = self._stop_requested() or 0
+        if self.parallel.active:
+            signal_number = self.parallel.any(signal_number)
+        if signal_number:
+            self._interrupt(signal_number, completed=completed)
 
     def _check_batch(self, loss: float, epoch: int, batch: int) -> None:
         """Stop on a diverged loss or a signal; with several ranks, all stop at the same batch or none."""
@@ -381,7 +402,13 @@ class TrainingRun:
         state, self.pending = self.pending, None
         if state is None or not self.parallel.is_main:
             return self.name
-        self.name = self.store.save(
+        with self._signals.deferred() if self._signals is not None else contextlib.nullcontext():
+            self.name = self._save(state, complete)
+        self.published = True
+        return self.name
+
+    def _save(self, state: EpochState, complete: bool) -> str:
+        return self.store.save(
             name=self.name,
             prefix=self.dataset.source.kind,
             meta=self._meta(state, complete),
@@ -390,10 +417,9 @@ class TrainingRun:
                 "catalog.pt": self.dataset.catalog.state(),
                 "train_state.pt": state.resume_state(),
             },
-            replace=self.name is not None,
+            replace=self.published,
             before_publish=self.faults.before_publish,
         )
-        return self.name
 
     def _meta(self, state: EpochState, complete: bool) -> dict[str, Any]:
         """The checkpoint's metadata: the run record, the model's shape, metrics, history, provenance."""
@@ -437,7 +463,10 @@ class TrainingRun:
 
     # Cleaning up -----------------------------------------------------------------------------------
     def cleanup(self, failed: bool = False) -> None:
-        """Leave the process group: after a clean run, once every rank is done."""
+        """Give up the checkpoint's name and leave the process group (after a clean run, once every rank
+        is done)."""
+        if self.claimed is not None:
+            self.store.release(self.claimed)
         distributed.leave(clean=not failed)
 
     def blame(self, error: DlrmError) -> DlrmError:

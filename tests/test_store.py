@@ -142,8 +142,8 @@ def test_sigkill_during_training_leaves_a_sound_store(tmp_path, moment):
 def test_sigkill_in_the_middle_of_a_write_leaves_a_sound_store(tmp_path):
     store = tmp_path / "store"
     assert Dlrm(store)("train", "--epochs", "1", "--name", "earlier", *TINY).exit_code == 0
-    # A run whose every checkpoint write pauses before its folder is renamed into place (tests/slow_writer.py).
-    writer = [sys.executable, str(ROOT / "tests" / "slow_writer.py"), str(store), "victim", "60"]
+    # A run whose every checkpoint write pauses before its folder is renamed into place (tests/fault_writer.py).
+    writer = [sys.executable, str(ROOT / "tests" / "fault_writer.py"), str(store), "victim", "sleep", "60"]
     process = subprocess.Popen(writer, stderr=subprocess.DEVNULL, cwd=ROOT)
     _wait_for(lambda: any((path / "meta.json").exists() for path in store.glob(".tmp-*")))
     process.kill()
