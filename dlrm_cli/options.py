@@ -83,6 +83,9 @@ CheckpointOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
 DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run: CUDA when available, or as chosen.")]
 UserOption = Annotated[str, typer.Option(help="The user's id, as in the training data.")]
+ForceOutputOption = Annotated[
+    bool, typer.Option("--force", help="Replace --output if it exists (atomically; never a link or special file).")
+]
 ThreadsOption = Annotated[
     int | None, _option("CPU threads for torch (default: training picks a count by timing its steps).", min=1)
 ]

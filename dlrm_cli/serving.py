@@ -72,41 +72,38 @@ def plain_inputs(
     return dense, ids, offsets
 
 
-def export_model(
-    model: RatingDLRM, fmt: str, output: Path, example: tuple[Any, ...], quantize: str | None = None
-) -> Any:
-    """Write the artifact under a temporary name, rename it into place, and return it loaded back."""
+def export_model(model: RatingDLRM, fmt: str, path: Path, example: tuple[Any, ...], quantize: str | None = None) -> Any:
+    """Write the artifact at ``path`` (the caller's temporary file) and return it loaded back."""
     serving = ServingDLRM(model.cpu()).eval()
-    tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}.tmp{output.suffix}")
-    tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
-    try:
-        if quantize == "int8":
-            import torchrec
+    if quantize == "int8":
+        import torchrec
 
-            from dlrm_cli.quantized import QuantizedServingDLRM
+        from dlrm_cli.quantized import QuantizedServingDLRM
 
-            quantized = QuantizedServingDLRM(model).eval()
-            with quiet_library_logs():
-                scripted = torch.jit.script(torchrec.fx.symbolic_trace(quantized))
-            torch.jit.save(scripted, str(tmp))
-        elif fmt == "torchscript":
-            torch.jit.save(torch.jit.script(serving), str(tmp))
-        elif fmt == "pt2":
-            batch = torch.export.Dim("batch", min=1)
-            features = len(example[1])
-            dynamic = (
-                {0: batch},
-                [{0: torch.export.Dim(f"ids_{f}", min=1)} for f in range(features)],
-                [{0: batch} for _ in range(features)],
-            )
-            program = torch.export.export(serving, example, dynamic_shapes=dynamic)
-            torch.export.save(program, str(tmp))
-        else:
-            raise DlrmError(f"unknown export format {fmt!r}")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return load_artifact(output, fmt)
+        quantized = QuantizedServingDLRM(model).eval()
+        with quiet_library_logs():
+            scripted = torch.jit.script(torchrec.fx.symbolic_trace(quantized))
+        torch.jit.save(scripted, str(path))
+    elif fmt == "torchscript":
+        torch.jit.save(torch.jit.script(serving), str(path))
+    elif fmt == "pt2":
+        batch = torch.export.Dim("batch", min=1)
+        features = len(example[1])
+        dynamic = (
+            {0: batch},
+            [{0: torch.export.Dim(f"ids_{f}", min=1)} for f in range(features)],
+            [{0: batch} for _ in range(features)],
+        )
+        program = torch.export.export(serving, example, dynamic_shapes=dynamic)
+        torch.export.save(program, str(path))
+    else:
+        raise DlrmError(f"unknown export format {fmt!r}")
+    return load_artifact(path, fmt)
+
+
+def temporary_beside(path: Path) -> Path:
+    """A hidden temporary name in ``path``'s folder, for writing a file and renaming it into place."""
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
 
 
 def load_artifact(path: Path, fmt: str) -> Any:
@@ -193,30 +190,32 @@ def export_checkpoint(loaded: LoadedModel, output: Path, fmt: str, quantize: str
     rows = torch.arange(min(len(held_out), 1024))
     users, items = held_out.user[rows], held_out.item[rows]
     inputs = plain_inputs(loaded.catalog, users, items)
+    sidecar = output.with_name(output.name + ".json")
+    tmp, sidecar_tmp = temporary_beside(output), temporary_beside(sidecar)
     try:
-        artifact = export_model(loaded.model, fmt, output, inputs, quantize)
+        tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
+        artifact = export_model(loaded.model, fmt, tmp, inputs, quantize)
+        with torch.inference_mode():
+            exported = artifact(*inputs)
+            if quantize:  # an int8 artifact must match the eager int8 model, not the float one
+                eager = QuantizedServingDLRM(loaded.model).eval()(*inputs)
+            else:
+                eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
+        difference = float((exported - eager).abs().max())
+        if not difference <= PARITY_TOLERANCE:
+            raise DlrmError(
+                f"the exported model disagrees with the checkpoint by {difference:.3g} "
+                f"(limit {PARITY_TOLERANCE:g}); nothing was written"
+            )
+        description = describe(loaded.model, loaded.catalog, fmt, loaded.checkpoint.name, quantize)
+        sidecar_tmp.write_text(json.dumps(description, indent=2) + "\n")
+        os.replace(tmp, output)  # both files are whole before either is renamed into place
+        os.replace(sidecar_tmp, sidecar)
     except OSError as error:
         raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
-    with torch.inference_mode():
-        exported = artifact(*inputs)
-        if quantize:  # an int8 artifact must match the eager int8 model, not the float one
-            eager = QuantizedServingDLRM(loaded.model).eval()(*inputs)
-        else:
-            eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
-    difference = float((exported - eager).abs().max())
-    if not difference <= PARITY_TOLERANCE:
-        output.unlink(missing_ok=True)
-        raise DlrmError(
-            f"the exported model disagrees with the checkpoint by {difference:.3g} (limit {PARITY_TOLERANCE:g}); "
-            "nothing was written"
-        )
-    sidecar = output.with_name(output.name + ".json")
-    description = describe(loaded.model, loaded.catalog, fmt, loaded.checkpoint.name, quantize)
-    try:
-        sidecar.write_text(json.dumps(description, indent=2) + "\n")
-    except OSError as error:
-        output.unlink(missing_ok=True)
-        raise DlrmError(f"cannot write {sidecar}: {error.strerror or error}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        sidecar_tmp.unlink(missing_ok=True)
     size = output.stat().st_size
     return ExportResult(
         checkpoint=loaded.checkpoint.name,

@@ -7,18 +7,21 @@ from typing import Annotated
 
 import typer
 
-from dlrm_cli.options import DEFAULT_STORE, CheckpointOption, JsonOption, StoreOption
+from dlrm_cli.options import DEFAULT_STORE, CheckpointOption, ForceOutputOption, JsonOption, StoreOption
 
 EXAMPLE = "Example: dlrm export --format torchscript --output model.pt"
 
 
 def export_command(
-    output: Annotated[Path, typer.Option(help="Where to write the artifact; its folder must exist.")],
+    output: Annotated[
+        Path, typer.Option(help="Where to write the artifact (and its inputs, at OUTPUT.json); its folder must exist.")
+    ],
     checkpoint: CheckpointOption = "latest",
     format: Annotated[str, typer.Option("--format", help="torchscript or pt2 (torch.export).")] = "torchscript",
     quantize: Annotated[
         str | None, typer.Option(help="int8: quantize the embedding tables with torchrec.quant (TorchScript).")
     ] = None,
+    force: ForceOutputOption = False,
     json_output: JsonOption = False,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
@@ -33,7 +36,8 @@ def export_command(
         raise DlrmUsageError(f"--quantize takes int8, got {quantize!r}")
     if quantize and format != "torchscript":
         raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
-    output = output_path(output)
+    output = output_path(output, force)
+    output_path(output.with_name(output.name + ".json"), force)  # the file describing its inputs
 
     from dlrm_cli import ui
     from dlrm_cli.loading import open_model

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dlrm_cli.options import DEFAULT_STORE, StoreOption
+from dlrm_cli.options import DEFAULT_STORE, ForceOutputOption, StoreOption
 
 EXAMPLE = "Example: dlrm report run-a run-b --output report.html"
 
@@ -17,6 +17,7 @@ def report_command(
     output: Annotated[Path, typer.Option(help="report.html or report.png; its folder must exist.")] = Path(
         "report.html"
     ),
+    force: ForceOutputOption = False,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Loss and validation-RMSE curves of several runs on one chart, the final metrics, and a histogram
@@ -26,7 +27,7 @@ def report_command(
 
     if Path(output).suffix.lower() not in (".html", ".png"):
         raise DlrmUsageError(f"--output must end in .html or .png, got {Path(output).name!r}")
-    output = output_path(output)
+    output = output_path(output, force)
     try:
         import matplotlib  # noqa: F401
     except ImportError:

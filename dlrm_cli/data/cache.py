@@ -45,8 +45,8 @@ def cached(key: str, parse: Callable[[], RawData]) -> tuple[RawData, bool]:
     if path.is_file():
         try:
             return _load(path), True
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged entry is parsed again and replaced
+        except Exception:  # whatever is wrong with a damaged entry, it is parsed again and replaced
+            pass
     raw = parse()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
