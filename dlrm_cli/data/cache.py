@@ -18,7 +18,12 @@ import numpy as np
 from dlrm_cli.config import FileSource
 from dlrm_cli.data.readers import RawData, SideTable
 
-READER_VERSION = 1  # bump when parsing changes, so old entries are not used
+# Part of every data fingerprint that checkpoints record: it stays 1, or older checkpoints would report
+# their data as changed.
+READER_VERSION = 1
+# Names the cache entries: bump it when parsing changes (what it accepts or how), so that entries parsed
+# by an older dlrm are parsed again. 2: ratings beyond ±1e15 refused, ids stripped of surrounding spaces.
+PARSER_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -41,7 +46,7 @@ def fingerprint(files: list[Path], source: FileSource) -> str:
 
 def cached(key: str, parse: Callable[[], RawData]) -> tuple[RawData, bool]:
     """The parsed data for ``key``, from the cache when present; returns (data, came_from_cache)."""
-    path = cache_dir() / f"{key}.npz"
+    path = cache_dir() / f"{key}-p{PARSER_VERSION}.npz"
     if path.is_file():
         try:
             return _load(path), True

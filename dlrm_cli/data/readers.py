@@ -112,9 +112,17 @@ def read_table(
             raise DataError(f"{path}: line {line}: expected {expected} fields, found {saw}") from None
         raise DataError(f"{path}: cannot parse: {str(error).strip().splitlines()[-1]}") from None
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not {encoding} text ({error.reason})") from None
+        raise DataError(
+            f"{path}: line {_undecodable_line(raw, encoding)}: not {encoding} text ({error.reason})"
+        ) from None
     except (ValueError, pd.errors.EmptyDataError) as error:
         raise DataError(f"{path}: cannot parse: {error}") from None
+    if names is None:
+        header = [str(column) for column in frame.columns]
+        repeated = [column for column in header if header.count(column) > 1 or _mangled(column, header)]
+        if repeated:
+            name = repeated[0].rsplit(".", 1)[0] if _mangled(repeated[0], header) else repeated[0]
+            raise DataError(f"{path}: line 1: column {name!r} appears more than once in the header")
     missing = [column for column in required if column not in frame.columns]
     if missing:
         have = ", ".join(map(str, frame.columns))
@@ -123,6 +131,10 @@ def read_table(
     if blank.any():
         frame = frame[~blank]
     lines = np.flatnonzero(~blank) + first_line
+    if sep == "," and b'"' in raw:  # a quoted field may hold line breaks: count lines as the parser did
+        records = _record_lines(raw, encoding)[first_line - 1 :]
+        if len(records) == len(blank):
+            lines = records[~blank]
     for column in numeric:
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values)
@@ -140,28 +152,74 @@ def read_table(
     return frame, lines
 
 
+def _undecodable_line(raw: bytes, encoding: str) -> int:
+    """The line of the first byte that ``encoding`` cannot decode."""
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        return raw.count(b"\n", 0, error.start) + 1
+    return 1
+
+
+def _mangled(column: str, header: list[str]) -> bool:
+    """pandas renames a repeated header name ``x`` to ``x.1``, ``x.2``: is ``column`` such a rename?"""
+    base, dot, suffix = column.rpartition(".")
+    return bool(dot) and suffix.isdigit() and base in header
+
+
+def _record_lines(raw: bytes, encoding: str) -> np.ndarray:
+    """The line on which each CSV record starts (header included), for files whose quoted fields may span
+    lines. Slower than counting line breaks, so used only when the file has quotes."""
+    import csv
+
+    reader = csv.reader(io.StringIO(raw.decode(encoding), newline=""))
+    starts, previous = [], 0
+    for _ in reader:
+        starts.append(previous + 1)
+        previous = reader.line_num
+    return np.asarray(starts, dtype=np.int64)
+
+
 def _shown(value: object) -> str:
     return "empty" if value is None or (isinstance(value, float) and np.isnan(value)) else repr(str(value))
 
 
 def _ids(series: pd.Series) -> np.ndarray:
-    """Raw ids as int64 where every id is an integer, else as strings."""
+    """Raw ids as int64 where every id is an integer, else as strings. Spaces around an id are not part
+    of it, here as on the command line (``--user " 42"`` is user 42)."""
     if pd.api.types.is_integer_dtype(series):
         return series.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(series):
         values = series.to_numpy()
         if np.all(values == np.round(values)):
             return values.astype(np.int64)
-    return series.astype(str).to_numpy(dtype=str)
+    text = series.astype(str).str.strip()
+    as_int = pd.to_numeric(text, errors="coerce", downcast=None)
+    if as_int.notna().all() and text.str.fullmatch(r"[+-]?\d+").all():
+        return as_int.to_numpy(dtype=np.int64)
+    return text.to_numpy(dtype=str)
 
 
-def check_range(path: Path, frame: pd.DataFrame, lines: np.ndarray, column: str, low: float, high: float) -> None:
+# The model computes in float32: a rating scale beyond this would overflow its squared errors.
+MAX_RATING = 1e15
+
+
+def check_range(
+    path: Path,
+    frame: pd.DataFrame,
+    lines: np.ndarray,
+    column: str,
+    low: float,
+    high: float,
+    what: str | None = None,
+) -> None:
+    """Refuse a rating outside ``low``..``high``, naming its file and line; ``what`` names the range."""
     values = frame[column].to_numpy()
     bad = (values < low) | (values > high)
     if bad.any():
         at = int(np.argmax(bad))
-        line = lines[at]
-        raise DataError(f"{path}: line {line}: rating {values[at]:g} is outside the declared range {low:g} to {high:g}")
+        what = what or f"the declared range {low:g} to {high:g}"
+        raise DataError(f"{path}: line {lines[at]}: rating {values[at]:g} is outside {what}")
 
 
 # MovieLens -----------------------------------------------------------------------------------------
@@ -210,19 +268,43 @@ def detect_movielens(folder: Path) -> str:
     raise DataError(f"{folder} holds no MovieLens ratings (u.data, ratings.dat or ratings.csv)")
 
 
+def _movielens_ratings(path: Path, release: str) -> tuple[pd.DataFrame, np.ndarray]:
+    if release == "ml-100k":
+        return read_table(path, sep="\t", names=["user", "item", "rating", "time"], numeric=("rating",))
+    if release == "ml-1m":
+        return read_table(path, sep="::", names=["user", "item", "rating", "time"], numeric=("rating",))
+    frame, lines = read_table(path, sep=",", required=("userId", "movieId", "rating"), numeric=("rating",))
+    return frame.rename(columns={"userId": "user", "movieId": "item", "timestamp": "time"}), lines
+
+
+def rating_file_lines(
+    folder: Path, kind: str, rating_files: list[Path], columns: CsvColumns | None
+) -> list[tuple[Path, np.ndarray]]:
+    """Each rating file of a source with the file line of each of its ratings, in the order ``RawData``
+    holds them: for naming the line of a rating that is found wrong after parsing (e.g. by evaluate)."""
+    if kind == "movielens":
+        release = detect_movielens(folder)
+        main = folder / {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-csv": "ratings.csv"}[release]
+        return [(path, _movielens_ratings(path, release)[1]) for path in rating_files or [main]]
+    return [(path, _csv_table(path, columns or CsvColumns())[1]) for path in rating_files or [folder]]
+
+
+def locate(files: list[tuple[Path, np.ndarray]], index: int) -> str:
+    """``PATH: line N`` of the rating at ``index`` (counted over all the files, in order)."""
+    for path, lines in files:
+        if index < len(lines):
+            return f"{path}: line {lines[index]}"
+        index -= len(lines)
+    raise IndexError(index)
+
+
 def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawData:
     """Read a GroupLens release; ``rating_files`` replaces its ratings file (for ``--split files:``)."""
     release = detect_movielens(folder)
     files = rating_files or [folder / {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-csv": "ratings.csv"}[release]]
     frames = []
     for path in files:
-        if release == "ml-100k":
-            frame, lines = read_table(path, sep="\t", names=["user", "item", "rating", "time"], numeric=("rating",))
-        elif release == "ml-1m":
-            frame, lines = read_table(path, sep="::", names=["user", "item", "rating", "time"], numeric=("rating",))
-        else:
-            frame, lines = read_table(path, sep=",", required=("userId", "movieId", "rating"), numeric=("rating",))
-            frame = frame.rename(columns={"userId": "user", "movieId": "item", "timestamp": "time"})
+        frame, lines = _movielens_ratings(path, release)
         for column in ("user", "item"):
             if frame[column].isna().any():
                 at = int(np.argmax(frame[column].isna().to_numpy()))
@@ -238,7 +320,8 @@ def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawD
     users = items = None
     if release == "ml-100k":
         if (folder / "u.user").is_file():
-            u, _ = read_table(folder / "u.user", sep="|", names=["id", "age", "gender", "occupation", "zip"])
+            names = ["id", "age", "gender", "occupation", "zip"]
+            u, _ = read_table(folder / "u.user", sep="|", names=names, required=tuple(names))
             users = _user_table(_ids(u["id"]), u["gender"], _age_bucket(u["age"].to_numpy()), u["occupation"], u["zip"])
         if (folder / "u.item").is_file():
             names = ["id", "title", "date", "video", "url", *ML_GENRES_100K]
@@ -248,7 +331,8 @@ def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawD
             items = _item_table(_ids(it["id"]), it["title"].astype(str).to_numpy(), genres)
     elif release == "ml-1m":
         if (folder / "users.dat").is_file():
-            u, _ = read_table(folder / "users.dat", sep="::", names=["id", "gender", "age", "occupation", "zip"])
+            names = ["id", "gender", "age", "occupation", "zip"]
+            u, _ = read_table(folder / "users.dat", sep="::", names=names, required=tuple(names))
             users = _user_table(_ids(u["id"]), u["gender"], u["age"], u["occupation"], u["zip"])
         if (folder / "movies.dat").is_file():
             it, _ = read_table(folder / "movies.dat", sep="::", names=["id", "title", "genres"], encoding="latin-1")
@@ -283,16 +367,10 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
     duplicated = sorted({c for c in named if named.count(c) > 1})
     if duplicated:
         raise DataError(f"column {duplicated[0]!r} is named for more than one role")
-    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-    numeric = (rating_column, *columns.dense) + ((columns.time,) if columns.time else ())
-    frame, lines = read_table(
-        path,
-        sep=sep,
-        required=tuple(named),
-        numeric=numeric,
-        dtype={c: str for c in (*columns.sparse,)},
-    )
+    frame, lines = _csv_table(path, columns)
     values = frame[rating_column].to_numpy()
+    limit = f"±{MAX_RATING:g}, the range dlrm's float32 arithmetic can train on"
+    check_range(path, frame, lines, rating_column, -MAX_RATING, MAX_RATING, limit)
     low, high = columns.rating_range or (float(values.min()), float(values.max()))
     if columns.rating_range:
         check_range(path, frame, lines, rating_column, low, high)
@@ -324,6 +402,15 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
         items=items,
         release="csv",
     )
+
+
+def _csv_table(path: Path, columns: CsvColumns) -> tuple[pd.DataFrame, np.ndarray]:
+    named = [columns.user_column, columns.item_column, columns.rating_column, *columns.dense, *columns.sparse]
+    if columns.time:
+        named.append(columns.time)
+    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    numeric = (columns.rating_column, *columns.dense) + ((columns.time,) if columns.time else ())
+    return read_table(path, sep=sep, required=tuple(named), numeric=numeric, dtype=dict.fromkeys(columns.sparse, str))
 
 
 def _owner(frame: pd.DataFrame, column: str, columns: CsvColumns) -> str | None:
