@@ -46,6 +46,10 @@ class DataError(DlrmError):
     """Input data that cannot be read: missing, malformed or out of range."""
 
 
+class DataChanged(DataError):
+    """The files a checkpoint was trained on no longer match the fingerprint it recorded."""
+
+
 class Interrupted(DlrmError):
     """Training stopped by SIGINT or SIGTERM; the last completed epoch is in the store (exit 128 + signal)."""
 

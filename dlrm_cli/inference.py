@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dlrm_cli.config import CsvColumns, DataSource, FileSource
 from dlrm_cli.data import load_dataset
 from dlrm_cli.data.catalog import EntityTable, Ratings
-from dlrm_cli.errors import DataError, DlrmUsageError
+from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import error_metrics, score
 
@@ -109,6 +111,16 @@ def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
     from dlrm_cli.data import load_raw
 
     raw, _ = load_raw(data)
+    low, high = loaded.catalog.rating_min, loaded.catalog.rating_max
+    outside = (raw.rating < low) | (raw.rating > high)
+    if outside.any():  # scoring it would give a figure for a scale the model does not predict on
+        from dlrm_cli.data.readers import locate, rating_file_lines
+
+        at = int(np.argmax(outside))
+        where = locate(rating_file_lines(Path(data.path), data.kind, [Path(f) for f in data.files], data.columns), at)
+        raise DataError(
+            f"{where}: rating {raw.rating[at]:g} is outside this checkpoint's rating scale, {low:g} to {high:g}"
+        )
     rows = []
     for table, ids in ((loaded.catalog.users, raw.user), (loaded.catalog.items, raw.item)):
         found = table.rows_for(ids)
@@ -207,6 +219,11 @@ def recommend(loaded: LoadedModel, user: str, top: int, exclude_seen: bool) -> R
         keep = torch.ones(len(candidates), dtype=torch.bool)
         keep[seen] = False
         candidates = candidates[keep]
+        if len(candidates) == 0:
+            raise DlrmError(
+                f"nothing to recommend: user {user} rated every one of the {len(keep):,} items this checkpoint "
+                "knows (leave out --exclude-seen to rank them)"
+            )
     ranking = _ranking(loaded, user, user_rows, candidates, limit=top)
     return Recommendation(ranking, len(candidates), time.perf_counter() - started, exclude_seen)
 

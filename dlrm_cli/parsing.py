@@ -22,6 +22,41 @@ def parse_id_list(text: str, option: str) -> list[str]:
     return parts
 
 
+MAX_ID_FILE_BYTES = 256 * 1024 * 1024
+
+
+def read_id_list(text: str, option: str) -> list[str]:
+    """``parse_id_list``, or with ``@FILE`` the ids in that file, one per line or comma-separated (a list
+    too long for the shell's argument limit); ``@-`` reads them from standard input."""
+    if not text.startswith("@"):
+        return parse_id_list(text, option)
+    source = text[1:]
+    try:
+        if source == "-":
+            import sys
+
+            content = sys.stdin.read(MAX_ID_FILE_BYTES + 1)
+        else:
+            path = Path(source)
+            if path.is_dir():
+                raise DlrmUsageError(f"{option} {text}: {path} is a folder; give a file of ids")
+            with path.open(encoding="utf-8") as handle:
+                content = handle.read(MAX_ID_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise DlrmUsageError(f"{option} {text}: no such file") from None
+    except UnicodeDecodeError:
+        raise DlrmUsageError(f"{option} {text}: not utf-8 text") from None
+    except OSError as error:
+        raise DlrmUsageError(f"{option} {text}: cannot read it ({error.strerror})") from None
+    if len(content) > MAX_ID_FILE_BYTES:
+        raise DlrmUsageError(f"{option} {text}: larger than {MAX_ID_FILE_BYTES >> 20} MB")
+    ids = [part for line in content.splitlines() for part in line.split(",")]
+    ids = [part for part in ids if part.strip()]  # blank lines and a trailing comma are fine in a file
+    if not ids:
+        raise DlrmUsageError(f"{option} {text}: the file holds no ids")
+    return parse_id_list(",".join(ids), option)
+
+
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:
     """``512,256`` -> (512, 256): layer sizes, each a positive whole number."""
     try:

@@ -13,16 +13,19 @@ EXAMPLE = "Example: dlrm predict --user 42 --items 101,102,103"
 
 def predict_command(
     user: o.UserOption,
-    items: Annotated[str, typer.Option(help="Comma-separated item ids to rank.")],
+    items: Annotated[
+        str,
+        typer.Option(help="Comma-separated item ids to rank, or @FILE: ids one per line (@- reads standard input)."),
+    ],
     checkpoint: o.CheckpointOption = "latest",
     json_output: o.JsonOption = False,
     device: o.DeviceOption = o.Device.cpu,
     store: o.StoreOption = o.DEFAULT_STORE,
 ) -> None:
     """Rank items for a user by predicted rating; the top one is the recommendation."""
-    from dlrm_cli.parsing import parse_id_list, parse_user
+    from dlrm_cli.parsing import parse_user, read_id_list
 
-    wanted = parse_id_list(items, "--items")
+    wanted = read_id_list(items, "--items")
     user = parse_user(user)
 
     from dlrm_cli import ui

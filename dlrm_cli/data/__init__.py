@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dlrm_cli.config import DEFAULT_SPLIT, DEFAULT_VALIDATION, CsvColumns, DataSource, FileSource, SyntheticSpec
-from dlrm_cli.errors import DataError, DlrmUsageError
+from dlrm_cli.errors import DataChanged, DataError, DlrmUsageError
 
 if TYPE_CHECKING:
     from dlrm_cli.data.catalog import Dataset
@@ -77,9 +77,9 @@ def load_dataset(source: DataSource) -> Dataset:
 
     raw, key = load_raw(source)
     if source.fingerprint not in (None, key):
-        raise DataError(
+        raise DataChanged(
             f"the data at {source.path} has changed since this checkpoint was trained; "
-            "pass the data to compare with --data"
+            "evaluate on the new files with `dlrm evaluate --data`"
         )
     return build_dataset(raw, replace(source, fingerprint=key))
 
