@@ -81,6 +81,30 @@ class ModelConfig:
         vectors = len(self.tables) + 1
         return self.embedding_dim + vectors * (vectors - 1) // 2
 
+    @property
+    def table_parameters(self) -> int:
+        return sum(table.num_embeddings for table in self.tables) * self.embedding_dim
+
+    @property
+    def mlp_parameters(self) -> int:
+        """Weights and biases of the bottom MLP (num_dense -> bottom_mlp) and the top one (-> top_mlp -> 1)."""
+        total = 0
+        for width, sizes in ((self.num_dense, self.bottom_mlp), (self.interaction_width, (*self.top_mlp, 1))):
+            for size in sizes:
+                total += (width + 1) * size
+                width = size
+        return total
+
+    def refuse_oversized(self, copies: int, hint: str) -> None:
+        """Raise ``ValueError`` before anything is allocated when ``copies`` float32 copies of the model
+        (weights, gradients, optimizer state) would take more than half of this machine's memory."""
+        need = (self.table_parameters + self.mlp_parameters) * 4 * copies
+        if need > memory_bytes() // 2:
+            raise ValueError(
+                f"a model of {self.table_parameters:,} embedding and {self.mlp_parameters:,} MLP parameters would "
+                f"need about {need / 2**30:.1f} GiB, more than half of this machine's memory; {hint}"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -31,6 +31,7 @@ def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
     """The model in eval mode with its weights, and the catalog that turns ids into its inputs."""
     try:
         config = ModelConfig.from_dict(checkpoint.meta["model"])
+        config.refuse_oversized(copies=2, hint="its meta.json cannot be what dlrm wrote here")
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: bad model settings ({error})") from None
     state = checkpoint.tensors("model.pt")

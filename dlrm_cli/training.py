@@ -28,11 +28,11 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli import distributed
-from dlrm_cli.config import ModelConfig, RunConfig, TableConfig, TrainConfig, memory_bytes
+from dlrm_cli.config import ModelConfig, RunConfig, TableConfig, TrainConfig
 from dlrm_cli.data import load_dataset
 from dlrm_cli.data.catalog import Dataset
 from dlrm_cli.distributed import Parallel, Shard
-from dlrm_cli.errors import DlrmError, DlrmUsageError, Interrupted
+from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split
 from dlrm_cli.model import resolve_device, table_name
 from dlrm_cli.optim import Optimizers, build_for_training
@@ -212,7 +212,15 @@ class TrainingRun:
                 )
         self.device = resolve_device(self.settings.device)
         self.observer.data_loading()
-        self.dataset = load_dataset(self.request.config.data)
+        try:
+            self.dataset = load_dataset(self.request.config.data)
+        except DataChanged:
+            where = getattr(self.request.config.data, "path", "")
+            raise DataChanged(
+                f"the data at {where} has changed since checkpoint {self.name} was trained, and a run resumes "
+                "only on the data it started on: restore those files, or train a new run on the new ones "
+                "(without --resume)"
+            ) from None
         self.observer.data_loaded(self.dataset, self.parallel.world)
         resume = load_resume(self.store, self.request.resume) if self.request.resume else None
         if resume is not None:
@@ -566,14 +574,11 @@ def _validate_shared(model: nn.Module, dataset: Dataset, device: torch.device, p
 
 
 def _check_fits(config: ModelConfig) -> None:
-    """Refuse, before allocating, a model whose tables and their optimizer state outgrow the memory."""
-    rows = sum(table.num_embeddings for table in config.tables)
-    need = rows * config.embedding_dim * 4 * 3  # weights, a gradient or Adam's moments, snapshots
-    if need > memory_bytes() // 2:
-        raise DlrmUsageError(
-            f"embedding tables of {rows:,} rows x {config.embedding_dim} would need about {need / 2**30:.1f} GiB; "
-            "choose a smaller --embedding-dim"
-        )
+    """Refuse, before allocating, a model that with its optimizer state and snapshots outgrows the memory."""
+    try:
+        config.refuse_oversized(copies=3, hint="choose a smaller --embedding-dim, --bottom-mlp or --top-mlp")
+    except ValueError as error:
+        raise DlrmUsageError(str(error)) from None
 
 
 def _cpu_copy(obj: Any) -> Any:
