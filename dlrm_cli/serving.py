@@ -101,6 +101,30 @@ def export_model(model: RatingDLRM, fmt: str, path: Path, example: tuple[Any, ..
     return load_artifact(path, fmt)
 
 
+def _replace_both(first: tuple[Path, Path], second: tuple[Path, Path]) -> None:
+    """Rename two finished files into place, so that a failure leaves both old files (or none) there: the
+    first target's old version is kept as a hard link until the second rename has succeeded."""
+    (new, target), (new_second, target_second) = first, second
+    backup = temporary_beside(target)
+    try:
+        os.link(target, backup)
+    except FileNotFoundError:
+        backup = None  # nothing there to keep
+    try:
+        os.replace(new, target)
+        try:
+            os.replace(new_second, target_second)
+        except OSError:
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+            raise
+    finally:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
 def temporary_beside(path: Path) -> Path:
     """A hidden temporary name in ``path``'s folder, for writing a file and renaming it into place."""
     return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
@@ -209,8 +233,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, fmt: str, quantize: str
             )
         description = describe(loaded.model, loaded.catalog, fmt, loaded.checkpoint.name, quantize)
         sidecar_tmp.write_text(json.dumps(description, indent=2) + "\n")
-        os.replace(tmp, output)  # both files are whole before either is renamed into place
-        os.replace(sidecar_tmp, sidecar)
+        _replace_both((tmp, output), (sidecar_tmp, sidecar))
     except OSError as error:
         raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
     finally:

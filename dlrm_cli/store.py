@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from dlrm_cli.config import RunConfig
 
 META = "meta.json"
+LINK_PROBLEM = "a symbolic link; dlrm does not follow links inside the store (move the folder itself here)"
 ALIASES = ("latest", "best")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -133,9 +134,12 @@ class CheckpointStore:
         self._recover()
         infos = []
         for path in self.root.iterdir():
-            if path.name.startswith(".") or not path.is_dir():
+            if path.name.startswith("."):
                 continue
-            infos.append(self._info(path))
+            if path.is_symlink():  # listed, so that it can be seen and removed, but never read through
+                infos.append(CheckpointInfo(path.name, path, None, LINK_PROBLEM))
+            elif path.is_dir():
+                infos.append(self._info(path))
         return sorted(infos, key=lambda info: (info.created, info.name))
 
     def _recover(self) -> None:
@@ -155,14 +159,18 @@ class CheckpointStore:
             if not pid.isdigit() or _alive(int(pid)):
                 continue
             try:
-                if kind == "replaced" and not (self.root / name).exists():
+                if kind == "replaced" and not os.path.lexists(self.root / name):
                     os.rename(path, self.root / name)
+                elif path.is_symlink():
+                    path.unlink()
                 else:
                     shutil.rmtree(path)
             except OSError:
                 pass  # another process is recovering the same folder
 
     def _info(self, path: Path) -> CheckpointInfo:
+        if path.is_symlink():
+            return CheckpointInfo(path.name, path, None, LINK_PROBLEM)
         try:
             meta = json.loads((path / META).read_text())
         except FileNotFoundError:
@@ -233,7 +241,7 @@ class CheckpointStore:
             raise DlrmUsageError(f"checkpoint store {self.root} is not writable")
 
     def exists(self, name: str) -> bool:
-        return (self.root / name).exists()
+        return os.path.lexists(self.root / name)
 
     # Claims: a running training run holds its checkpoint's name ----------------------------------
     def claim(self, name: str) -> None:
@@ -255,8 +263,10 @@ class CheckpointStore:
                         f"checkpoint {name} is being written by another training run (process {holder}); "
                         "choose another --name, or wait for that run to end"
                     ) from None
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     path.unlink()  # its process is gone: the claim is stale
+            except OSError as error:
+                raise DlrmError(f"cannot claim checkpoint name {name} in {self.root}: {error.strerror}") from None
         raise DlrmUsageError(f"cannot claim checkpoint name {name} in {self.root}; try again")
 
     def holder(self, name: str) -> int | None:
@@ -270,7 +280,7 @@ class CheckpointStore:
     def release(self, name: str) -> None:
         """Give up this process's claim on ``name`` (nothing happens if it holds none)."""
         if self.holder(name) == os.getpid():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # left behind, it is cleared once this process has ended
                 (self.root / f".claim-{name}").unlink()
 
     def busy(self, name: str) -> int | None:
@@ -301,8 +311,8 @@ class CheckpointStore:
         self.ensure_writable()
         now = datetime.now(UTC)
         tmp = self.root / f".tmp-{secrets.token_hex(4)}-{os.getpid()}"
-        tmp.mkdir()
         try:
+            tmp.mkdir()
             files = {}
             for file, obj in tensors.items():
                 torch.save(obj, tmp / file)
@@ -323,9 +333,15 @@ class CheckpointStore:
                 _fsync(tmp / file)
             if before_publish is not None:
                 before_publish(tmp)
-            if replace and name is not None and (self.root / name).exists():
+            if replace and name is not None and self.exists(name):
                 return self._swap(tmp, name)
             return self._publish(tmp, name, f"{prefix}-{now:%Y%m%d-%H%M%S}")
+        except OSError as error:  # a full disk, a store made read-only meanwhile: what was there stays
+            shutil.rmtree(tmp, ignore_errors=True)
+            what = f"checkpoint {name}" if name else "a new checkpoint"
+            raise DlrmError(
+                f"cannot write {what} to {self.root}: {error.strerror or error}; the store is as it was"
+            ) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -335,15 +351,16 @@ class CheckpointStore:
         candidates = [name] if name is not None else [base, *(f"{base}-{i}" for i in range(2, 1000))]
         for candidate in candidates:
             target = self.root / candidate
-            if target.exists():
+            if os.path.lexists(target):
                 continue
             try:
                 os.rename(tmp, target)
             except OSError:
-                if target.exists():
+                if os.path.lexists(target):
                     continue
                 raise
-            _fsync(self.root)
+            with contextlib.suppress(OSError):
+                _fsync(self.root)  # the rename is done; a failed flush does not undo it
             return candidate
         raise DlrmUsageError(f"checkpoint {name} already exists in {self.root}; choose another --name")
 
@@ -353,19 +370,28 @@ class CheckpointStore:
         target = self.root / name
         old = self.root / f".replaced-{name}-{os.getpid()}"
         os.rename(target, old)
-        os.rename(tmp, target)
-        _fsync(self.root)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(old, target)  # put the old version back before reporting
+            raise
         shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _fsync(self.root)  # the renames are done; a failed flush does not undo them
         return name
 
     def remove(self, name: str) -> None:
         """Remove a checkpoint: renamed out of sight first, so a crash never leaves half a checkpoint listed."""
         trash = self.root / f".trash-{name}-{os.getpid()}"
         try:
+            if (self.root / name).is_symlink():
+                (self.root / name).unlink()  # the link goes; what it points at is not the store's
+                return
             os.rename(self.root / name, trash)
         except OSError as error:
             raise DlrmUsageError(f"cannot remove checkpoint {name} from {self.root}: {error.strerror}") from None
-        _fsync(self.root)
+        with contextlib.suppress(OSError):
+            _fsync(self.root)  # the rename is done; a failed flush does not undo it
         shutil.rmtree(trash, ignore_errors=True)  # what cannot go now, a later listing clears
 
 
