@@ -126,7 +126,7 @@ def _runtime_checks() -> list[Check]:
     threads = (
         f"OMP_NUM_THREADS fixes torch's threads at {fixed}"
         if fixed
-        else f"training picks 1 to {usable} threads by timing its steps ({usable} of {os.cpu_count()} CPUs usable "
+        else f"training picks 1 to {usable} threads by measurement ({usable} of {os.cpu_count()} CPUs usable "
         "here; --threads fixes a count)"
     )
     checks.append(Check("threads", "info", threads))

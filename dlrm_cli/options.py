@@ -87,7 +87,7 @@ ForceOutputOption = Annotated[
     bool, typer.Option("--force", help="Replace --output if it exists (atomically; never a link or special file).")
 ]
 ThreadsOption = Annotated[
-    int | None, _option("CPU threads for torch (default: training picks a count by timing its steps).", min=1)
+    int | None, _option("CPU threads for torch (default: training picks a count by measurement).", min=1)
 ]
 
 # dlrm train ----------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ spinning is what makes two threads fast (on the 2-core machine here, turning it 
 ``OMP_WAIT_POLICY=PASSIVE`` halves a training run's speed at batch 256: each wake-up costs more than the
 work between them). Beside another busy process it is a disaster: a thread spins on a barrier while its
 partner waits for a core, and two training runs side by side did 0.02x the work of one alone. No fixed
-setting is right in both cases, so ``ThreadGovernor`` times the training steps with each thread count in
-``1, 2, 4, ..., available`` and keeps the fastest; it measures again when step times drift, or when a
-while has passed (doubling the while each time the same count wins, up to ``max_hold_seconds``).
-A trial that is clearly losing (more than twice the best time so far) stops after one step.
+setting is right in both cases, so ``ThreadGovernor`` times a small probe of matrix products at each
+thread count in ``1, 2, 4, ..., available`` and keeps the fastest. It watches the training steps, and
+tries again when their times drift, or when a while has passed (doubling the while each time the same
+count wins, up to ``max_hold_seconds``). A count that is clearly losing (more than twice the best time so
+far) is given up after one run of the probe. Trials never run training steps, so a run alone computes
+exactly what it would at a fixed count.
 """
 
 from __future__ import annotations
@@ -72,8 +74,23 @@ def candidates(most: int) -> list[int]:
     return [*counts, most]
 
 
+def matmul_probe() -> Callable[[], None]:
+    """A stand-in for a training step's parallel work: a few products of MLP-sized matrices. Trials time
+    this, not training steps, so that a run alone computes exactly what it would at a fixed count."""
+    import torch
+
+    left, right = torch.randn(256, 512), torch.randn(512, 256)
+
+    def run() -> None:
+        for _ in range(6):
+            torch.mm(left, right)
+
+    return run
+
+
 class ThreadGovernor:
-    """Picks torch's thread count from the measured time of the steps it is told about.
+    """Picks torch's thread count by timing a probe at each candidate count, and watches the steps it is
+    told about for a change that calls for another trial.
 
     Example::
 
@@ -81,15 +98,17 @@ class ThreadGovernor:
         for batch in batches:
             governor.timed(lambda: train_step(...), samples=len(batch))
 
-    ``set_threads`` and ``clock`` are injectable, so that tests can drive it with made-up timings.
+    ``set_threads``, ``probe`` and ``clock`` are injectable, so that tests can drive it with made-up timings.
     """
 
     def __init__(
         self,
         most: int,
         set_threads: Callable[[int], None],
+        probe: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        probe_steps: int = 5,
+        probe_repeats: int = 3,
+        watch_steps: int = 5,
         hold_seconds: float = 5.0,
         max_hold_seconds: float = 40.0,
         drift: float = 1.5,
@@ -99,28 +118,25 @@ class ThreadGovernor:
             raise ValueError(f"most must be >= 1, got {most}")
         self.candidates = candidates(most)
         self._set_threads, self._clock = set_threads, clock
-        self.probe_steps, self.drift, self.give_up = probe_steps, drift, give_up
+        self._probe = probe
+        self.probe_repeats, self.drift, self.give_up = probe_repeats, drift, give_up
         self._base_hold, self._max_hold = hold_seconds, max_hold_seconds
         self._hold = hold_seconds
         self.threads = 0
         self.choice: int | None = None  # the count that won the last trial
         self.trials = 0
-        self._recent: deque[float] = deque(maxlen=probe_steps)
-        self._results: dict[int, float] = {}
-        self._times: list[float] = []
-        self._probing: int | None = None  # index into candidates while a trial runs
-        self._reference = math.inf
+        self._recent: deque[float] = deque(maxlen=watch_steps)
+        self._reference: float | None = None  # seconds per sample of the steps after the last trial
         self._until = math.inf
-        self._skip = 0
         if len(self.candidates) == 1:
-            self._use(most, skip=0)
+            self._use(most)
             self.choice = most
         else:
-            self._start_trial()
+            self.trial()
 
     @property
     def settled(self) -> bool:
-        """True once a first trial has picked a count."""
+        """True once a trial has picked a count."""
         return self.choice is not None
 
     def timed(self, run: Callable[[], object], samples: int) -> object:
@@ -131,53 +147,50 @@ class ThreadGovernor:
         return result
 
     def observe(self, seconds: float, samples: int) -> None:
-        """Take the time of one step of ``samples`` samples, run at ``self.threads`` threads."""
+        """Take the time of one step of ``samples`` samples; start a trial when it is due."""
         if len(self.candidates) == 1:  # nothing to choose between
             return
-        if self._skip:  # the first step after a switch pays for the switch
-            self._skip -= 1
+        self._recent.append(seconds / max(samples, 1))
+        if len(self._recent) < (self._recent.maxlen or 1):
             return
-        per_sample = seconds / max(samples, 1)
-        if self._probing is not None:
-            self._trial_step(per_sample)
+        typical = statistics.median(self._recent)
+        if self._reference is None:  # the steps right after a trial set what normal looks like
+            self._reference = typical
             return
-        self._recent.append(per_sample)
-        if len(self._recent) == self._recent.maxlen:
-            typical = statistics.median(self._recent)
-            if typical > self.drift * self._reference or typical * self.drift < self._reference:
-                self._hold = self._base_hold  # conditions changed: measure again now
-                self._start_trial()
-                return
-        if self._clock() >= self._until:
-            self._start_trial()
+        if typical > self.drift * self._reference or typical * self.drift < self._reference:
+            self._hold = self._base_hold  # conditions changed: measure again now
+            self.trial()
+        elif self._clock() >= self._until:
+            self.trial()
 
-    def _trial_step(self, per_sample: float) -> None:
-        assert self._probing is not None
-        self._times.append(per_sample)
-        best = min(self._results.values(), default=math.inf)
-        losing = per_sample > self.give_up * best
-        if not losing and len(self._times) < self.probe_steps:
-            return
-        self._results[self.threads] = statistics.median(self._times)
-        self._times = []
-        if self._probing + 1 < len(self.candidates):
-            self._probing += 1
-            self._use(self.candidates[self._probing])
-            return
-        winner = min(self._results, key=self._results.__getitem__)
-        self._hold = min(2 * self._hold, self._max_hold) if winner == self.choice else self._base_hold
-        self.choice, self._reference, self._probing = winner, self._results[winner], None
-        self._recent.clear()
-        self._use(winner)
-        self._until = self._clock() + self._hold
-
-    def _start_trial(self) -> None:
+    def trial(self) -> int:
+        """Time the probe at each candidate count (a clearly losing count after one run) and keep the
+        fastest; returns it."""
         self.trials += 1
-        self._results, self._times, self._probing = {}, [], 0
-        self._use(self.candidates[0])
+        probe = self._probe or matmul_probe()
+        self._probe = probe
+        results: dict[int, float] = {}
+        for count in self.candidates:
+            self._use(count)
+            probe()  # the first run at a new count pays for the switch
+            times: list[float] = []
+            for _ in range(self.probe_repeats):
+                start = self._clock()
+                probe()
+                times.append(self._clock() - start)
+                if times[-1] > self.give_up * min(results.values(), default=math.inf):
+                    break
+            results[count] = statistics.median(times)
+        winner = min(results, key=results.__getitem__)
+        self._hold = min(2 * self._hold, self._max_hold) if winner == self.choice else self._base_hold
+        self.choice = winner
+        self._use(winner)
+        self._recent.clear()
+        self._reference = None
+        self._until = self._clock() + self._hold
+        return winner
 
-    def _use(self, threads: int, skip: int = 1) -> None:
+    def _use(self, threads: int) -> None:
         if threads != self.threads:
             self._set_threads(threads)
             self.threads = threads
-            self._skip = skip

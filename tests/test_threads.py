@@ -40,16 +40,20 @@ def test_candidates_double_up_to_the_cpus():
 
 
 class Machine:
-    """A fake clock and a step whose cost depends on the thread count and on what else runs."""
+    """A fake clock, and work whose cost depends on the thread count and on what else runs."""
 
     def __init__(self, cost):
-        self.now, self.cost, self.threads, self.steps = 0.0, cost, 1, []
+        self.now, self.cost, self.threads, self.steps, self.probes = 0.0, cost, 1, [], []
 
     def set_threads(self, n: int) -> None:
         self.threads = n
 
     def clock(self) -> float:
         return self.now
+
+    def probe(self) -> None:
+        self.probes.append(self.threads)
+        self.now += self.cost(self.threads)
 
     def step(self) -> None:
         self.steps.append(self.threads)
@@ -61,24 +65,24 @@ class Machine:
 
 
 def governed(machine: Machine, most: int = 2) -> ThreadGovernor:
-    return ThreadGovernor(most, machine.set_threads, clock=machine.clock, probe_steps=5, hold_seconds=5.0)
+    return ThreadGovernor(most, machine.set_threads, probe=machine.probe, clock=machine.clock, hold_seconds=5.0)
 
 
-def test_alone_it_keeps_every_cpu():
+def test_alone_it_keeps_every_cpu_and_never_trains_at_another_count():
     machine = Machine(lambda n: 0.010 / n**0.8)  # two threads are faster
     governor = governed(machine)
-    machine.run(governor, 20)
     assert governor.settled and governor.choice == 2 and machine.threads == 2
-    assert machine.steps[-5:] == [2] * 5
+    machine.run(governor, 20)
+    assert machine.steps == [2] * 20  # trials time the probe, never a training step
+    assert set(machine.probes) == {1, 2}
 
 
-def test_beside_a_busy_process_it_drops_to_one_thread_after_one_slow_step():
+def test_beside_a_busy_process_it_drops_to_one_thread_after_one_slow_probe():
     machine = Machine(lambda n: 0.010 if n == 1 else 0.600)  # spinning threads collapse beside another job
     governor = governed(machine)
-    machine.run(governor, 30)
     assert governor.choice == 1 and machine.threads == 1
-    # the trial of two threads: one step paying for the switch, one timed step, then it gave up
-    assert machine.steps.count(2) == 2
+    # at two threads: one run that pays for the switch, one timed run, then it gave up
+    assert machine.probes.count(2) == 2
 
 
 def test_it_measures_again_when_step_times_drift():
@@ -88,17 +92,18 @@ def test_it_measures_again_when_step_times_drift():
     machine.run(governor, 20)
     assert governor.choice == 2 and governor.trials == 1
     busy["other job"] = True  # another process starts: two threads become slow
-    machine.run(governor, 8)
+    machine.run(governor, 5)
     assert governor.trials == 2 and machine.threads == 1
-    machine.run(governor, 10)
-    assert governor.choice == 1
+    busy["other job"] = False  # it ends: the next trial, when due, goes back to two threads
+    machine.run(governor, 2000)
+    assert governor.choice == 2 and machine.threads == 2
 
 
 def test_it_checks_again_less_often_while_the_answer_stays_the_same():
     machine = Machine(lambda n: 0.010 / n)
     governor = governed(machine)
-    holds = []
-    for _ in range(6):
+    holds = [governor._hold]
+    for _ in range(5):
         trials = governor.trials
         while governor.trials == trials:
             machine.run(governor, 1)
@@ -110,7 +115,7 @@ def test_one_cpu_needs_no_trials():
     machine = Machine(lambda n: 0.010)
     governor = governed(machine, most=1)
     machine.run(governor, 50)
-    assert governor.settled and governor.trials == 0 and set(machine.steps) == {1}
+    assert governor.settled and governor.trials == 0 and set(machine.steps) == {1} and not machine.probes
 
 
 def test_a_governor_needs_a_cpu():
