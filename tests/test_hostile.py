@@ -192,3 +192,136 @@ def test_rm_and_prune_on_a_store_that_cannot_be_written_say_so_in_one_line(train
     assert_error(trained("checkpoints", "rm", "tiny", "--force"), 2, message)
     assert_error(trained("checkpoints", "prune", "--keep", "1", "--force"), 2, message)
     assert snapshot(trained.store) == before
+
+
+# Ratings outside the scale ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "outside"),
+    [
+        ("-3", "this checkpoint's rating scale, 1 to 5"),
+        ("7", "this checkpoint's rating scale, 1 to 5"),
+        ("1e308", "±1e+15, the range dlrm's float32 arithmetic can train on"),
+    ],
+)
+def test_evaluate_refuses_ratings_outside_the_checkpoints_scale_naming_the_line(dlrm, tmp_path, value, outside):
+    from fixtures import write_ml1m
+
+    folder = write_ml1m(tmp_path / "ml")
+    assert dlrm("train", "--data", f"movielens:{folder}", "--epochs", "1", "--embedding-dim", "8").exit_code == 0
+    other = tmp_path / "other.csv"
+    other.write_text(f"user,item,rating\n1,1,4\n2,3,{value}\n")
+    assert_error(
+        dlrm("evaluate", "--data", f"csv:{other}"),
+        1,
+        f"{other}: line 3: rating {float(value):g} is outside {outside}",
+    )
+
+
+def test_training_refuses_a_rating_beyond_what_float32_can_train_on(dlrm, tmp_path):
+    data = tmp_path / "huge.csv"
+    data.write_text("user,item,rating\n1,1,4\n2,2,3\n3,1,1e308\n")
+    assert_error(
+        dlrm("train", "--data", f"csv:{data}", "--epochs", "1"),
+        1,
+        f"{data}: line 4: rating 1e+308 is outside ±1e+15, the range dlrm's float32 arithmetic can train on",
+    )
+
+
+# Data files that are subtly wrong ----------------------------------------------------------------------
+
+
+def _train_csv(dlrm, path: Path, *columns: str):
+    return dlrm("train", "--data", f"csv:{path}", *columns, "--epochs", "1")
+
+
+def test_line_numbers_count_the_line_breaks_inside_quoted_fields(dlrm, tmp_path):
+    data = tmp_path / "notes.csv"
+    data.write_text('user,item,rating,note\n1,1,4,"two\nlines"\n2,2,3,plain\n3,1,abc,plain\n')
+    assert_error(
+        _train_csv(dlrm, data, "--sparse-cols", "note"), 1, f"{data}: line 5: rating is 'abc', not a finite number"
+    )
+
+
+def test_text_that_is_not_utf8_is_named_by_line(dlrm, tmp_path):
+    data = tmp_path / "latin.csv"
+    data.write_bytes(b"user,item,rating\n1,1,4\n2,caf\xe9,3\n")
+    assert_error(_train_csv(dlrm, data), 1, f"{data}: line 3: not utf-8 text")
+
+
+def test_a_column_named_twice_in_the_header_is_refused(dlrm, tmp_path):
+    data = tmp_path / "twice.csv"
+    data.write_text("user,item,rating,rating\n1,1,4,5\n2,2,3,1\n")
+    assert_error(_train_csv(dlrm, data), 1, f"{data}: line 1: column 'rating' appears more than once in the header")
+
+
+def test_a_users_dat_row_with_fields_missing_is_refused(dlrm, tmp_path):
+    from fixtures import write_ml1m
+
+    folder = write_ml1m(tmp_path / "ml")
+    lines = (folder / "users.dat").read_text().splitlines()
+    (folder / "users.dat").write_text("\n".join([*lines, "9999::M"]) + "\n")
+    assert_error(
+        dlrm("train", "--data", f"movielens:{folder}", "--epochs", "1"),
+        1,
+        f"{folder / 'users.dat'}: line {len(lines) + 1}: age is missing",
+    )
+
+
+def test_ids_with_spaces_around_them_are_reachable_from_the_command_line(dlrm, tmp_path):
+    data = tmp_path / "spaced.csv"
+    rows = [f"{' u' if k % 2 else 'u'}{k % 7},  item{k % 5} ,{1 + k % 5}" for k in range(200)]
+    data.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    assert _train_csv(dlrm, data).exit_code == 0
+    result = dlrm("predict", "--user", "u3", "--items", "item1, item2", "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert not answer["user_unseen_in_training"]
+    assert sorted((row["item"], row["unseen_in_training"]) for row in answer["items"]) == [
+        ("item1", False),
+        ("item2", False),
+    ]
+
+
+# Command-line rough edges -------------------------------------------------------------------------------
+
+
+def test_items_can_come_from_a_file_too_long_for_the_command_line(trained, tmp_path):
+    ids = tmp_path / "items.txt"
+    ids.write_text("\n".join(str(i) for i in range(150)) + "\n\n")  # every item of the tiny data, one a line
+    result = trained("predict", "--user", "1", "--items", f"@{ids}", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["items"]) == 150
+    assert_error(trained("predict", "--user", "1", "--items", f"@{tmp_path / 'none.txt'}"), 2, "no such file")
+    (tmp_path / "empty.txt").write_text("\n")
+    assert_error(trained("predict", "--user", "1", "--items", f"@{tmp_path / 'empty.txt'}"), 2, "holds no ids")
+    ids.write_text("1\n2\n1\n")
+    assert_error(trained("predict", "--user", "1", "--items", f"@{ids}"), 2, "--items lists '1' more than once")
+
+
+def test_recommend_says_so_when_excluding_seen_items_leaves_nothing(dlrm, tmp_path):
+    data = tmp_path / "small.csv"
+    rows = [f"u{k % 3},i{k % 4},{1 + k % 5}" for k in range(120)]  # every user rates every item
+    data.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    assert _train_csv(dlrm, data, "--split", "random:0.01").exit_code == 0
+    assert_error(
+        dlrm("recommend", "--user", "u1", "--exclude-seen"),
+        1,
+        "nothing to recommend: user u1 rated every one of the 4 items this checkpoint knows",
+    )
+
+
+def test_resuming_on_changed_data_gives_advice_that_works(dlrm, tmp_path):
+    from fixtures import write_ml1m
+
+    folder = write_ml1m(tmp_path / "ml")
+    args = ["--data", f"movielens:{folder}", "--epochs", "3", "--embedding-dim", "8", "--name", "run"]
+    assert dlrm("train", *args).exit_code == 0
+    meta = tmp_path / "store" / "run" / "meta.json"
+    assert json.loads(meta.read_text())["complete"]
+    with (folder / "ratings.dat").open("a") as handle:
+        handle.write("1::2::3::978300760\n")
+    result = dlrm("train", "--resume", "run", "--epochs", "4")
+    assert_error(result, 1, "has changed since checkpoint run was trained, and a run resumes only on the data")
+    assert "--data" not in result.stderr
