@@ -18,6 +18,9 @@ MATRIX = [
     (["train", "--lr-step", "0"], 2, "Invalid value for '--lr-step'"),
     (["train", "--users", HUGE, *TINY[2:]], 2, "more than half of this machine's memory"),
     (["train", "--embedding-dim", "100000000", *TINY[:6]], 2, "would need about"),
+    (["train", "--top-mlp", "300000,300000", *TINY], 2, "MLP parameters would need about"),
+    (["train", "--bottom-mlp", "1000000000", *TINY], 2, "choose a smaller --embedding-dim, --bottom-mlp or --top-mlp"),
+    (["train", "--name", "tiny", *TINY], 2, "checkpoint tiny already exists"),
     (["train", "--seed", "abc"], 2, "Invalid value for '--seed'"),
     (["train", "--name", ""], 2, "invalid checkpoint name ''"),
     (["train", "--val-fraction", "0.9"], 2, "Invalid value for '--val-fraction'"),
@@ -42,6 +45,8 @@ MATRIX = [
     (["predict", "--user", "-1", "--items", "1"], 2, "unknown user id '-1'"),
     (["predict", "--user", HUGE, "--items", "1"], 2, f"unknown user id '{HUGE}'"),
     (["predict", "--user", "1", "--items", "1,2,1"], 2, "--items lists '1' more than once"),
+    (["predict", "--user", "1", "--items", "@/no/such/ids.txt"], 2, "--items @/no/such/ids.txt: no such file"),
+    (["predict", "--user", "1", "--items", "@/etc"], 2, "is a folder; give a file of ids"),
     (["recommend", "--user", "1", "--top", "-3"], 2, "Invalid value for '--top'"),
     (["recommend", "--user", "1", "--top", "x"], 2, "Invalid value for '--top'"),
     # export / report: missing folders, folders as files, unwritable places
@@ -52,6 +57,9 @@ MATRIX = [
     (["export", "--output", "m.pt", "--quantize", "int4"], 2, "--quantize takes int8, got 'int4'"),
     (["export", "--output", "m.pt", "--quantize", "int8", "--format", "pt2"], 2, "leave out --format pt2"),
     (["report", "--output", "/proc/dlrm-report.png"], 1, "cannot write /proc/dlrm-report.png"),
+    (["export", "--output", "/dev/full"], 2, "--output /dev/full is a device or other special file"),
+    (["export", "--output", "/dev/null", "--force"], 2, "--output /dev/null is a device or other special file"),
+    (["export", "--output", "/etc/hostname"], 2, "--output /etc/hostname already exists; pass --force"),
     # checkpoints
     (["checkpoints", "rm"], 2, "Missing argument"),
     (["checkpoints", "rm", "nope"], 2, "no checkpoint named 'nope'"),

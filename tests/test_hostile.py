@@ -325,3 +325,18 @@ def test_resuming_on_changed_data_gives_advice_that_works(dlrm, tmp_path):
     result = dlrm("train", "--resume", "run", "--epochs", "4")
     assert_error(result, 1, "has changed since checkpoint run was trained, and a run resumes only on the data")
     assert "--data" not in result.stderr
+
+
+def test_a_checkpoint_whose_metadata_claims_a_model_too_big_for_memory_is_refused_before_allocating(
+    trained, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    from dlrm_cli.store import _meta_digest
+
+    path = trained.store / "tiny" / "meta.json"
+    meta = json.loads(path.read_text())
+    meta["model"]["top_mlp"] = [2_000_000_000, 16]  # an edit that keeps meta.json's checksum right
+    meta["meta_sha256"] = _meta_digest(meta)
+    path.write_text(json.dumps(meta))
+    for command in (["evaluate"], ["predict", "--user", "1", "--items", "1"], ["export", "--output", "m.pt"]):
+        assert_error(trained(*command), 1, "checkpoint tiny is corrupt: bad model settings (a model of")

@@ -83,6 +83,14 @@ def _no_leftovers_once_this_process_ends(store: Path, k: int) -> None:
     another process) clears it. Here, with the id of an ended process, a listing must clear it."""
     from dlrm_cli.store import CheckpointStore
 
+    _as_if_this_process_had_ended(store, k)
+    CheckpointStore(store).infos()
+    assert not [path.name for path in store.iterdir() if path.name.startswith(".")], k
+
+
+def _as_if_this_process_had_ended(store: Path, k: int) -> None:
+    """Give this process's hidden entries (temporary folders, a set-aside version, a claim) the id of a
+    process that has ended, as they would have once it was killed."""
     dead = _dead_pid()
     for path in store.iterdir():
         kind, _, rest = path.name[1:].partition("-")
@@ -94,8 +102,6 @@ def _no_leftovers_once_this_process_ends(store: Path, k: int) -> None:
                 target.symlink_to(str(dead))
             else:
                 path.rename(target)
-    CheckpointStore(store).infos()
-    assert not [path.name for path in store.iterdir() if path.name.startswith(".")], k
 
 
 def _dead_pid() -> int:
@@ -136,7 +142,8 @@ def _earlier(dlrm: Dlrm) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_a_full_disk_at_each_write_of_a_training_run(base, tmp_path, monkeypatch):
-    calls = _count(lambda: _fresh(base, tmp_path, 0)("train", *QUICK, "--epochs", "2", "--name", "run"), monkeypatch)
+    probe = _fresh(base, tmp_path, 0)
+    calls = _count(lambda: probe("train", *QUICK, "--epochs", "2", "--name", "run"), monkeypatch)
     assert calls >= 15  # the claim, two saves of three tensor files and meta.json each, renames, flushes
     for k in range(1, calls + 1):
         dlrm = _fresh(base, tmp_path, k)
@@ -151,13 +158,44 @@ def test_a_full_disk_at_each_write_of_a_training_run(base, tmp_path, monkeypatch
         _no_leftovers_once_this_process_ends(dlrm.store, k)
 
 
+class Killed(Exception):
+    """Stands for SIGKILL: the store is frozen at that instant, and what the process does next is ignored."""
+
+
+@pytest.mark.slow
+def test_a_kill_at_each_write_of_a_training_run_leaves_a_sound_store(base, tmp_path, monkeypatch):
+    import shutil
+
+    probe = _fresh(base, tmp_path, 0)
+    calls = _count(lambda: probe("train", *QUICK, "--epochs", "2", "--name", "run"), monkeypatch)
+    for k in range(1, calls + 1):
+        dlrm = _fresh(base, tmp_path, k)
+        before = _earlier(dlrm)
+        frozen = tmp_path / f"killed-{k}"
+
+        def kill(store: Path = dlrm.store, frozen: Path = frozen) -> None:
+            shutil.copytree(store, frozen, symlinks=True)  # what the disk holds when the process dies
+            raise Killed
+
+        with Faults(at=k, action=kill).active(monkeypatch):
+            dlrm("train", *QUICK, "--epochs", "2", "--name", "run")
+        _as_if_this_process_had_ended(frozen, k)
+        after = Dlrm(frozen)
+        names = _sound(after, before)
+        assert _earlier(after) == before, k
+        if "run" in names:  # a checkpoint the killed run left is whole
+            assert after("evaluate", "--checkpoint", "run", "--json").exit_code == 0, k
+        assert not [path.name for path in frozen.iterdir() if path.name.startswith(".")], k
+
+
 @pytest.mark.slow
 def test_ctrl_c_twice_at_each_write_of_a_save_keeps_the_epoch(base, tmp_path, monkeypatch):
     def twice() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
 
-    calls = _count(lambda: _fresh(base, tmp_path, 0)("train", *QUICK, "--epochs", "3", "--name", "run"), monkeypatch)
+    probe = _fresh(base, tmp_path, 0)
+    calls = _count(lambda: probe("train", *QUICK, "--epochs", "3", "--name", "run"), monkeypatch)
     for k in range(1, calls + 1):
         dlrm = _fresh(base, tmp_path, k)
         with Faults(at=k, action=twice).active(monkeypatch):
@@ -181,7 +219,8 @@ def test_ctrl_c_twice_at_each_write_of_a_save_keeps_the_epoch(base, tmp_path, mo
     ids=["rm", "prune", "resume"],
 )
 def test_a_full_disk_at_each_write_of_a_store_operation(base, tmp_path, monkeypatch, command):
-    calls = _count(lambda: _fresh(base, tmp_path, 0)(*command), monkeypatch)
+    probe = _fresh(base, tmp_path, 0)
+    calls = _count(lambda: probe(*command), monkeypatch)
     assert calls >= 1
     for k in range(1, calls + 1):
         dlrm = _fresh(base, tmp_path, k)
@@ -201,8 +240,8 @@ def test_a_full_disk_at_each_write_of_an_export(base, tmp_path, monkeypatch):
     (out / "model.pt").write_bytes(b"the user's previous export")
     # Removing a file never fails for want of space: unlink is left alone here, so that the export's
     # temporary files can be cleared after each fault and checked for.
-    probe = tmp_path / "probe.pt"
-    calls = _count(lambda: _fresh(base, tmp_path, 0)("export", "--output", probe), monkeypatch, unlink=False)
+    probe = _fresh(base, tmp_path, 0)
+    calls = _count(lambda: probe("export", "--output", tmp_path / "probe.pt"), monkeypatch, unlink=False)
     for k in range(1, calls + 1):
         dlrm = _fresh(base, tmp_path, k)
         with Faults(at=k, unlink=False).active(monkeypatch):
