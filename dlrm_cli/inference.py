@@ -5,6 +5,7 @@ Each function returns a result object; its ``to_dict()`` is the command's ``--js
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -271,3 +272,90 @@ def _id_range(table: EntityTable) -> str:
     if keys.dtype.kind in "iu" and len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):
         return f"this checkpoint knows {table.kind} ids {int(keys[0])} to {int(keys[-1])}"
     return f"this checkpoint knows {len(keys):,} {table.kind} ids"
+
+
+@dataclass(frozen=True)
+class RankingEvaluation:
+    """Top-K ranking metrics of a checkpoint on a held-out split, beside baselines computed in the same run
+    (see ``dlrm_cli.ranking`` for the protocol)."""
+
+    checkpoint: str
+    split: str
+    ks: list[int]
+    relevant: float
+    sampled: int | None
+    users: int
+    skipped: int
+    candidates: int
+    models: dict[str, dict[str, Any]]
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rank_evaluation(
+    loaded: LoadedModel,
+    split: str,
+    ks: tuple[int, ...],
+    relevant: float = 4.0,
+    sampled: int | None = None,
+    baselines: bool = True,
+    progress: Any = None,
+) -> RankingEvaluation:
+    """Rank every candidate item for each held-out user of ``split`` with the model and, with
+    ``baselines``, with most-popular, PureSVD and EASE; ``progress(name, done, total)`` hears the way."""
+    from dlrm_cli.ranking import BASELINES, build_task, rank_metrics
+
+    if split not in SPLITS:
+        raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    dataset = load_dataset(loaded.checkpoint.run.data)
+    parts = [dataset.train] if split == "validation" else [dataset.train, dataset.validation]
+    known = tuple(torch.cat([getattr(part, name) for part in parts]) for name in ("user", "item", "rating"))
+    held = dataset.split(split)
+    catalog = loaded.catalog
+    n_users, n_items = len(catalog.users) + 1, len(catalog.items) + 1
+    task = build_task(n_users, n_items, known, (held.user, held.item, held.rating), relevant)  # type: ignore[arg-type]
+    if len(task.users) == 0:
+        raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
+    fits = {"DLRM": functools.partial(_model_scorer, loaded, task)}
+    if baselines:
+        fits.update({name: functools.partial(make, task) for name, make in BASELINES.items()})
+    models, seconds = {}, {}
+    for name, fit in fits.items():
+        started = time.perf_counter()
+        scorer = fit()  # a baseline is fitted here, inside its timing
+
+        def report(done: int, total: int, name: str = name) -> None:
+            if progress is not None:
+                progress(name, done, total)
+
+        models[name] = rank_metrics(task, scorer, ks, report, sampled=sampled)
+        seconds[name] = time.perf_counter() - started
+    return RankingEvaluation(
+        checkpoint=loaded.checkpoint.name,
+        split=split,
+        ks=sorted(set(ks)),
+        relevant=relevant,
+        sampled=sampled,
+        users=len(task.users),
+        skipped=task.skipped,
+        candidates=int(task.candidates.sum()),
+        models=models,
+        seconds=seconds,
+    )
+
+
+def _model_scorer(loaded: LoadedModel, task: Any) -> Any:
+    """Scores of every candidate item for a chunk of users, by the model (others: -inf)."""
+    candidates = torch.nonzero(task.candidates).squeeze(1)
+
+    def scorer(users: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(users), task.n_items), float("-inf"))
+        pairs_users = users.repeat_interleave(len(candidates))
+        pairs_items = candidates.repeat(len(users))
+        predicted = score(loaded.model, loaded.catalog, pairs_users, pairs_items, loaded.device)
+        out[:, candidates] = predicted.view(len(users), len(candidates))
+        return out
+
+    return scorer

@@ -57,6 +57,17 @@ def read_id_list(text: str, option: str) -> list[str]:
     return parse_id_list(",".join(ids), option)
 
 
+def parse_cutoffs(text: str) -> tuple[int, ...]:
+    """``--k 5,10,20`` -> (5, 10, 20): ranking cut-offs, each a positive whole number."""
+    try:
+        cutoffs = tuple(int(part) for part in text.split(",")) if text.strip() else ()
+    except ValueError:
+        cutoffs = (0,)
+    if not cutoffs or any(k < 1 for k in cutoffs):
+        raise DlrmUsageError(f"--k must be comma-separated positive whole numbers such as 5,10,20, got {text!r}")
+    return cutoffs
+
+
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:
     """``512,256`` -> (512, 256): layer sizes, each a positive whole number."""
     try:

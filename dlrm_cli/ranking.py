@@ -1,0 +1,220 @@
+"""Top-K ranking quality: the full-ranking protocol, its metrics, and the baselines measured beside a model.
+
+Protocol (Krichene & Rendle, KDD 2020, argue for full ranking): for each evaluated user, every item seen
+in the training part (training and validation rows) is a candidate, minus the items that user rated
+there. A held-out rating at or above ``relevant`` makes its item relevant. Users with no relevant held-out
+item are skipped and counted. Ties in score are broken by item row, lowest first, so results repeat.
+
+Metrics, averaged over evaluated users, for each cut-off K:
+    HitRate@K   1 if any relevant item is in the top K
+    Precision@K hits / K
+    Recall@K    hits / min(|relevant|, K)
+    NDCG@K      sum over hits of 1/log2(rank + 1), over the same sum for a perfect top K
+    MAP@K       sum over hits of Precision@rank, over min(|relevant|, K)
+    MRR         1 / rank of the first relevant item in the whole ranking (0 if none can be ranked)
+    coverage@K  distinct items in all the top-K lists, over the number of candidate items
+    cold@K      share of top-K slots given to cold items (fewer than ``COLD_RATINGS`` training ratings)
+
+Scores come from a function of a chunk of user rows that returns a chunk x items tensor, so that a model
+and the baselines (most popular, PureSVD, EASE) go through the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+COLD_RATINGS = 5
+USER_CHUNK = 256
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RankingTask:
+    """Who is evaluated, what may be recommended to them, and what counts as a hit."""
+
+    n_users: int
+    n_items: int
+    known_users: torch.Tensor  # the (user, item) rows of the training part, as two aligned tensors
+    known_items: torch.Tensor
+    known_ratings: torch.Tensor
+    candidates: torch.Tensor  # bool, n_items: seen in the training part
+    cold: torch.Tensor  # bool, n_items: fewer than COLD_RATINGS training ratings
+    users: torch.Tensor  # evaluated user rows, ascending
+    relevant_users: torch.Tensor  # (user, item) pairs held out with a rating >= the threshold
+    relevant_items: torch.Tensor
+    skipped: int  # held-out users without a relevant item
+    threshold: float
+
+    def relevant_matrix(self, users: torch.Tensor) -> torch.Tensor:
+        """chunk x items, True where the item is relevant for the user."""
+        return self._matrix(users, self.relevant_users, self.relevant_items)
+
+    def known_matrix(self, users: torch.Tensor) -> torch.Tensor:
+        """chunk x items, True where the user rated the item in the training part."""
+        return self._matrix(users, self.known_users, self.known_items)
+
+    def _matrix(self, users: torch.Tensor, pair_users: torch.Tensor, pair_items: torch.Tensor) -> torch.Tensor:
+        position = torch.full((self.n_users,), -1, dtype=torch.long)
+        position[users] = torch.arange(len(users))
+        wanted = position[pair_users]
+        keep = wanted >= 0
+        matrix = torch.zeros(len(users), self.n_items, dtype=torch.bool)
+        matrix[wanted[keep], pair_items[keep]] = True
+        return matrix
+
+
+def build_task(
+    n_users: int,
+    n_items: int,
+    known: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    held_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    threshold: float,
+) -> RankingTask:
+    """The task for held-out (user, item, rating) rows against the known (training-part) rows."""
+    known_users, known_items, known_ratings = known
+    counts = torch.bincount(known_items, minlength=n_items)
+    held_users, held_items, held_ratings = held_out
+    good = held_ratings >= threshold
+    relevant_users, relevant_items = held_users[good], held_items[good]
+    users = torch.unique(relevant_users)
+    return RankingTask(
+        n_users=n_users,
+        n_items=n_items,
+        known_users=known_users,
+        known_items=known_items,
+        known_ratings=known_ratings.float(),
+        candidates=counts > 0,
+        cold=counts < COLD_RATINGS,
+        users=users,
+        relevant_users=relevant_users,
+        relevant_items=relevant_items,
+        skipped=len(torch.unique(held_users)) - len(users),
+        threshold=threshold,
+    )
+
+
+@dataclass
+class _Sums:
+    """Running sums over users of each metric at each K, and the items recommended at each K."""
+
+    ks: tuple[int, ...]
+    users: int = 0
+    mrr: float = 0.0
+    per_k: dict[int, dict[str, float]] = field(default_factory=dict)
+    shown: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = ("ndcg", "recall", "precision", "hit_rate", "map", "cold")
+        self.per_k = {k: dict.fromkeys(names, 0.0) for k in self.ks}
+
+
+def rank_metrics(
+    task: RankingTask,
+    scorer: Scorer,
+    ks: tuple[int, ...],
+    progress: Callable[[int, int], None] = lambda done, total: None,
+    sampled: int | None = None,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Every metric at every K for one scorer over the task's users (in chunks of ``USER_CHUNK``).
+
+    ``sampled``: rank each user's relevant items among that many random other candidates instead of all
+    of them (cheaper on huge catalogues, and known to mislead: label such figures as sampled)."""
+    generator = torch.Generator().manual_seed(seed)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"cut-offs must be >= 1, got {ks}")
+    sums = _Sums(tuple(sorted(set(ks))))
+    sums.shown = {k: torch.zeros(task.n_items, dtype=torch.bool) for k in sums.ks}
+    discounts = 1.0 / torch.log2(torch.arange(2, max(sums.ks) + 2, dtype=torch.float64))
+    for start in range(0, len(task.users), USER_CHUNK):
+        users = task.users[start : start + USER_CHUNK]
+        scores = scorer(users).double()
+        blocked = ~task.candidates[None, :] | task.known_matrix(users)
+        relevant = task.relevant_matrix(users)
+        if sampled is not None:  # keep the relevant items and ``sampled`` random others
+            noise = torch.rand(blocked.shape, generator=generator).masked_fill(blocked | relevant, 2.0)
+            kept = torch.zeros_like(blocked)
+            kept.scatter_(1, torch.argsort(noise, dim=1)[:, :sampled], True)
+            blocked = blocked | ~(kept & (noise < 2.0) | relevant)
+        scores = scores.masked_fill(blocked, -math.inf)
+        n_relevant = relevant.sum(dim=1)
+        order = torch.argsort(-scores, dim=1, stable=True)  # ties: lowest item row first
+        hits = relevant.gather(1, order)
+        rankable = hits & ~blocked.gather(1, order)
+        first = rankable.double().argmax(dim=1)
+        sums.mrr += float(torch.where(rankable.any(dim=1), 1.0 / (first + 1).double(), 0.0).sum())
+        for k in sums.ks:
+            top = rankable[:, :k].double()
+            found = top.sum(dim=1)
+            ideal = torch.clamp(n_relevant, max=k)
+            dcg = (top * discounts[:k]).sum(dim=1)
+            idcg = torch.cumsum(discounts[:k], 0)[ideal - 1]
+            precision_at = torch.cumsum(top, dim=1) / torch.arange(1, k + 1, dtype=torch.float64)
+            metrics = sums.per_k[k]
+            metrics["ndcg"] += float((dcg / idcg).sum())
+            metrics["recall"] += float((found / ideal).sum())
+            metrics["precision"] += float((found / k).sum())
+            metrics["hit_rate"] += float((found > 0).double().sum())
+            metrics["map"] += float(((precision_at * top).sum(dim=1) / ideal).sum())
+            shown = order[:, :k][~blocked.gather(1, order[:, :k])]
+            metrics["cold"] += float(task.cold[shown].double().sum()) / k
+            sums.shown[k][shown] = True
+        sums.users += len(users)
+        progress(sums.users, len(task.users))
+    n = max(sums.users, 1)
+    result: dict[str, object] = {"users": sums.users, "mrr": sums.mrr / n}
+    candidates = int(task.candidates.sum())
+    for k in sums.ks:
+        figures = {name: value / n for name, value in sums.per_k[k].items()}
+        figures["coverage"] = int(sums.shown[k].sum()) / max(candidates, 1)
+        result[f"@{k}"] = figures
+    return result
+
+
+# Baselines -----------------------------------------------------------------------------------------
+
+
+def most_popular(task: RankingTask) -> Scorer:
+    """Every user gets the items with the most training ratings."""
+    counts = torch.bincount(task.known_items, minlength=task.n_items).double()
+    return lambda users: counts.expand(len(users), -1)
+
+
+def _interactions(task: RankingTask, values: torch.Tensor) -> torch.Tensor:
+    matrix = torch.zeros(task.n_users, task.n_items)
+    matrix[task.known_users, task.known_items] = values
+    return matrix
+
+
+def pure_svd(task: RankingTask, factors: int = 50, seed: int = 0) -> Scorer:
+    """PureSVD (Cremonesi et al., RecSys 2010): the rating matrix, missing as 0, projected on its top
+    ``factors`` right singular vectors; a user's scores are r_u V V^T."""
+    ratings = _interactions(task, task.known_ratings)
+    torch.manual_seed(seed)
+    q = min(factors + 10, min(ratings.shape))  # oversampled: the top ``factors`` come out as exact ones
+    _, _, v = torch.svd_lowrank(ratings, q=q, niter=8)
+    projection = v[:, :factors] @ v[:, :factors].T
+    return lambda users: ratings[users] @ projection
+
+
+def ease(task: RankingTask, regularisation: float = 500.0) -> Scorer:
+    """EASE (Steck, WWW 2019): item-item weights B from the closed form with a zero diagonal, on the
+    binary interaction matrix X; a user's scores are x_u B."""
+    seen = _interactions(task, torch.ones(len(task.known_items)))
+    gram = (seen.T @ seen).double()
+    gram.diagonal().add_(regularisation)
+    inverse = torch.linalg.inv(gram)
+    weights = (-inverse / inverse.diagonal()[None, :]).float()
+    weights.diagonal().zero_()
+    return lambda users: seen[users] @ weights
+
+
+BASELINES: dict[str, Callable[[RankingTask], Scorer]] = {
+    "most popular": most_popular,
+    "PureSVD-50": pure_svd,
+    "EASE λ=500": ease,
+}

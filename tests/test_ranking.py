@@ -1,0 +1,132 @@
+"""Top-K ranking metrics: hand-built rankings with known answers, an independent implementation written
+from the definitions, the baselines, and ``dlrm evaluate --k``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import assert_error
+
+from dlrm_cli.ranking import BASELINES, build_task, rank_metrics
+
+
+def _task(known: list[tuple[int, int]], held: list[tuple[int, int, float]], users: int = 3, items: int = 6):
+    ku, ki = (torch.tensor([pair[i] for pair in known]) for i in (0, 1))
+    hu, hi, hr = (torch.tensor([row[i] for row in held]) for i in (0, 1, 2))
+    return build_task(users, items, (ku, ki, torch.full((len(known),), 4.0)), (hu, hi, hr.float()), 4.0)
+
+
+def _fixed(scores: list[list[float]]):
+    table = torch.tensor(scores)
+    return lambda users: table[users]
+
+
+def test_hand_built_ranking_with_known_answers():
+    # Items 0..5 all seen in training (by user 2). User 0 rated item 5 in training (left out of its ranking);
+    # held out: items 1 and 3 relevant (rating >= 4), item 4 not (rating 2).
+    known = [(2, item) for item in range(6)] + [(0, 5)]
+    task = _task(known, [(0, 1, 5.0), (0, 3, 4.0), (0, 4, 2.0)])
+    # user 0's ranking by score: 5 (left out), 2, 1, 4, 3, 0  ->  2, 1, 4, 3, 0
+    scores = [[0.0, 0.8, 0.9, 0.5, 0.6, 1.0], [0] * 6, [0] * 6]
+    result = rank_metrics(task, _fixed(scores), (1, 2, 4))
+    assert result["users"] == 1 and task.skipped == 0
+    assert result["mrr"] == pytest.approx(1 / 2)  # first relevant item (1) at rank 2
+    at1, at2, at4 = result["@1"], result["@2"], result["@4"]
+    assert (at1["hit_rate"], at1["precision"], at1["recall"], at1["ndcg"]) == (0.0, 0.0, 0.0, 0.0)
+    assert at2["precision"] == pytest.approx(1 / 2) and at2["recall"] == pytest.approx(1 / 2)
+    assert at2["ndcg"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert at2["map"] == pytest.approx((1 / 2) / 2)
+    # top 4: 2, 1, 4, 3 -> hits at ranks 2 and 4
+    assert at4["recall"] == 1.0 and at4["hit_rate"] == 1.0
+    assert at4["ndcg"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)))
+    assert at4["map"] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert at4["coverage"] == pytest.approx(4 / 6)
+
+
+def test_ties_are_broken_by_item_row_and_users_without_relevant_items_are_skipped():
+    known = [(2, item) for item in range(6)]
+    # user 1 holds out only a rating of 3: not relevant, so skipped and counted
+    task = _task(known, [(0, 4, 5.0), (1, 2, 3.0)])
+    result = rank_metrics(task, _fixed([[1.0] * 6] * 3), (1, 5))  # every score tied
+    assert result["users"] == 1 and task.skipped == 1
+    assert result["@1"]["hit_rate"] == 0.0  # the tie puts item 0 first
+    assert result["@5"]["hit_rate"] == 1.0 and result["mrr"] == pytest.approx(1 / 5)
+
+
+def _reference(task, scores: torch.Tensor, k: int) -> dict[str, float]:
+    """The metrics from their definitions, one user at a time, with no shared code."""
+    totals = dict.fromkeys(("ndcg", "recall", "precision", "hit_rate", "map"), 0.0)
+    mrr, counted = 0.0, 0
+    for user in task.users.tolist():
+        known = {i for u, i in zip(task.known_users.tolist(), task.known_items.tolist(), strict=True) if u == user}
+        relevant = {
+            i for u, i in zip(task.relevant_users.tolist(), task.relevant_items.tolist(), strict=True) if u == user
+        }
+        candidates = [i for i in range(task.n_items) if task.candidates[i] and i not in known]
+        ranked = sorted(candidates, key=lambda i: (-float(scores[user, i]), i))
+        top = ranked[:k]
+        hits = [i in relevant for i in top]
+        ideal = min(len(relevant), k)
+        totals["hit_rate"] += float(any(hits))
+        totals["precision"] += sum(hits) / k
+        totals["recall"] += sum(hits) / ideal
+        totals["ndcg"] += sum(1 / math.log2(r + 2) for r, h in enumerate(hits) if h) / sum(
+            1 / math.log2(r + 2) for r in range(ideal)
+        )
+        totals["map"] += sum(sum(hits[: r + 1]) / (r + 1) for r, h in enumerate(hits) if h) / ideal
+        first = next((r for r, i in enumerate(ranked) if i in relevant), None)
+        mrr += 0.0 if first is None else 1 / (first + 1)
+        counted += 1
+    return {**{name: value / counted for name, value in totals.items()}, "mrr": mrr / counted}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agrees_with_an_implementation_written_from_the_definitions(seed):
+    generator = torch.Generator().manual_seed(seed)
+    users, items = 40, 30
+    pairs = torch.randperm(users * items, generator=generator)[:500]
+    u, i = pairs // items, pairs % items
+    ratings = torch.randint(1, 6, (500,), generator=generator).float()
+    task = build_task(users, items, (u[:350], i[:350], ratings[:350]), (u[350:], i[350:], ratings[350:]), 4.0)
+    scores = torch.randint(0, 5, (users, items), generator=generator).float()  # small range: many ties
+    result = rank_metrics(task, lambda rows: scores[rows], (3, 7))
+    for k in (3, 7):
+        expected = _reference(task, scores, k)
+        for name in ("ndcg", "recall", "precision", "hit_rate", "map"):
+            assert result[f"@{k}"][name] == pytest.approx(expected[name]), (k, name)
+        assert result["mrr"] == pytest.approx(expected["mrr"])
+
+
+def test_baselines_rank_and_sampled_mode_keeps_the_relevant_items():
+    generator = torch.Generator().manual_seed(0)
+    users, items = 50, 40
+    pairs = torch.randperm(users * items, generator=generator)[:900]
+    u, i = pairs // items, pairs % items
+    ratings = torch.randint(1, 6, (900,), generator=generator).float()
+    task = build_task(users, items, (u[:700], i[:700], ratings[:700]), (u[700:], i[700:], ratings[700:]), 4.0)
+    for name, make in BASELINES.items():
+        result = rank_metrics(task, make(task), (5,))
+        assert 0.0 <= result["@5"]["ndcg"] <= 1.0, name
+    popular = BASELINES["most popular"](task)
+    full = rank_metrics(task, popular, (5,))
+    sampled = rank_metrics(task, popular, (5,), sampled=5)
+    assert sampled["@5"]["hit_rate"] >= full["@5"]["hit_rate"]  # fewer competitors, never fewer hits
+
+
+def test_evaluate_k_reports_every_figure_beside_the_baselines(trained):
+    result = trained("evaluate", "--k", "5,10", "--json")
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)["ranking"]
+    assert ranking["ks"] == [5, 10] and ranking["users"] > 0 and ranking["sampled"] is None
+    assert set(ranking["models"]) == {"DLRM", "most popular", "PureSVD-50", "EASE λ=500"}
+    for figures in ranking["models"].values():
+        assert set(figures["@10"]) == {"ndcg", "recall", "precision", "hit_rate", "map", "cold", "coverage"}
+        assert 0 <= figures["mrr"] <= 1
+    table = trained("evaluate", "--k", "10", "--no-baselines", "--candidates", "20")
+    assert table.exit_code == 0, table.output
+    assert "Top 10" in table.stdout and "SAMPLED" in table.stdout and "EASE" not in table.stdout
+    assert_error(trained("evaluate", "--k", "0"), 2, "--k must be comma-separated positive whole numbers")
+    assert_error(trained("evaluate", "--k", "10", "--data", "csv:x.csv"), 2, "--k ranks a split of the checkpoint's")
