@@ -6,6 +6,7 @@ Each function returns a result object; its ``to_dict()`` is the command's ``--js
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,7 +254,9 @@ def _ranking(
     rows = item_rows[order]
     unseen = catalog.items.unseen_in_training(rows).tolist()
     titles = catalog.items.titles
-    names = [items[i] for i in order.tolist()] if items is not None else [str(k) for k in catalog.items.keys[rows]]
+    names = (
+        [items[i] for i in order.tolist()] if items is not None else [str(k) for k in catalog.items.keys[rows.numpy()]]
+    )
     ranked = [
         RankedItem(name, (titles[row] or None) if titles else None, float(value), flag)
         for name, row, value, flag in zip(names, rows.tolist(), predicted[order].tolist(), unseen, strict=True)
@@ -359,3 +362,119 @@ def _model_scorer(loaded: LoadedModel, task: Any) -> Any:
         return out
 
     return scorer
+
+
+@dataclass(frozen=True)
+class BatchRecommendations:
+    """The top items for many users: one row per (user, rank), written by ``write``."""
+
+    checkpoint: str
+    users: list[str]
+    rank: torch.Tensor  # U x top
+    items: list[list[str]]
+    scores: torch.Tensor  # U x top
+    unseen_items: torch.Tensor  # U x top, bool
+    titles: list[list[str]] | None
+    unknown_users: list[str]
+    exclude_seen: bool
+    seconds: float
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        top = self.scores.shape[1] if len(self.users) else 0
+        frame = pd.DataFrame(
+            {
+                "user": np.repeat(np.array(self.users, dtype=object), top),
+                "rank": np.tile(np.arange(1, top + 1), len(self.users)),
+                "item": [item for row in self.items for item in row],
+                "score": self.scores.reshape(-1).numpy(),
+                "unseen_in_training": self.unseen_items.reshape(-1).numpy(),
+            }
+        )
+        if self.titles is not None:
+            frame.insert(3, "title", [title for row in self.titles for title in row])
+        # a user who rated nearly everything has fewer items left than --top: those slots are dropped
+        return frame[np.isfinite(frame["score"].to_numpy())].reset_index(drop=True)
+
+    def write(self, output: Path) -> int:
+        """Write CSV or (with pyarrow) Parquet by the suffix, atomically; returns the rows written."""
+        from dlrm_cli.serving import temporary_beside
+
+        frame = self.frame()
+        tmp = temporary_beside(output)
+        try:
+            if output.suffix.lower() == ".parquet":
+                frame.to_parquet(tmp, index=False)
+            else:
+                frame.to_csv(tmp, index=False)
+            os.replace(tmp, output)
+        except OSError as error:
+            raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(frame)
+
+
+USERS_PER_CHUNK = 128
+
+
+def recommend_many(
+    loaded: LoadedModel,
+    users: list[str] | None,
+    top: int,
+    exclude_seen: bool,
+    progress: Any = None,
+) -> BatchRecommendations:
+    """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
+    in chunks of users scored together; ``progress(done, total)`` hears the way."""
+    started = time.perf_counter()
+    catalog = loaded.catalog
+    table = catalog.users
+    if users is None:  # every user of the training data (side files may list users who rated nothing)
+        trained = ~table.unseen_in_training(torch.arange(len(table.keys)))
+        users = [str(key) for key in table.keys[trained.numpy()]]
+    rows, unknown = table.lookup(users)
+    if unknown and table.neutral_row is None:
+        raise DlrmUsageError(f"unknown user id {unknown[0]!r}: {_id_range(table)}")
+    n_items = len(catalog.items.keys)
+    items = torch.arange(n_items)
+    top = min(top, n_items)
+    seen_users = seen_items = torch.empty(0, dtype=torch.long)
+    if exclude_seen:
+        train = load_dataset(loaded.checkpoint.run.data).train
+        seen_users, seen_items = train.user, train.item
+    position = torch.full((len(table.keys) + 1,), -1, dtype=torch.long)
+    best_scores, best_items = [], []
+    for start in range(0, len(rows), USERS_PER_CHUNK):
+        chunk = rows[start : start + USERS_PER_CHUNK]
+        predicted = score(
+            loaded.model, catalog, chunk.repeat_interleave(n_items), items.repeat(len(chunk)), loaded.device
+        ).view(len(chunk), n_items)
+        if exclude_seen:
+            position[chunk] = torch.arange(len(chunk))
+            mine = position[seen_users]
+            keep = mine >= 0
+            predicted[mine[keep], seen_items[keep]] = float("-inf")
+            position[chunk] = -1
+        values, order = torch.topk(predicted, top, dim=1)  # ties: torch.topk's order, stable on CPU
+        best_scores.append(values)
+        best_items.append(order)
+        if progress is not None:
+            progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
+    scores = torch.cat(best_scores) if best_scores else torch.empty(0, top)
+    chosen = torch.cat(best_items) if best_items else torch.empty(0, top, dtype=torch.long)
+    keys = catalog.items.keys
+    titles = catalog.items.titles
+    return BatchRecommendations(
+        checkpoint=loaded.checkpoint.name,
+        users=users,
+        rank=torch.arange(1, top + 1).expand(len(users), -1),
+        items=[[str(keys[i]) for i in row] for row in chosen.tolist()],
+        scores=scores,
+        unseen_items=catalog.items.unseen_in_training(chosen.reshape(-1)).view(chosen.shape),
+        titles=[[titles[i] for i in row] for row in chosen.tolist()] if titles else None,
+        unknown_users=unknown,
+        exclude_seen=exclude_seen,
+        seconds=time.perf_counter() - started,
+    )

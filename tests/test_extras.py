@@ -9,7 +9,7 @@ from conftest import TINY, assert_error
 
 
 def test_recommend_scores_the_whole_catalogue(trained):
-    result = trained("recommend", "--user", "7", "--top", "5", "--json")
+    result = trained("recommend", "--user", "7", "--top", "5", "--include-seen", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["scored"] == 150 and len(doc["items"]) == 5
@@ -29,7 +29,7 @@ def test_recommend_exclude_seen_drops_rated_items(trained):
 
     train = load_dataset(CheckpointStore(trained.store).load("tiny").run.data).train
     seen = {str(int(i)) for i in train.item[train.user == 7]}
-    result = trained("recommend", "--user", "7", "--top", "200", "--exclude-seen", "--json")
+    result = trained("recommend", "--user", "7", "--top", "200", "--json")  # --exclude-seen is the default
     doc = json.loads(result.stdout)
     assert doc["scored"] == 150 - len(seen)
     assert not seen & {entry["item"] for entry in doc["items"]}

@@ -130,3 +130,55 @@ def test_evaluate_k_reports_every_figure_beside_the_baselines(trained):
     assert "Top 10" in table.stdout and "SAMPLED" in table.stdout and "EASE" not in table.stdout
     assert_error(trained("evaluate", "--k", "0"), 2, "--k must be comma-separated positive whole numbers")
     assert_error(trained("evaluate", "--k", "10", "--data", "csv:x.csv"), 2, "--k ranks a split of the checkpoint's")
+
+
+def test_recommend_for_every_user_writes_one_row_per_user_and_rank(trained, tmp_path):
+    import pandas as pd
+
+    from dlrm_cli.data import load_dataset
+    from dlrm_cli.loading import open_model
+
+    output = tmp_path / "recs.csv"
+    result = trained("recommend", "--all-users", "--top", "3", "--output", output, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    frame = pd.read_csv(output)
+    assert list(frame.columns) == ["user", "rank", "item", "title", "score", "unseen_in_training"]
+    assert summary["rows"] == len(frame) == 3 * summary["users"] and summary["exclude_seen"] is True
+    assert (frame.groupby("user")["rank"].apply(list) == pd.Series([[1, 2, 3]] * summary["users"])).all()
+    assert (frame.groupby("user")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+    train = load_dataset(open_model(trained.store, "tiny").checkpoint.run.data).train
+    seen = set(zip(train.user.tolist(), train.item.tolist(), strict=True))  # synthetic ids are the rows
+    assert not [pair for pair in zip(frame["user"], frame["item"], strict=True) if pair in seen]
+    # the same top item as the single-user command
+    single = json.loads(trained("recommend", "--user", "7", "--top", "1", "--json").stdout)
+    assert str(frame[frame["user"] == 7]["item"].iloc[0]) == single["recommended"]
+    ids = tmp_path / "users.txt"
+    ids.write_text("3\n5\n")
+    assert trained("recommend", "--users", ids, "--output", output, "--force", "--include-seen").exit_code == 0
+    assert sorted(set(pd.read_csv(output)["user"])) == [3, 5]
+
+
+def test_recommend_for_many_users_refuses_what_it_cannot_do(trained, tmp_path):
+    out = tmp_path / "recs.csv"
+    assert_error(trained("recommend"), 2, "give one of --user ID, --users FILE or --all-users")
+    assert_error(trained("recommend", "--user", "1", "--all-users"), 2, "give one of --user ID")
+    assert_error(trained("recommend", "--all-users"), 2, "--all-users and --users write a file: give --output")
+    assert_error(trained("recommend", "--all-users", "--output", tmp_path / "r.txt"), 2, "must end in .csv or .parquet")
+    assert_error(trained("recommend", "--user", "1", "--output", out), 2, "--output goes with --all-users or --users")
+    out.write_text("mine")
+    assert_error(trained("recommend", "--all-users", "--output", out), 2, "already exists; pass --force")
+    assert out.read_text() == "mine"
+
+
+def test_recommend_writes_parquet_when_pyarrow_is_installed(trained, tmp_path):
+    output = tmp_path / "recs.parquet"
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert_error(trained("recommend", "--all-users", "--output", output), 2, "writing .parquet needs pyarrow")
+        return
+    import pandas as pd
+
+    assert trained("recommend", "--all-users", "--top", "2", "--output", output).exit_code == 0
+    assert len(pd.read_parquet(output)) > 0
