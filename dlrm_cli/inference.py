@@ -36,6 +36,7 @@ class Evaluation:
     model: dict[str, float]
     global_mean_baseline: dict[str, float]
     noise_floor: dict[str, float] | None
+    training_overlap: int | None = 0  # with --data: ratings whose pair it trained on (None: not checkable)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +51,7 @@ class Scored:
     ratings: Ratings
     predicted: torch.Tensor
     expected: torch.Tensor | None
+    training_overlap: int | None = 0
 
 
 def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Evaluation:
@@ -77,8 +79,21 @@ def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = Non
             raise DlrmUsageError("--data takes movielens:DIR or csv:FILE here")
         ratings = _ratings_from(loaded, data)
         split, kind = "all", data.kind
+    overlap = _training_overlap(loaded, ratings) if data is not None else 0
     predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
-    return Scored(kind, split, ratings, predicted, expected)
+    return Scored(kind, split, ratings, predicted, expected, overlap)
+
+
+def _training_overlap(loaded: LoadedModel, ratings: Ratings) -> int | None:
+    """How many of ``ratings`` are (user, item) pairs the checkpoint was trained on: scoring them flatters
+    it. None when the training data cannot be read any more (moved or changed)."""
+    try:
+        train = load_dataset(loaded.checkpoint.run.data).train
+    except DataError:
+        return None
+    width = len(loaded.catalog.items) + 1
+    trained = (train.user * width + train.item).numpy()
+    return int(np.isin((ratings.user * width + ratings.item).numpy(), trained).sum())
 
 
 def evaluation_of(loaded: LoadedModel, scored: Scored) -> Evaluation:
@@ -93,6 +108,7 @@ def evaluation_of(loaded: LoadedModel, scored: Scored) -> Evaluation:
         model=error_metrics(scored.predicted, actual),
         global_mean_baseline=error_metrics(torch.full_like(actual, mean), actual),
         noise_floor=error_metrics(scored.expected, actual) if scored.expected is not None else None,
+        training_overlap=scored.training_overlap,
     )
 
 

@@ -211,6 +211,14 @@ class CheckpointStore:
         if ref in ALIASES:
             aliases = self.aliases(infos)
             if ref not in aliases:
+                unfinished = [i.name for i in infos if i.problem is None and not (i.meta or {}).get("complete")]
+                if unfinished:
+                    name = unfinished[-1]
+                    raise DlrmError(
+                        f"no complete checkpoint in {self.root} for {ref!r}: {name} is from a run that was stopped "
+                        f"before its last epoch; use it with --checkpoint {name}, or finish it with "
+                        f"`dlrm train --resume {name}`"
+                    )
                 if infos:
                     raise DlrmError(f"no complete checkpoint in {self.root} for {ref!r}; `dlrm checkpoints` lists them")
                 raise DlrmError(f"no checkpoints in {self.root}; train one with `dlrm train`")

@@ -105,6 +105,7 @@ class TrainResult:
     noise_floor: dict[str, float] | None
     seconds: float
     best_epoch: int
+    stopped_early: int | None = None  # the --patience that ended the run before its last epoch, if it did
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -465,8 +466,10 @@ class TrainingRun:
         if not self.parallel.is_main or names[0] is None:
             return None
         best = self.best
+        done = int(self.history[-1]["epoch"]) if self.history else 0
+        early = self.settings.patience if done < self.settings.epochs else None
         return TrainResult(
-            names[0], self.history, best.metrics, self.baseline, self.noise_floor, self._seconds(), best.epoch
+            names[0], self.history, best.metrics, self.baseline, self.noise_floor, self._seconds(), best.epoch, early
         )
 
     # Cleaning up -----------------------------------------------------------------------------------

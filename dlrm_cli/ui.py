@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -66,6 +67,9 @@ def history_table(history: list[dict[str, Any]], title: str) -> Any:
     return table
 
 
+LINE_SECONDS = 30.0
+
+
 class RichProgress:
     """The training display (a ``TrainingObserver``): a spinner while data loads, then a progress bar with
     epoch, batches, running loss and learning rate, and one line per finished epoch. Use it as a context
@@ -89,6 +93,10 @@ class RichProgress:
         self.task: Any = None
         self.loss = 0.0
         self.steps = 0
+        # Not on a terminal (a log, CI), the bar is not drawn: a line every LINE_SECONDS shows progress instead.
+        self.lines = not console.is_terminal
+        self.last_line = time.monotonic()
+        self.epoch, self.lr = "", 0.0
 
     def __enter__(self) -> RichProgress:
         return self
@@ -108,10 +116,16 @@ class RichProgress:
 
     def data_loaded(self, dataset: Any, processes: int) -> None:
         self._stop_status()
+        entities = []
+        for table, rows, kind in ((dataset.catalog.users, dataset.train.user, "users"),
+                                  (dataset.catalog.items, dataset.train.item, "items")):  # fmt: skip
+            rated = len(set(rows.tolist()))
+            listed = f" ({len(table):,} in the side files)" if len(table) != rated else ""
+            entities.append(f"{rated:,} {kind}{listed}")
         self.console.print(
             f"Data: {dataset.source.kind} — {len(dataset.train):,} train, {len(dataset.validation):,} "
-            f"validation, {len(dataset.test):,} test ratings; {len(dataset.catalog.users):,} users, "
-            f"{len(dataset.catalog.items):,} items" + (f"; {processes} processes" if processes > 1 else "")
+            f"validation, {len(dataset.test):,} test ratings; {entities[0]} and {entities[1]} with training ratings"
+            + (f"; {processes} processes" if processes > 1 else "")
         )
 
     def resumed(self, name: str, epoch: int) -> None:
@@ -127,13 +141,21 @@ class RichProgress:
         else:
             self.progress.remove_task(self.task)
         self.loss, self.steps = 0.0, 0
+        self.epoch, self.lr, self.last_line = f"{epoch}/{epochs}", lr, time.monotonic()
         self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", loss=0.0, lr=lr)
 
     def batch_done(self, loss: float) -> None:
         self.steps += 1
         self.loss += (loss - self.loss) / min(self.steps, 100)  # running mean over the last ~100 batches
-        if self.steps % 10 == 0 or self.steps == self.progress.tasks[-1].total:
+        total = self.progress.tasks[-1].total or 0
+        if self.steps % 10 == 0 or self.steps == total:
             self.progress.update(self.task, completed=self.steps, loss=self.loss)
+        if self.lines and time.monotonic() - self.last_line >= LINE_SECONDS and self.steps < total:
+            self.last_line = time.monotonic()
+            self.console.print(
+                f"epoch {self.epoch}: batch {self.steps:,}/{total:,} ({100 * self.steps / total:.0f}%), "
+                f"loss {self.loss:.4f}, lr {self.lr:.2e}"
+            )
 
     def epoch_done(self, record: dict[str, float]) -> None:
         self.console.print(
@@ -164,6 +186,12 @@ def show_training_summary(result: Any) -> None:
         f"Validation RMSE {result.validation['rmse']:.4f} (best epoch {result.best_epoch}) {curve} "
         f"(global-mean baseline {result.baseline['rmse']:.4f}{floor}); trained in {result.seconds:.1f} s"
     )
+    if result.stopped_early:
+        last = int(result.history[-1]["epoch"])
+        console.print(
+            f"Stopped early after epoch {last}: {result.stopped_early} epochs without a better validation RMSE "
+            f"(--patience {result.stopped_early})"
+        )
     console.print(f"Saved checkpoint {result.name}")
 
 

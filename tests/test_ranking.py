@@ -182,3 +182,56 @@ def test_recommend_writes_parquet_when_pyarrow_is_installed(trained, tmp_path):
 
     assert trained("recommend", "--all-users", "--top", "2", "--output", output).exit_code == 0
     assert len(pd.read_parquet(output)) > 0
+
+
+# Rough edges a new user hit ------------------------------------------------------------------------------
+
+
+def test_a_log_gets_progress_lines_during_a_long_epoch(dlrm, monkeypatch):
+    from conftest import TINY
+
+    from dlrm_cli import ui
+
+    monkeypatch.setattr(ui, "LINE_SECONDS", 0.0)  # not a terminal: a line at every batch here
+    result = dlrm("train", "--epochs", "1", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1: batch 1/38 (3%), loss" in result.stderr
+    assert "with training ratings" in result.stderr
+
+
+def test_the_summary_says_when_patience_stopped_the_run(dlrm):
+    from conftest import TINY
+
+    result = dlrm("train", "--epochs", "10", "--patience", "1", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "Stopped early after epoch" in result.stdout and "(--patience 1)" in result.stdout
+
+
+def test_after_an_interrupted_run_evaluate_says_how_to_use_it(trained):
+    meta = trained.store / "tiny" / "meta.json"
+    from dlrm_cli.store import _meta_digest
+
+    record = json.loads(meta.read_text())
+    record["complete"] = False  # as a run stopped by Ctrl-C leaves it
+    record["meta_sha256"] = _meta_digest(record)
+    meta.write_text(json.dumps(record))
+    assert_error(
+        trained("evaluate"),
+        1,
+        "tiny is from a run that was stopped before its last epoch; use it with --checkpoint tiny, or finish it "
+        "with `dlrm train --resume tiny`",
+    )
+
+
+def test_evaluate_data_warns_when_it_overlaps_the_training_rows(dlrm, tmp_path):
+    from fixtures import write_generic_csv
+
+    path = write_generic_csv(tmp_path / "shop.csv")
+    columns = ["--user-col", "customer", "--item-col", "sku", "--rating-col", "stars"]
+    assert dlrm("train", "--data", f"csv:{path}", *columns, "--epochs", "1", "--embedding-dim", "8").exit_code == 0
+    result = dlrm("evaluate", "--data", f"csv:{path}", "--json")
+    assert result.exit_code == 0, result.output
+    overlap = json.loads(result.stdout)["training_overlap"]
+    assert 0 < overlap < 1500
+    table = dlrm("evaluate", "--data", f"csv:{path}")
+    assert f"Note: {overlap:,} of these" in table.stderr and "flatter" in table.stderr

@@ -77,6 +77,11 @@ def evaluate_command(
     for label, metrics in rows:
         table.add_row(label, ui.fmt(metrics["mse"]), ui.fmt(metrics["rmse"]), ui.fmt(metrics["mae"]))
     ui.out().print(table)
+    if result.training_overlap:
+        ui.err().print(
+            f"Note: {result.training_overlap:,} of these {result.count:,} ratings are (user, item) pairs the "
+            "checkpoint trained on; the figures flatter it"
+        )
     if ranking is not None:
         _show_ranking(ranking)
 
