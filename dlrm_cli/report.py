@@ -15,20 +15,27 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from dlrm_cli.errors import DlrmError
-from dlrm_cli.inference import evaluation_of, score_ratings
+from dlrm_cli.inference import evaluation_of, rank_evaluation, score_ratings
 from dlrm_cli.loading import open_model
 
 
-def _runs(store: Path, refs: list[str]) -> list[dict[str, Any]]:
+def _runs(store: Path, refs: list[str], k: int) -> list[dict[str, Any]]:
     runs = []
     for ref in refs:
         loaded = open_model(store, ref)
         test = score_ratings(loaded, "test")  # scored once: for the metrics table and for the histogram
         report = evaluation_of(loaded, test).to_dict()
-        runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report,
-                     "predicted": test.predicted, "actual": test.ratings.rating})  # fmt: skip
+        ranking = None
+        if k:
+            try:
+                ranking = rank_evaluation(loaded, "test", (k,), baselines=False).models["DLRM"][f"@{k}"]
+            except DlrmError:  # no test user with a relevant rating: nothing to rank
+                ranking = None
+        runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report, "ranking": ranking,
+                     "k": k, "predicted": test.predicted, "actual": test.ratings.rating})  # fmt: skip
     return runs
 
 
@@ -43,12 +50,14 @@ def _figure(runs: list[dict[str, Any]]) -> plt.Figure:
     for axis in (loss, rmse):
         axis.grid(alpha=0.3)
         axis.legend()
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     first = runs[0]
     low, high = first["meta"]["model"]["rating_min"], first["meta"]["model"]["rating_max"]
     bins = torch.linspace(low, high, 41).tolist()
-    hist.hist(first["actual"].numpy(), bins=bins, alpha=0.6, label="actual")
-    hist.hist(first["predicted"].numpy(), bins=bins, alpha=0.6, label="predicted")
-    hist.set(title=f"Test ratings: predicted vs actual ({first['name']})", xlabel="rating", ylabel="count")
+    hist.hist(first["actual"].numpy(), bins=bins, alpha=0.4, color="grey", label=f"actual ({first['name']})")
+    for run in runs:  # each run's predictions, as an outline over the actual ratings
+        hist.hist(run["predicted"].numpy(), bins=bins, histtype="step", linewidth=1.5, label=run["name"])
+    hist.set(title="Test ratings: predicted by each run, and actual", xlabel="rating", ylabel="count")
     hist.legend()
     table.axis("off")
     rows = [_row(run) for run in runs]
@@ -73,13 +82,21 @@ def _row(run: dict[str, Any]) -> dict[str, str]:
         "test RMSE": f"{test['model']['rmse']:.4f}",
         "test MAE": f"{test['model']['mae']:.4f}",
         "mean baseline": f"{test['global_mean_baseline']['rmse']:.4f}",
+        **(
+            {
+                f"NDCG@{run['k']}": f"{run['ranking']['ndcg']:.3f}",
+                f"HitRate@{run['k']}": f"{run['ranking']['hit_rate']:.3f}",
+            }
+            if run["ranking"]
+            else {}
+        ),
     }
 
 
-def build_report(store: Path, refs: list[str], output: Path) -> list[str]:
-    """Write the report for the named checkpoints (.html or .png, by ``output``'s suffix); returns their
-    names."""
-    runs = _runs(store, refs)
+def build_report(store: Path, refs: list[str], output: Path, k: int = 10) -> list[str]:
+    """Write the report for the named checkpoints (.html or .png, by ``output``'s suffix), with top-``k``
+    ranking metrics (0: none); returns their names."""
+    runs = _runs(store, refs, k)
     figure = _figure(runs)
     tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}{output.suffix}")
     try:

@@ -76,6 +76,10 @@ def test_report_html_and_png_name_the_runs(trained, tmp_path):
     assert result.exit_code == 0, result.output
     text = html.read_text()
     assert "tiny" in text and "second" in text and "data:image/png;base64," in text
+    assert text.count("<th>NDCG@10</th>") == 1 and text.count("<tr><td>") == 2  # a ranking figure for each run
+    plain = tmp_path / "plain.html"
+    assert trained("report", "tiny", "--k", "0", "--output", plain).exit_code == 0
+    assert "NDCG@" not in plain.read_text()
     png = tmp_path / "report.png"
     assert trained("report", "--output", png).exit_code == 0
     assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000

@@ -17,6 +17,7 @@ def report_command(
     output: Annotated[Path, typer.Option(help="report.html or report.png; its folder must exist.")] = Path(
         "report.html"
     ),
+    k: Annotated[int, typer.Option("--k", min=0, help="Top-K ranking metrics in the table (0: none).")] = 10,
     force: ForceOutputOption = False,
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
@@ -38,5 +39,5 @@ def report_command(
 
     refs = list(dict.fromkeys(names or ["latest"]))
     with ui.err().status("Scoring the test splits…"):
-        written = build_report(Path(store), refs, output)
+        written = build_report(Path(store), refs, output, k)
     ui.out().print(f"Wrote {output} ({output.stat().st_size / 1e3:.0f} kB) comparing {', '.join(written)}")
