@@ -32,7 +32,7 @@ from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.metrics import score
 from dlrm_cli.model import RatingDLRM, to_rating
 from dlrm_cli.optim import build_for_training
-from dlrm_cli.threads import ThreadGovernor, available_cpus, chosen_threads
+from dlrm_cli.threads import available_cpus, chosen_threads, take_charge
 from dlrm_cli.training import model_config_for, train_step
 
 PATHS = ("fused", "plain_ebc", "reference")
@@ -124,11 +124,9 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
         train_step(model, optimizers, dense, kjt, train.rating[rows], train_config.embedding_l2).item()
         return settings.batch_size
 
-    fixed = chosen_threads(settings.threads)
-    if fixed:
-        torch.set_num_threads(fixed)
+    governor = take_charge(settings.threads)
+    if governor is None:
         return step
-    governor = ThreadGovernor(available_cpus(), torch.set_num_threads)  # its first trial runs here
 
     def governed() -> int:
         return governor.timed(step, settings.batch_size)  # type: ignore[return-value]

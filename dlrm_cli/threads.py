@@ -65,6 +65,17 @@ def chosen_threads(requested: int | None, environ: dict[str, str] | None = None)
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def take_charge(requested: int | None) -> ThreadGovernor | None:
+    """Apply the thread count the user fixed and return None, or return a governor that picks it."""
+    import torch
+
+    fixed = chosen_threads(requested)
+    if fixed:
+        torch.set_num_threads(fixed)
+        return None
+    return ThreadGovernor(available_cpus(), torch.set_num_threads)  # its first trial runs here
+
+
 def candidates(most: int) -> list[int]:
     """Thread counts worth trying: 1, 2, 4, ... and ``most``."""
     counts, n = [], 1

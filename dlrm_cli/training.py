@@ -40,7 +40,7 @@ from dlrm_cli.quiet import quiet_library_logs
 from dlrm_cli.request import TrainRequest
 from dlrm_cli.signals import StopOnSignal
 from dlrm_cli.store import CheckpointStore
-from dlrm_cli.threads import ThreadGovernor, available_cpus, chosen_threads
+from dlrm_cli.threads import ThreadGovernor, chosen_threads, take_charge
 
 
 class TrainingObserver(Protocol):
@@ -241,11 +241,8 @@ class TrainingRun:
 
     def _build_model(self) -> None:
         settings = self.settings
-        fixed = chosen_threads(settings.threads)
-        if fixed:
-            torch.set_num_threads(fixed)
-        elif self.device.type == "cpu":
-            self.governor = ThreadGovernor(available_cpus(), torch.set_num_threads)
+        if self.device.type == "cpu" or chosen_threads(settings.threads):  # on CUDA, only a fixed count applies
+            self.governor = take_charge(settings.threads)
         torch.manual_seed(settings.seed)
         self.model_config = model_config_for(self.dataset, settings)
         _check_fits(self.model_config)
@@ -350,17 +347,16 @@ class TrainingRun:
 
     def _check_batch(self, loss: float, epoch: int, batch: int) -> None:
         """Stop on a diverged loss or a signal; with several ranks, all stop at the same batch or none."""
-        diverged, signal_number = not math.isfinite(loss), self._stop_requested() or 0
+        diverged = not math.isfinite(loss)
         if self.parallel.active:
-            diverged, signal_number = bool(self.parallel.any(int(diverged))), self.parallel.any(signal_number)
+            diverged = bool(self.parallel.any(int(diverged)))
         if diverged:
             saved = self.save_checkpoint(complete=False) if self.pending is not None else None
             kept = f"; the last good epoch is saved as {saved}" if saved else ""
             raise DlrmError(
                 f"training diverged: the loss became {loss} in epoch {epoch}, batch {batch}{kept}; try a smaller --lr"
             )
-        if signal_number:
-            self._interrupt(signal_number, completed=epoch - 1)
+        self._check_signal(completed=epoch - 1)
 
     def _interrupt(self, signal_number: int, completed: int) -> None:
         """Save the last completed epoch (if it is not in the store yet) and end the run."""
