@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -57,24 +58,27 @@ def read_id_list(text: str, option: str) -> list[str]:
     return parse_id_list(",".join(ids), option)
 
 
+def _positive_whole_numbers(text: str) -> tuple[int, ...] | None:
+    """``5,10`` -> (5, 10); None unless there is at least one and each is a whole number >= 1."""
+    try:
+        numbers = tuple(int(part) for part in text.split(",")) if text.strip() else ()
+    except ValueError:
+        return None
+    return numbers if numbers and min(numbers) >= 1 else None
+
+
 def parse_cutoffs(text: str) -> tuple[int, ...]:
     """``--k 5,10,20`` -> (5, 10, 20): ranking cut-offs, each a positive whole number."""
-    try:
-        cutoffs = tuple(int(part) for part in text.split(",")) if text.strip() else ()
-    except ValueError:
-        cutoffs = (0,)
-    if not cutoffs or any(k < 1 for k in cutoffs):
+    cutoffs = _positive_whole_numbers(text)
+    if cutoffs is None:
         raise DlrmUsageError(f"--k must be comma-separated positive whole numbers such as 5,10,20, got {text!r}")
     return cutoffs
 
 
 def parse_sizes(text: str, option: str) -> tuple[int, ...]:
     """``512,256`` -> (512, 256): layer sizes, each a positive whole number."""
-    try:
-        sizes = tuple(int(part) for part in text.split(",")) if text.strip() else ()
-    except ValueError:
-        sizes = (0,)
-    if not sizes or any(size < 1 for size in sizes):
+    sizes = _positive_whole_numbers(text)
+    if sizes is None:
         raise DlrmUsageError(f"{option} must be comma-separated positive layer sizes such as 512,256, got {text!r}")
     return sizes
 
@@ -96,6 +100,16 @@ def parse_user(text: str) -> str:
     if not user:
         raise DlrmUsageError("--user must not be empty")
     return user
+
+
+def temporary_beside(path: Path) -> Path:
+    """A hidden temporary name in ``path``'s folder, for writing a file and renaming it into place."""
+    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+
+
+def sidecar_path(output: Path) -> Path:
+    """Where an exported artifact's input description goes: ``OUTPUT.json`` beside it."""
+    return output.with_name(output.name + ".json")
 
 
 def output_path(path: Path | str, force: bool = False) -> Path:
