@@ -361,9 +361,7 @@ def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawD
 def read_csv(path: Path, columns: CsvColumns) -> RawData:
     """Any interactions table with a header. Side columns must describe the user or the item of each row."""
     user_column, item_column, rating_column = columns.user_column, columns.item_column, columns.rating_column
-    named = [user_column, item_column, rating_column, *columns.dense, *columns.sparse]
-    if columns.time:
-        named.append(columns.time)
+    named = _named_columns(columns)
     duplicated = sorted({c for c in named if named.count(c) > 1})
     if duplicated:
         raise DataError(f"column {duplicated[0]!r} is named for more than one role")
@@ -404,10 +402,14 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
     )
 
 
+def _named_columns(columns: CsvColumns) -> list[str]:
+    """Every column the options give a role, in role order (a column named twice appears twice)."""
+    return [columns.user_column, columns.item_column, columns.rating_column, *columns.dense, *columns.sparse,
+            *([columns.time] if columns.time else [])]  # fmt: skip
+
+
 def _csv_table(path: Path, columns: CsvColumns) -> tuple[pd.DataFrame, np.ndarray]:
-    named = [columns.user_column, columns.item_column, columns.rating_column, *columns.dense, *columns.sparse]
-    if columns.time:
-        named.append(columns.time)
+    named = _named_columns(columns)
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
     numeric = (columns.rating_column, *columns.dense) + ((columns.time,) if columns.time else ())
     return read_table(path, sep=sep, required=tuple(named), numeric=numeric, dtype=dict.fromkeys(columns.sparse, str))
