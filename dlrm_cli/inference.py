@@ -415,7 +415,7 @@ class BatchRecommendations:
 
     def write(self, output: Path) -> int:
         """Write CSV or (with pyarrow) Parquet by the suffix, atomically; returns the rows written."""
-        from dlrm_cli.serving import temporary_beside
+        from dlrm_cli.parsing import temporary_beside
 
         frame = self.frame()
         tmp = temporary_beside(output)
@@ -444,6 +444,8 @@ def recommend_many(
 ) -> BatchRecommendations:
     """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
     in chunks of users scored together; ``progress(done, total)`` hears the way."""
+    from dlrm_cli.ranking import pairs_matrix
+
     started = time.perf_counter()
     catalog = loaded.catalog
     table = catalog.users
@@ -460,7 +462,6 @@ def recommend_many(
     if exclude_seen:
         train = load_dataset(loaded.checkpoint.run.data).train
         seen_users, seen_items = train.user, train.item
-    position = torch.full((len(table.keys) + 1,), -1, dtype=torch.long)
     best_scores, best_items = [], []
     for start in range(0, len(rows), USERS_PER_CHUNK):
         chunk = rows[start : start + USERS_PER_CHUNK]
@@ -468,11 +469,8 @@ def recommend_many(
             loaded.model, catalog, chunk.repeat_interleave(n_items), items.repeat(len(chunk)), loaded.device
         ).view(len(chunk), n_items)
         if exclude_seen:
-            position[chunk] = torch.arange(len(chunk))
-            mine = position[seen_users]
-            keep = mine >= 0
-            predicted[mine[keep], seen_items[keep]] = float("-inf")
-            position[chunk] = -1
+            seen = pairs_matrix(chunk, seen_users, seen_items, len(table.keys) + 1, n_items)
+            predicted = predicted.masked_fill(seen, float("-inf"))
         values, order = torch.topk(predicted, top, dim=1)  # ties: torch.topk's order, stable on CPU
         best_scores.append(values)
         best_items.append(order)

@@ -41,13 +41,22 @@ class RankingTask:
     known_users: torch.Tensor  # the (user, item) rows of the training part, as two aligned tensors
     known_items: torch.Tensor
     known_ratings: torch.Tensor
-    candidates: torch.Tensor  # bool, n_items: seen in the training part
-    cold: torch.Tensor  # bool, n_items: fewer than COLD_RATINGS training ratings
+    counts: torch.Tensor  # n_items: ratings of each item in the training part
     users: torch.Tensor  # evaluated user rows, ascending
     relevant_users: torch.Tensor  # (user, item) pairs held out with a rating >= the threshold
     relevant_items: torch.Tensor
     skipped: int  # held-out users without a relevant item
     threshold: float
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """bool, n_items: the items seen in the training part."""
+        return self.counts > 0
+
+    @property
+    def cold(self) -> torch.Tensor:
+        """bool, n_items: the items with fewer than COLD_RATINGS training ratings."""
+        return self.counts < COLD_RATINGS
 
     def relevant_matrix(self, users: torch.Tensor) -> torch.Tensor:
         """chunk x items, True where the item is relevant for the user."""
@@ -58,13 +67,20 @@ class RankingTask:
         return self._matrix(users, self.known_users, self.known_items)
 
     def _matrix(self, users: torch.Tensor, pair_users: torch.Tensor, pair_items: torch.Tensor) -> torch.Tensor:
-        position = torch.full((self.n_users,), -1, dtype=torch.long)
-        position[users] = torch.arange(len(users))
-        wanted = position[pair_users]
-        keep = wanted >= 0
-        matrix = torch.zeros(len(users), self.n_items, dtype=torch.bool)
-        matrix[wanted[keep], pair_items[keep]] = True
-        return matrix
+        return pairs_matrix(users, pair_users, pair_items, self.n_users, self.n_items)
+
+
+def pairs_matrix(
+    users: torch.Tensor, pair_users: torch.Tensor, pair_items: torch.Tensor, n_users: int, n_items: int
+) -> torch.Tensor:
+    """users x n_items, True where (user, item) is one of the pairs (``users`` without repeats)."""
+    position = torch.full((n_users,), -1, dtype=torch.long)
+    position[users] = torch.arange(len(users))
+    wanted = position[pair_users]
+    keep = wanted >= 0
+    matrix = torch.zeros(len(users), n_items, dtype=torch.bool)
+    matrix[wanted[keep], pair_items[keep]] = True
+    return matrix
 
 
 def build_task(
@@ -76,7 +92,6 @@ def build_task(
 ) -> RankingTask:
     """The task for held-out (user, item, rating) rows against the known (training-part) rows."""
     known_users, known_items, known_ratings = known
-    counts = torch.bincount(known_items, minlength=n_items)
     held_users, held_items, held_ratings = held_out
     good = held_ratings >= threshold
     relevant_users, relevant_items = held_users[good], held_items[good]
@@ -87,8 +102,7 @@ def build_task(
         known_users=known_users,
         known_items=known_items,
         known_ratings=known_ratings.float(),
-        candidates=counts > 0,
-        cold=counts < COLD_RATINGS,
+        counts=torch.bincount(known_items, minlength=n_items),
         users=users,
         relevant_users=relevant_users,
         relevant_items=relevant_items,
@@ -129,11 +143,12 @@ def rank_metrics(
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     sums = _Sums(tuple(sorted(set(ks))))
     sums.shown = {k: torch.zeros(task.n_items, dtype=torch.bool) for k in sums.ks}
+    candidates, cold = task.candidates, task.cold
     discounts = 1.0 / torch.log2(torch.arange(2, max(sums.ks) + 2, dtype=torch.float64))
     for start in range(0, len(task.users), USER_CHUNK):
         users = task.users[start : start + USER_CHUNK]
         scores = scorer(users).double()
-        blocked = ~task.candidates[None, :] | task.known_matrix(users)
+        blocked = ~candidates[None, :] | task.known_matrix(users)
         relevant = task.relevant_matrix(users)
         if sampled is not None:  # keep the relevant items and ``sampled`` random others
             noise = torch.rand(blocked.shape, generator=generator).masked_fill(blocked | relevant, 2.0)
@@ -161,16 +176,15 @@ def rank_metrics(
             metrics["hit_rate"] += float((found > 0).double().sum())
             metrics["map"] += float(((precision_at * top).sum(dim=1) / ideal).sum())
             shown = order[:, :k][~blocked.gather(1, order[:, :k])]
-            metrics["cold"] += float(task.cold[shown].double().sum()) / k
+            metrics["cold"] += float(cold[shown].double().sum()) / k
             sums.shown[k][shown] = True
         sums.users += len(users)
         progress(sums.users, len(task.users))
     n = max(sums.users, 1)
     result: dict[str, object] = {"users": sums.users, "mrr": sums.mrr / n}
-    candidates = int(task.candidates.sum())
     for k in sums.ks:
         figures = {name: value / n for name, value in sums.per_k[k].items()}
-        figures["coverage"] = int(sums.shown[k].sum()) / max(candidates, 1)
+        figures["coverage"] = int(sums.shown[k].sum()) / max(int(candidates.sum()), 1)
         result[f"@{k}"] = figures
     return result
 
@@ -180,7 +194,7 @@ def rank_metrics(
 
 def most_popular(task: RankingTask) -> Scorer:
     """Every user gets the items with the most training ratings."""
-    counts = torch.bincount(task.known_items, minlength=task.n_items).double()
+    counts = task.counts.double()
     return lambda users: counts.expand(len(users), -1)
 
 

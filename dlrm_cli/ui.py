@@ -119,7 +119,7 @@ class RichProgress:
         entities = []
         for table, rows, kind in ((dataset.catalog.users, dataset.train.user, "users"),
                                   (dataset.catalog.items, dataset.train.item, "items")):  # fmt: skip
-            rated = len(set(rows.tolist()))
+            rated = len(rows.unique())
             listed = f" ({len(table):,} in the side files)" if len(table) != rated else ""
             entities.append(f"{rated:,} {kind}{listed}")
         self.console.print(
