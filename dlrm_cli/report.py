@@ -6,7 +6,6 @@ import base64
 import html
 import io
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from dlrm_cli.errors import DlrmError
 from dlrm_cli.inference import evaluation_of, rank_evaluation, score_ratings
 from dlrm_cli.loading import open_model
+from dlrm_cli.parsing import temporary_beside
 
 
 def _runs(store: Path, refs: list[str], k: int) -> list[dict[str, Any]]:
@@ -98,7 +98,7 @@ def build_report(store: Path, refs: list[str], output: Path, k: int = 10) -> lis
     ranking metrics (0: none); returns their names."""
     runs = _runs(store, refs, k)
     figure = _figure(runs)
-    tmp = output.with_name(f".{output.stem}.{secrets.token_hex(4)}{output.suffix}")
+    tmp = temporary_beside(output)
     try:
         _write(runs, figure, tmp, output)
     except OSError as error:

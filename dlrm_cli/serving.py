@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from dlrm_cli.errors import DlrmError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
 from dlrm_cli.model import RatingDLRM, table_name, to_rating
+from dlrm_cli.parsing import sidecar_path, temporary_beside
 from dlrm_cli.quiet import quiet_library_logs
 
 PARITY_TOLERANCE = 1e-5
@@ -125,11 +125,6 @@ def _replace_both(first: tuple[Path, Path], second: tuple[Path, Path]) -> None:
             backup.unlink(missing_ok=True)
 
 
-def temporary_beside(path: Path) -> Path:
-    """A hidden temporary name in ``path``'s folder, for writing a file and renaming it into place."""
-    return path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
-
-
 def load_artifact(path: Path, fmt: str) -> Any:
     if fmt == "torchscript":
         return torch.jit.load(str(path))
@@ -214,7 +209,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, fmt: str, quantize: str
     rows = torch.arange(min(len(held_out), 1024))
     users, items = held_out.user[rows], held_out.item[rows]
     inputs = plain_inputs(loaded.catalog, users, items)
-    sidecar = output.with_name(output.name + ".json")
+    sidecar = sidecar_path(output)
     tmp, sidecar_tmp = temporary_beside(output), temporary_beside(sidecar)
     try:
         tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++

@@ -28,7 +28,7 @@ def export_command(
     """Export a checkpoint for serving; the artifact needs only PyTorch to run."""
     from dlrm_cli.config import EXPORT_FORMATS
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.parsing import output_path
+    from dlrm_cli.parsing import output_path, sidecar_path
 
     if format not in EXPORT_FORMATS:
         raise DlrmUsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
@@ -37,7 +37,7 @@ def export_command(
     if quantize and format != "torchscript":
         raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
     output = output_path(output, force)
-    output_path(output.with_name(output.name + ".json"), force)  # the file describing its inputs
+    output_path(sidecar_path(output), force)  # the file describing its inputs follows the same rule
 
     from dlrm_cli import ui
     from dlrm_cli.loading import open_model
