@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dlrm_cli.data import load_dataset
-from dlrm_cli.data.catalog import Catalog, Ratings
+from dlrm_cli.data.catalog import Catalog, EntityTable, Ratings
 from dlrm_cli.errors import DlrmError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
@@ -32,6 +32,8 @@ from dlrm_cli.parsing import sidecar_path, temporary_beside
 from dlrm_cli.quiet import quiet_library_logs
 
 PARITY_TOLERANCE = 1e-5
+DESCRIPTION_FILE = "dlrm.json"  # the description inside an artifact (extra files of torch.export / TorchScript)
+INPUTS = ("ids", "features")
 
 
 class ServingDLRM(nn.Module):
@@ -60,6 +62,83 @@ class ServingDLRM(nn.Module):
         return to_rating(logits, self.rating_min, self.rating_span)
 
 
+class _SparseFeature(nn.Module):
+    """One sparse feature of one kind of entity: each entity row's embedding rows, padded with ``PAD``."""
+
+    def __init__(self, matrix: torch.Tensor, of_items: bool) -> None:
+        super().__init__()
+        self.register_buffer("matrix", matrix.clone())
+        self.of_items = of_items
+        self.single = bool(matrix.shape[1] == 1 and bool((matrix >= 0).all()))
+
+    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature's ids and EmbeddingBag offsets for a batch of entity rows."""
+        picked = self.matrix[rows]
+        if self.single:
+            return picked[:, 0], torch.arange(rows.shape[0], dtype=torch.int64, device=rows.device)
+        present = picked >= 0
+        lengths = present.sum(dim=1)
+        return picked[present], torch.cumsum(lengths, dim=0) - lengths
+
+
+class _Entities(nn.Module):
+    """The raw ids of one kind of entity, their rows, and each row's features, as buffers.
+
+    ``keys`` are the ids sorted (integer ids), or their positions in the vocabulary (string ids), so that a
+    binary search maps an id to its row; an id not there takes ``fallback``: the neutral row (out of
+    vocabulary) where the checkpoint has one, as ``dlrm predict`` does."""
+
+    def __init__(self, table: EntityTable) -> None:
+        super().__init__()
+        keys = torch.from_numpy(table.keys) if table.keys.dtype.kind in "iu" else torch.arange(len(table.keys))
+        self.register_buffer("keys", keys.to(torch.int64).clone())
+        self.register_buffer("id_rows", table.id_rows.clone())
+        self.register_buffer("dense", table.dense.clone())
+        self.fallback = table.neutral_row if table.neutral_row is not None else 0
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows for raw ids, and which of the ids are known."""
+        found = torch.searchsorted(self.keys, ids).clamp(max=self.keys.shape[0] - 1)
+        known = self.keys[found] == ids
+        return torch.where(known, found, torch.full_like(found, self.fallback)), known
+
+
+class IdServingDLRM(nn.Module):
+    """Raw user and item ids in, ratings out: the ids' rows and features are looked up inside, then
+    ``scorer`` (a ``ServingDLRM``, or its int8 twin) rates them."""
+
+    def __init__(self, scorer: nn.Module, catalog: Catalog) -> None:
+        super().__init__()
+        self.scorer = scorer
+        self.users = _Entities(catalog.users)
+        self.items = _Entities(catalog.items)
+        self.sparse = nn.ModuleList(
+            [_SparseFeature(matrix, False) for matrix in catalog.users.sparse.values()]
+            + [_SparseFeature(matrix, True) for matrix in catalog.items.sparse.values()]
+        )
+        self.requires_grad_(False)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            users, items: int64 tensors of size B, raw ids (string ids: their positions in the vocabulary).
+
+        Returns:
+            the B predicted ratings, and for each of the B users and items whether the checkpoint knew it.
+        """
+        user_rows, user_known = self.users(users)
+        item_rows, item_known = self.items(items)
+        dense = torch.cat((self.users.dense[user_rows], self.items.dense[item_rows]), dim=1)
+        batch = torch.arange(users.shape[0], dtype=torch.int64, device=users.device)
+        ids = [self.users.id_rows[user_rows], self.items.id_rows[item_rows]]
+        offsets = [batch, batch]
+        for feature in self.sparse:
+            values, starts = feature(item_rows if feature.of_items else user_rows)
+            ids.append(values)
+            offsets.append(starts)
+        return self.scorer(dense, ids, offsets), user_known, item_known
+
+
 def plain_inputs(
     catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -72,33 +151,47 @@ def plain_inputs(
     return dense, ids, offsets
 
 
-def export_model(model: RatingDLRM, fmt: str, path: Path, example: tuple[Any, ...], quantize: str | None = None) -> Any:
-    """Write the artifact at ``path`` (the caller's temporary file) and return it loaded back."""
-    serving = ServingDLRM(model.cpu()).eval()
-    if quantize == "int8":
+def export_model(
+    model: RatingDLRM,
+    catalog: Catalog,
+    spec: ExportSpec,
+    path: Path,
+    example: tuple[Any, ...],
+    description: dict[str, Any],
+) -> Any:
+    """Write the artifact at ``path`` (the caller's temporary file), ``description`` inside it as
+    ``dlrm.json``, and return it loaded back."""
+    extra = {DESCRIPTION_FILE: json.dumps(description)}
+    if spec.quantize == "int8":
         import torchrec
 
         from dlrm_cli.quantized import QuantizedServingDLRM
 
-        quantized = QuantizedServingDLRM(model).eval()
         with quiet_library_logs():
-            scripted = torch.jit.script(torchrec.fx.symbolic_trace(quantized))
-        torch.jit.save(scripted, str(path))
-    elif fmt == "torchscript":
-        torch.jit.save(torch.jit.script(serving), str(path))
-    elif fmt == "pt2":
-        batch = torch.export.Dim("batch", min=1)
-        features = len(example[1])
-        dynamic = (
-            {0: batch},
-            [{0: torch.export.Dim(f"ids_{f}", min=1)} for f in range(features)],
-            [{0: batch} for _ in range(features)],
-        )
-        program = torch.export.export(serving, example, dynamic_shapes=dynamic)
-        torch.export.save(program, str(path))
+            scorer = torch.jit.script(torchrec.fx.symbolic_trace(QuantizedServingDLRM(model).eval()))
+        module = IdServingDLRM(scorer, catalog).eval() if spec.inputs == "ids" else scorer
+        torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra)
+        return load_artifact(path, spec.format)
+    serving: nn.Module = ServingDLRM(model.cpu()).eval()
+    if spec.inputs == "ids":
+        serving = IdServingDLRM(serving, catalog).eval()
+    if spec.format == "torchscript":
+        torch.jit.save(torch.jit.script(serving), str(path), _extra_files=extra)
     else:
-        raise DlrmError(f"unknown export format {fmt!r}")
-    return load_artifact(path, fmt)
+        batch = torch.export.Dim("batch", min=1)
+        if spec.inputs == "ids":
+            dynamic: tuple[Any, ...] = ({0: batch}, {0: batch})
+        else:
+            features = len(example[1])
+            dynamic = (
+                {0: batch},
+                [{0: torch.export.Dim(f"ids_{f}", min=1)} for f in range(features)],
+                [{0: batch} for _ in range(features)],
+            )
+        program = torch.export.export(serving, example, dynamic_shapes=dynamic)
+        with path.open("wb") as file:  # a file object: torch warns about any name not ending in .pt2
+            torch.export.save(program, file, extra_files=extra)
+    return load_artifact(path, spec.format)
 
 
 def _replace_both(first: tuple[Path, Path], second: tuple[Path, Path]) -> None:
@@ -128,43 +221,109 @@ def _replace_both(first: tuple[Path, Path], second: tuple[Path, Path]) -> None:
 def load_artifact(path: Path, fmt: str) -> Any:
     if fmt == "torchscript":
         return torch.jit.load(str(path))
-    return torch.export.load(str(path)).module()
+    with path.open("rb") as file:
+        return torch.export.load(file).module()
 
 
-def float_size(model: RatingDLRM) -> int:
+def float_size(model: RatingDLRM, catalog: Catalog, inputs: str) -> int:
     """Bytes of the float TorchScript artifact, to compare a quantized one with."""
     import io
 
+    serving: nn.Module = ServingDLRM(model.cpu()).eval()
+    if inputs == "ids":
+        serving = IdServingDLRM(serving, catalog).eval()
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(ServingDLRM(model.cpu()).eval()), buffer)
+    torch.jit.save(torch.jit.script(serving), buffer)
     return len(buffer.getvalue())
 
 
-def describe(
-    model: RatingDLRM, catalog: Catalog, fmt: str, checkpoint: str, quantize: str | None = None
-) -> dict[str, Any]:
-    """The side file that tells serving code what to feed the artifact."""
-    load = "torch.jit.load(path)" if fmt == "torchscript" else "torch.export.load(path).module()"
-    if quantize:
+@dataclass(frozen=True)
+class ExportSpec:
+    """What ``dlrm export`` was asked for: the file format, which inputs the artifact takes, int8 tables."""
+
+    format: str = "pt2"
+    inputs: str = "ids"
+    quantize: str | None = None
+
+
+def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: str) -> dict[str, Any]:
+    """The description of an artifact's inputs: written beside it (``PATH.json``) and inside it (``dlrm.json``)."""
+    load = "torch.jit.load(path)" if spec.format == "torchscript" else "torch.export.load(path).module()"
+    if spec.quantize:
         load = "import torchrec; torch.jit.load(path)  # torchrec registers FBGEMM's int8 operators"
-    return {
-        "checkpoint": checkpoint,
-        "format": fmt,
-        "quantize": quantize,
-        "load": load,
-        "call": "model(dense, ids, offsets) -> ratings (float32, size B)",
-        "rating_range": [model.config.rating_min, model.config.rating_max],
+    features = {
         "dense": {
             "shape": ["B", len(catalog.dense_names)],
             "dtype": "float32",
             "features": catalog.dense_names,
-            "note": "standardised with the training data's statistics; each user's and item's row is in the checkpoint",
+            "note": "standardised with the training data's statistics",
         },
         "sparse": [
             {"feature": name, "rows": rows, "ids": "int64 embedding rows", "offsets": "int64, size B"}
             for name, rows in catalog.sparse_features
         ],
     }
+    described: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "format": spec.format,
+        "inputs": spec.inputs,
+        "quantize": spec.quantize,
+        "load": load,
+        "rating_range": [model.config.rating_min, model.config.rating_max],
+    }
+    if spec.inputs == "features":
+        return {
+            **described,
+            "call": "model(dense, ids, offsets) -> ratings (float32, size B)",
+            **features,
+            "note": "ids[f] holds feature f's embedding rows for the whole batch, concatenated; offsets[f][b] is "
+            "where sample b's rows start. Export with --inputs ids for an artifact that takes raw ids.",
+        }
+    return {
+        **described,
+        "call": "model(users, items) -> (ratings, user_known, item_known); users and items int64, size B",
+        "users": _id_description(catalog.users),
+        "items": _id_description(catalog.items),
+        "unknown_ids": (
+            "an id the checkpoint does not know is rated as dlrm predict rates it (the out-of-vocabulary "
+            "embedding and average features), and its *_known flag is false"
+            if catalog.users.has_oov and catalog.items.has_oov
+            else "this checkpoint has no out-of-vocabulary row (synthetic data): the rating of an unknown id "
+            "(its *_known flag false) means nothing"
+        ),
+        "features": {
+            **features,
+            "note": "what the ids become inside the artifact; dlrm export --inputs features writes an artifact "
+            "that takes these instead: model(dense, ids, offsets) -> ratings",
+        },
+    }
+
+
+def _id_description(table: EntityTable) -> dict[str, Any]:
+    if table.keys.dtype.kind in "iu":
+        return {"count": len(table.keys), "ids": "the integer ids of the data, as int64"}
+    return {
+        "count": len(table.keys),
+        "ids": "the id's position in vocabulary (int64); an id not in it: -1",
+        "vocabulary": table.keys.tolist(),
+    }
+
+
+def raw_ids(table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
+    """What an ids artifact takes for these entity rows: the integer ids, or the vocabulary positions."""
+    known = rows < len(table.keys)
+    if table.keys.dtype.kind in "iu":
+        ids = torch.from_numpy(table.keys[rows.clamp(max=len(table.keys) - 1).numpy()]).to(torch.int64)
+    else:
+        ids = rows.to(torch.int64).clone()
+    return torch.where(known, ids, unknown_id(table))  # the neutral row stands for an id never seen
+
+
+def unknown_id(table: EntityTable) -> int:
+    """An integer that is no id of ``table``, as an ids artifact sees ids."""
+    if table.keys.dtype.kind in "iu":
+        return int(table.keys.max()) + 1 if len(table.keys) else 0
+    return -1
 
 
 @dataclass(frozen=True)
@@ -185,6 +344,7 @@ class ExportResult:
 
     checkpoint: str
     format: str
+    inputs: str
     output: str
     description: str
     bytes: int
@@ -199,34 +359,46 @@ class ExportResult:
         return report
 
 
-def export_checkpoint(loaded: LoadedModel, output: Path, fmt: str, quantize: str | None = None) -> ExportResult:
+def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> ExportResult:
     """Write ``loaded`` as a serving artifact at ``output`` and its input description at ``output``.json,
-    after checking the artifact against the eager model on up to 1,024 held-out ratings (nothing is left
-    at ``output`` when the check fails)."""
+    after checking the artifact against the eager model on up to 1,024 held-out ratings, and (ids artifacts)
+    on ids it never saw; nothing is left at ``output`` when the check fails."""
     from dlrm_cli.quantized import QuantizedServingDLRM
 
+    catalog = loaded.catalog
     held_out = load_dataset(loaded.checkpoint.run.data).test
     rows = torch.arange(min(len(held_out), 1024))
     users, items = held_out.user[rows], held_out.item[rows]
-    inputs = plain_inputs(loaded.catalog, users, items)
+    if spec.inputs == "ids" and catalog.users.has_oov and catalog.items.has_oov:
+        # an unknown user with a known item, and the other way round: both take the neutral rows
+        users = torch.cat((users, torch.tensor([catalog.users.neutral_row, users[0]])))
+        items = torch.cat((items, torch.tensor([items[0], catalog.items.neutral_row])))
+    inputs = _artifact_inputs(catalog, users, items, spec.inputs)
     sidecar = sidecar_path(output)
     tmp, sidecar_tmp = temporary_beside(output), temporary_beside(sidecar)
+    description = describe(loaded.model, catalog, spec, loaded.checkpoint.name)
     try:
         tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
-        artifact = export_model(loaded.model, fmt, tmp, inputs, quantize)
+        artifact = export_model(loaded.model, catalog, spec, tmp, inputs, description)
         with torch.inference_mode():
             exported = artifact(*inputs)
-            if quantize:  # an int8 artifact must match the eager int8 model, not the float one
-                eager = QuantizedServingDLRM(loaded.model).eval()(*inputs)
+            if spec.quantize:  # an int8 artifact must match the eager int8 model, not the float one
+                eager = QuantizedServingDLRM(loaded.model).eval()(*plain_inputs(catalog, users, items))
             else:
-                eager = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
+                eager = score(loaded.model, catalog, users, items, torch.device("cpu"))
+        if spec.inputs == "ids":
+            exported, user_known, item_known = exported
+            if not (
+                torch.equal(user_known, users < len(catalog.users))
+                and torch.equal(item_known, items < len(catalog.items))
+            ):
+                raise DlrmError("the exported model does not tell known ids from unknown ones; nothing was written")
         difference = float((exported - eager).abs().max())
         if not difference <= PARITY_TOLERANCE:
             raise DlrmError(
                 f"the exported model disagrees with the checkpoint by {difference:.3g} "
                 f"(limit {PARITY_TOLERANCE:g}); nothing was written"
             )
-        description = describe(loaded.model, loaded.catalog, fmt, loaded.checkpoint.name, quantize)
         sidecar_tmp.write_text(json.dumps(description, indent=2) + "\n")
         _replace_both((tmp, output), (sidecar_tmp, sidecar))
     except OSError as error:
@@ -237,23 +409,33 @@ def export_checkpoint(loaded: LoadedModel, output: Path, fmt: str, quantize: str
     size = output.stat().st_size
     return ExportResult(
         checkpoint=loaded.checkpoint.name,
-        format=fmt,
+        format=spec.format,
+        inputs=spec.inputs,
         output=str(output),
         description=str(sidecar),
         bytes=size,
-        parity_samples=len(rows),
+        parity_samples=len(users),
         max_abs_difference=difference,
-        quantization=_quantization(loaded, held_out, artifact, size) if quantize else None,
+        quantization=_quantization(loaded, held_out, artifact, size, spec.inputs) if spec.quantize else None,
     )
 
 
-def _quantization(loaded: LoadedModel, held_out: Ratings, artifact: Any, size: int) -> Quantization:
+def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, inputs: str) -> tuple:
+    """What the artifact takes for these (user row, item row) pairs."""
+    if inputs == "ids":
+        return raw_ids(catalog.users, user_rows), raw_ids(catalog.items, item_rows)
+    return plain_inputs(catalog, user_rows, item_rows)
+
+
+def _quantization(loaded: LoadedModel, held_out: Ratings, artifact: Any, size: int, inputs: str) -> Quantization:
     predicted = []
     with torch.inference_mode():
         for start in range(0, len(held_out), EVAL_BATCH):
             chunk = slice(start, start + EVAL_BATCH)
-            predicted.append(artifact(*plain_inputs(loaded.catalog, held_out.user[chunk], held_out.item[chunk])))
+            out = artifact(*_artifact_inputs(loaded.catalog, held_out.user[chunk], held_out.item[chunk], inputs))
+            predicted.append(out[0] if inputs == "ids" else out)
     int8 = error_metrics(torch.cat(predicted), held_out.rating)["rmse"]
     float_predicted = score(loaded.model, loaded.catalog, held_out.user, held_out.item, torch.device("cpu"))
     float_rmse = error_metrics(float_predicted, held_out.rating)["rmse"]
-    return Quantization(size, float_size(loaded.model), float_rmse, int8, int8 - float_rmse, len(held_out))
+    float_bytes = float_size(loaded.model, loaded.catalog, inputs)
+    return Quantization(size, float_bytes, float_rmse, int8, int8 - float_rmse, len(held_out))

@@ -109,7 +109,7 @@ def test_unknown_checkpoint(trained):
 
 def test_export_torchscript_runs_without_dlrm_or_torchrec(trained, tmp_path):
     output = tmp_path / "model.pt"
-    result = trained("export", "--output", output, "--json")
+    result = trained("export", "--format", "torchscript", "--inputs", "features", "--output", output, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["max_abs_difference"] <= 1e-5 and report["parity_samples"] == 600
@@ -120,9 +120,9 @@ def test_export_torchscript_runs_without_dlrm_or_torchrec(trained, tmp_path):
 
 def test_export_pt2(trained, tmp_path):
     output = tmp_path / "model.pt2"
-    result = trained("export", "--output", output, "--format", "pt2")
+    result = trained("export", "--output", output, "--format", "pt2", "--inputs", "features")
     assert result.exit_code == 0, result.output
-    assert "Parity on 600 held-out ratings" in result.stdout
+    assert "Parity on 600 held-out pairs" in result.stdout
     _run_in_fresh_process(output, "lambda p: torch.export.load(p).module()")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2", "model.pt2.json", "store"]
 
@@ -153,7 +153,7 @@ def test_export_int8_is_smaller_and_reports_the_rmse_change(dlrm, tmp_path):
     args = ["--users", "20000", "--items", "5000", "--ratings", "3000", "--embedding-dim", "64", "--epochs", "1"]
     assert dlrm("train", *args).exit_code == 0
     output = tmp_path / "q.pt"
-    result = dlrm("export", "--quantize", "int8", "--output", output, "--json")
+    result = dlrm("export", "--quantize", "int8", "--inputs", "features", "--output", output, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["max_abs_difference"] <= 1e-5

@@ -9,7 +9,7 @@ import typer
 
 from dlrm_cli.options import DEFAULT_STORE, CheckpointOption, ForceOutputOption, JsonOption, StoreOption
 
-EXAMPLE = "Example: dlrm export --format torchscript --output model.pt"
+EXAMPLE = "Example: dlrm export --output model.pt2"
 
 
 def export_command(
@@ -17,7 +17,16 @@ def export_command(
         Path, typer.Option(help="Where to write the artifact (and its inputs, at OUTPUT.json); its folder must exist.")
     ],
     checkpoint: CheckpointOption = "latest",
-    format: Annotated[str, typer.Option("--format", help="torchscript or pt2 (torch.export).")] = "torchscript",
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="pt2 (torch.export) or torchscript.", show_default="pt2; torchscript with --quantize"
+        ),
+    ] = None,
+    inputs: Annotated[
+        str,
+        typer.Option(help="ids: raw user and item ids in; features: embedding rows and standardised features in."),
+    ] = "ids",
     quantize: Annotated[
         str | None, typer.Option(help="int8: quantize the embedding tables with torchrec.quant (TorchScript).")
     ] = None,
@@ -29,13 +38,17 @@ def export_command(
     from dlrm_cli.config import EXPORT_FORMATS
     from dlrm_cli.errors import DlrmUsageError
     from dlrm_cli.parsing import output_path, sidecar_path
+    from dlrm_cli.serving import INPUTS, ExportSpec
 
-    if format not in EXPORT_FORMATS:
+    if format is not None and format not in EXPORT_FORMATS:
         raise DlrmUsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if inputs not in INPUTS:
+        raise DlrmUsageError(f"--inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     if quantize not in (None, "int8"):
         raise DlrmUsageError(f"--quantize takes int8, got {quantize!r}")
-    if quantize and format != "torchscript":
+    if quantize and format == "pt2":
         raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
+    spec = ExportSpec(format or ("torchscript" if quantize else "pt2"), inputs, quantize)
     output = output_path(output, force)
     output_path(sidecar_path(output), force)  # the file describing its inputs follows the same rule
 
@@ -43,14 +56,16 @@ def export_command(
     from dlrm_cli.loading import open_model
     from dlrm_cli.serving import PARITY_TOLERANCE, export_checkpoint
 
-    result = export_checkpoint(open_model(store, checkpoint), output, format, quantize)
+    result = export_checkpoint(open_model(store, checkpoint), output, spec)
     if json_output:
         ui.print_json(result.to_dict())
         return
     console = ui.out()
-    console.print(f"Exported {result.checkpoint} as {format} to {output} ({result.bytes / 1e6:.1f} MB)")
     console.print(
-        f"Parity on {result.parity_samples:,} held-out ratings: max |exported - eager| = "
+        f"Exported {result.checkpoint} as {spec.format} taking {spec.inputs} to {output} ({result.bytes / 1e6:.1f} MB)"
+    )
+    console.print(
+        f"Parity on {result.parity_samples:,} held-out pairs: max |exported - eager| = "
         f"{result.max_abs_difference:.2e} (limit {PARITY_TOLERANCE:g})"
     )
     q = result.quantization
