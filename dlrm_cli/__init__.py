@@ -11,3 +11,12 @@ __version__ = "0.2.0"
 # reads format 1 too, converting it on load (``dlrm_cli.store.upgrade_meta``); it refuses any other.
 CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
+
+
+def __getattr__(name: str):
+    """``from dlrm_cli import load``: the Python API, imported on first use (it imports torch and TorchRec)."""
+    if name in ("load", "Model"):
+        from dlrm_cli import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dlrm_cli' has no attribute {name!r}")

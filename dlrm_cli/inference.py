@@ -209,80 +209,123 @@ class Recommendation:
         return self.ranking.to_dict(scored=self.scored, seconds=self.seconds, exclude_seen=self.exclude_seen)
 
 
-def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
-    """Score ``items`` for ``user``, best first.
+@dataclass(frozen=True)
+class Query:
+    """One user's items to score and rank: what predict and recommend ask, ready to be scored together with
+    other queries in one pass (``answer``)."""
+
+    user: str
+    user_row: torch.Tensor  # size 1
+    item_rows: torch.Tensor
+    items: list[str] | None = None  # the ids as asked for (default: the catalogue's keys)
+    limit: int | None = None
+    scored: int = 0
+    exclude_seen: bool = False
+
+
+class SeenItems:
+    """The items each user rated in the training rows, built once (recommend's ``exclude_seen``)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        train = load_dataset(loaded.checkpoint.run.data).train
+        order = torch.argsort(train.user, stable=True)
+        self.items = train.item[order]
+        counts = torch.bincount(train.user, minlength=len(loaded.catalog.users) + 1)
+        self.starts = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)))
+
+    def of(self, user_row: int) -> torch.Tensor:
+        return self.items[self.starts[user_row] : self.starts[user_row + 1]]
+
+
+def predict_query(loaded: LoadedModel, user: str, items: list[str]) -> Query:
+    """The query that scores ``items`` for ``user``.
 
     Ids never seen in training take the shared out-of-vocabulary row where the checkpoint has one
     (real data); for synthetic data, whose ids are a fixed range, an unknown id is a usage error."""
-    catalog = loaded.catalog
-    user_rows = _user_row(loaded, user)
-    item_rows, unknown_items = catalog.items.lookup(items)
-    if unknown_items and catalog.items.neutral_row is None:
-        listed = ", ".join(repr(item) for item in unknown_items)
-        plural = "s" if len(unknown_items) > 1 else ""
-        raise DlrmUsageError(f"unknown item id{plural} {listed}: {_id_range(catalog.items)}")
-    return _ranking(loaded, user, user_rows, item_rows, items)
+    item_rows = entity_rows(loaded.catalog.items, items)
+    return Query(user, _user_row(loaded, user), item_rows, items, scored=len(items))
+
+
+def recommend_query(
+    loaded: LoadedModel, user: str, top: int, exclude_seen: bool, seen: SeenItems | None = None
+) -> Query:
+    """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
+    the user rated in the training rows (``seen``: those items, built here when not given)."""
+    user_row = _user_row(loaded, user)
+    candidates = torch.arange(len(loaded.catalog.items.keys))
+    if exclude_seen:
+        seen = seen or SeenItems(loaded)
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        keep[seen.of(int(user_row[0]))] = False
+        candidates = candidates[keep]
+        if len(candidates) == 0:
+            raise DlrmError(
+                f"nothing to recommend: user {user} rated every one of the {len(keep):,} items this checkpoint "
+                "knows (pass --include-seen to rank them)"
+            )
+    return Query(user, user_row, candidates, limit=top, scored=len(candidates), exclude_seen=exclude_seen)
+
+
+def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
+    """Score every query's pairs in one pass of the model, then rank each query's items best first."""
+    if not queries:
+        return []
+    users = torch.cat([query.user_row.expand(len(query.item_rows)) for query in queries])
+    items = torch.cat([query.item_rows for query in queries])
+    predicted = score(loaded.model, loaded.catalog, users, items, loaded.device)
+    parts = predicted.split([len(query.item_rows) for query in queries])
+    return [_ranking(loaded, query, part) for query, part in zip(queries, parts, strict=True)]
+
+
+def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
+    """Score ``items`` for ``user``, best first (see ``predict_query`` for unknown ids)."""
+    return answer(loaded, [predict_query(loaded, user, items)])[0]
 
 
 def recommend(loaded: LoadedModel, user: str, top: int, exclude_seen: bool) -> Recommendation:
     """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
     ``exclude_seen`` drops the items the user rated in the training rows."""
-    catalog = loaded.catalog
-    user_rows = _user_row(loaded, user)
     started = time.perf_counter()
-    candidates = torch.arange(len(catalog.items.keys))
-    if exclude_seen:
-        train = load_dataset(loaded.checkpoint.run.data).train
-        seen = train.item[train.user == user_rows[0]]
-        keep = torch.ones(len(candidates), dtype=torch.bool)
-        keep[seen] = False
-        candidates = candidates[keep]
-        if len(candidates) == 0:
-            raise DlrmError(
-                f"nothing to recommend: user {user} rated every one of the {len(keep):,} items this checkpoint "
-                "knows (leave out --exclude-seen to rank them)"
-            )
-    ranking = _ranking(loaded, user, user_rows, candidates, limit=top)
-    return Recommendation(ranking, len(candidates), time.perf_counter() - started, exclude_seen)
+    query = recommend_query(loaded, user, top, exclude_seen)
+    ranking = answer(loaded, [query])[0]
+    return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
 
 
 def _user_row(loaded: LoadedModel, user: str) -> torch.Tensor:
-    users = loaded.catalog.users
-    user_rows, unknown = users.lookup([user])
-    if unknown and users.neutral_row is None:
-        raise DlrmUsageError(f"unknown user id {user!r}: {_id_range(users)}")
-    return user_rows
+    return entity_rows(loaded.catalog.users, [user])
 
 
-def _ranking(
-    loaded: LoadedModel,
-    user: str,
-    user_rows: torch.Tensor,
-    item_rows: torch.Tensor,
-    items: list[str] | None = None,
-    limit: int | None = None,
-) -> Ranking:
-    """Score the items for the user (one row, expanded) and sort them best first: the code predict and
-    recommend share. ``items`` are the ids as the user typed them (default: the catalogue's keys)."""
+def entity_rows(table: EntityTable, ids: list[str]) -> torch.Tensor:
+    """The rows of raw ids; an unknown id takes the neutral row, or is a usage error where there is none."""
+    rows, unknown = table.lookup(ids)
+    if unknown and table.neutral_row is None:
+        listed = ", ".join(repr(raw) for raw in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise DlrmUsageError(f"unknown {table.kind} id{plural} {listed}: {_id_range(table)}")
+    return rows
+
+
+def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor) -> Ranking:
+    """A query's items sorted best first by their predicted ratings: the code predict and recommend share."""
     catalog = loaded.catalog
-    predicted = score(loaded.model, catalog, user_rows.expand(len(item_rows)), item_rows, loaded.device)
-    order = torch.argsort(predicted, descending=True, stable=True)[:limit]
-    rows = item_rows[order]
+    order = torch.argsort(predicted, descending=True, stable=True)[: query.limit]
+    rows = query.item_rows[order]
     unseen = catalog.items.unseen_in_training(rows).tolist()
     titles = catalog.items.titles
-    names = (
-        [items[i] for i in order.tolist()] if items is not None else [str(k) for k in catalog.items.keys[rows.numpy()]]
-    )
+    if query.items is not None:
+        names = [query.items[i] for i in order.tolist()]
+    else:
+        names = [str(k) for k in catalog.items.keys[rows.numpy()]]
     ranked = [
         RankedItem(name, (titles[row] or None) if titles else None, float(value), flag)
         for name, row, value, flag in zip(names, rows.tolist(), predicted[order].tolist(), unseen, strict=True)
     ]
     return Ranking(
         checkpoint=loaded.checkpoint.name,
-        user=user,
+        user=query.user,
         rating_max=loaded.model.config.rating_max,
         items=ranked,
-        user_unseen=bool(catalog.users.unseen_in_training(user_rows)[0]),
+        user_unseen=bool(catalog.users.unseen_in_training(query.user_row)[0]),
     )
 
 

@@ -1,0 +1,102 @@
+"""The Python API: a checkpoint loaded once, answering many questions.
+
+Example::
+
+    from dlrm_cli import load
+
+    model = load("ml1m")                       # a checkpoint name, "latest" or "best"
+    model.predict(42, [101, 102]).items[0]     # RankedItem(item='102', title=..., rating=4.31, unseen=False)
+    model.recommend(42, top=10).ranking.items  # the 10 best items the user has not rated
+    model.score([42, 42], [101, 102])          # tensor([3.97, 4.31]): ratings in the order asked
+
+The command line and ``dlrm serve`` answer through the same functions (``dlrm_cli.inference``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlrm_cli.inference import (
+    Query,
+    Ranking,
+    Recommendation,
+    SeenItems,
+    answer,
+    entity_rows,
+    predict_query,
+    recommend_query,
+)
+from dlrm_cli.loading import LoadedModel, open_model
+from dlrm_cli.metrics import score
+
+Id = int | str
+
+
+def load(checkpoint: str = "latest", store: str | Path | None = None, device: str = "cpu") -> Model:
+    """The checkpoint ``checkpoint`` of the store at ``store`` (default: $DLRM_CHECKPOINT_DIR, else
+    ./checkpoints), ready to answer on ``device`` (``cpu``, ``cuda`` or ``auto``).
+
+    Raises ``dlrm_cli.errors.DlrmError`` (a one-line message) for a missing or corrupt checkpoint."""
+    store = store if store is not None else os.environ.get("DLRM_CHECKPOINT_DIR", "checkpoints")
+    return Model(open_model(store, checkpoint, device))
+
+
+class Model:
+    """A loaded checkpoint. Ids may be given as ints or strings, as they appear in the data."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.loaded_at = time.time()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.checkpoint.name
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The checkpoint's record: its run settings, metrics and history."""
+        return self.loaded.meta
+
+    @cached_property
+    def seen(self) -> SeenItems:
+        """The items each user rated in training, read from the training data on first use."""
+        return SeenItems(self.loaded)
+
+    def predict_query(self, user: Id, items: Sequence[Id]) -> Query:
+        """``predict``'s question, checked (unknown ids, see ``inference.predict_query``) but not yet scored."""
+        return predict_query(self.loaded, str(user), [str(item) for item in items])
+
+    def recommend_query(self, user: Id, top: int = 10, exclude_seen: bool = True) -> Query:
+        """``recommend``'s question, checked but not yet scored."""
+        return recommend_query(self.loaded, str(user), top, exclude_seen, self.seen if exclude_seen else None)
+
+    def answer(self, queries: list[Query]) -> list[Ranking]:
+        """Rankings for many queries, scored together in one pass of the model."""
+        return answer(self.loaded, queries)
+
+    def predict(self, user: Id, items: Sequence[Id]) -> Ranking:
+        """``items`` ranked best first by ``user``'s predicted rating, as ``dlrm predict`` shows them."""
+        return self.answer([self.predict_query(user, items)])[0]
+
+    def recommend(self, user: Id, top: int = 10, exclude_seen: bool = True) -> Recommendation:
+        """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them."""
+        started = time.perf_counter()
+        query = self.recommend_query(user, top, exclude_seen)
+        ranking = self.answer([query])[0]
+        return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
+
+    def score(self, users: Sequence[Id], items: Sequence[Id]) -> torch.Tensor:
+        """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``)."""
+        if len(users) != len(items):
+            raise ValueError(f"{len(users)} users and {len(items)} items: give one user per item")
+        catalog = self.loaded.catalog
+        user_rows = entity_rows(catalog.users, [str(user) for user in users])
+        item_rows = entity_rows(catalog.items, [str(item) for item in items])
+        return score(self.loaded.model, catalog, user_rows, item_rows, self.loaded.device)
