@@ -17,7 +17,7 @@ try:  # recent Typer vendors Click
 except ImportError:  # pragma: no cover - Typer with Click as a dependency
     from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
 
-from dlrm_cli.commands import benchmark, checkpoints, doctor, evaluate, export, predict, recommend, report, train
+from dlrm_cli.commands import benchmark, checkpoints, doctor, evaluate, export, predict, recommend, report, serve, train
 from dlrm_cli.errors import DlrmError
 
 
@@ -75,6 +75,7 @@ app.command("evaluate", epilog=evaluate.EXAMPLE)(evaluate.evaluate_command)
 app.command("predict", epilog=predict.EXAMPLE)(predict.predict_command)
 app.command("recommend", epilog=recommend.EXAMPLE)(recommend.recommend_command)
 app.command("export", epilog=export.EXAMPLE)(export.export_command)
+app.command("serve", epilog=serve.EXAMPLE)(serve.serve_command)
 app.command("report", epilog=report.EXAMPLE)(report.report_command)
 app.command("doctor", epilog=doctor.EXAMPLE)(doctor.doctor_command)
 app.command("benchmark", epilog=benchmark.EXAMPLE)(benchmark.benchmark_command)

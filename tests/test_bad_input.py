@@ -60,6 +60,13 @@ MATRIX = [
     (["export", "--output", "/dev/full"], 2, "--output /dev/full is a device or other special file"),
     (["export", "--output", "/dev/null", "--force"], 2, "--output /dev/null is a device or other special file"),
     (["export", "--output", "/etc/hostname"], 2, "--output /etc/hostname already exists; pass --force"),
+    (["export", "--output", "m.pt2", "--inputs", "rows"], 2, "--inputs must be one of ids, features"),
+    # serve (each refused before it listens)
+    (["serve", "--port", "70000"], 2, "Invalid value for '--port'"),
+    (["serve", "--max-batch", "0"], 2, "Invalid value for '--max-batch'"),
+    (["serve", "--max-wait-ms", "-1"], 2, "Invalid value for '--max-wait-ms'"),
+    (["serve", "--checkpoint", "nope"], 2, "no checkpoint named 'nope'"),
+    (["serve", "--host", "256.1.1.1", "--port", "0"], 2, "cannot listen on 256.1.1.1:0"),
     # checkpoints
     (["checkpoints", "rm"], 2, "Missing argument"),
     (["checkpoints", "rm", "nope"], 2, "no checkpoint named 'nope'"),
