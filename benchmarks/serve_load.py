@@ -73,30 +73,31 @@ def in_process(model: Any, kind: str, seconds: float, users: list[str], items: l
 
 
 async def over_http(url: str, kind: str, clients: int, seconds: float, users: list[str], items: list[str]) -> dict:
+    """``clients`` clients, each sending its next request when the last is answered, for ``seconds``
+    after a warm-up of half a second (which opens the connections and is not counted)."""
     latencies: list[float] = []
     failures = 0
     async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=clients)) as session:
-        deadline = time.perf_counter() + seconds
+        warm_until = time.perf_counter() + 0.5
+        deadline = warm_until + seconds
 
         async def one_client(seed: int) -> None:
             nonlocal failures
             rng = random.Random(seed)
-            while time.perf_counter() < deadline:
-                body = request_for(kind, rng, users, items)
-                begin = time.perf_counter()
-                async with session.post(f"/{kind}", json=body) as response:
+            while (begin := time.perf_counter()) < deadline:
+                async with session.post(f"/{kind}", json=request_for(kind, rng, users, items)) as response:
                     await response.read()
+                if begin >= warm_until:
                     failures += response.status != 200
-                latencies.append(time.perf_counter() - begin)
+                    latencies.append(time.perf_counter() - begin)
 
-        started = time.perf_counter()
         await asyncio.gather(*(one_client(seed) for seed in range(clients)))
-        elapsed = time.perf_counter() - started
-    return {"requests_per_s": len(latencies) / elapsed, **percentiles(latencies), "failures": failures}
+    return {"requests_per_s": len(latencies) / seconds, **percentiles(latencies), "failures": failures}
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, *extra: str) -> tuple[subprocess.Popen, str]:
     command = [DLRM, "serve", "--checkpoint", args.checkpoint, "--port", "0", "--max-wait-ms", str(args.max_wait_ms)]
+    command += extra
     if args.store:
         command += ["--store", args.store]
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -143,10 +144,19 @@ def main() -> None:
     server, url = start_server(args)
     try:
         for kind in ("predict", "recommend"):
-            asyncio.run(over_http(url, kind, 4, 1.0, users, items))  # warm up
             results["http"][kind] = {
                 str(c): asyncio.run(over_http(url, kind, c, args.seconds, users, items)) for c in levels
             }
+    finally:
+        server.terminate()
+        server.wait()
+    # The same server with micro-batching off (a batch holds one request), at the most clients.
+    server, url = start_server(args, "--max-batch", "1")
+    try:
+        results["unbatched"] = {
+            kind: asyncio.run(over_http(url, kind, levels[-1], args.seconds, users, items))
+            for kind in ("predict", "recommend")
+        }
     finally:
         server.terminate()
         server.wait()
@@ -154,7 +164,8 @@ def main() -> None:
     for kind in ("predict", "recommend"):
         http = results["http"][kind]
         one, most = http[str(levels[0])]["requests_per_s"], http[str(levels[-1])]["requests_per_s"]
-        results[f"{kind}_batching_gain"] = most / one
+        results[f"{kind}_clients_gain"] = most / one
+        results[f"{kind}_batching_gain"] = most / results["unbatched"][kind]["requests_per_s"]
         results[f"{kind}_http_share_of_in_process"] = most / results["in_process"][kind]["requests_per_s"]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -167,11 +178,16 @@ def main() -> None:
         for c in levels:
             row = results["http"][kind][str(c)]
             print(f"{kind:<11}{c:>9}{row['requests_per_s']:>10,.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}")
+        row = results["unbatched"][kind]
+        label = f"{levels[-1]} unb."
+        print(f"{kind:<11}{label:>9}{row['requests_per_s']:>10,.0f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}")
         print(
-            f"  {kind}: {levels[-1]} clients / 1 client = {results[f'{kind}_batching_gain']:.1f}x; "
-            f"HTTP at {levels[-1]} / in-process = {results[f'{kind}_http_share_of_in_process']:.0%}"
+            f"  {kind} at {levels[-1]} clients: {results[f'{kind}_clients_gain']:.1f}x the throughput at "
+            f"{levels[0]}, {results[f'{kind}_batching_gain']:.1f}x the throughput unbatched, "
+            f"{results[f'{kind}_http_share_of_in_process']:.0%} of in-process"
         )
-    failures = sum(row["failures"] for kind in results["http"].values() for row in kind.values())
+    rows = [*(row for kind in results["http"].values() for row in kind.values()), *results["unbatched"].values()]
+    failures = sum(row["failures"] for row in rows)
     print(f"failed requests: {failures}")
 
 

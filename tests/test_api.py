@@ -78,3 +78,24 @@ def test_importing_the_package_stays_cheap():
     code = f"import sys, dlrm_cli\n{loaded}\nfrom dlrm_cli import load\n{loaded}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_example_runs_verbatim(trained_store, tmp_path):
+    import ast
+    import os
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme.split("## Python API", 1)[1], re.S).group(1)
+    env = {**os.environ, "DLRM_CHECKPOINT_DIR": str(trained_store)}
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    ranked, top, scores = out.stdout.strip().splitlines()
+    predicted = _printed(trained_store, "predict", "--user", "42", "--items", "101,102")
+    assert ast.literal_eval(ranked) == [(e["item"], round(e["rating"], 2)) for e in predicted["items"]]
+    recommended = _printed(trained_store, "recommend", "--user", "42", "--top", "3")
+    assert ast.literal_eval(top) == [e["item"] for e in recommended["items"]]
+    by_item = {e["item"]: e["rating"] for e in predicted["items"]}
+    assert scores == f"tensor([{by_item['101']:.4f}, {by_item['102']:.4f}])"
