@@ -49,7 +49,11 @@ def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
 
 def open_model(store: Path | str, ref: str, device: str = "cpu") -> LoadedModel:
     """The checkpoint ``ref`` (a name, ``latest`` or ``best``) of the store at ``store``, ready to score on
-    ``device`` (``auto``, ``cpu`` or ``cuda``): what evaluate, predict, recommend, export and report load."""
+    ``device`` (``auto``, ``cpu`` or ``cuda``): what evaluate, predict, recommend, export, report, serve
+    and the Python API load. Scoring is what the process does from here, so glibc is asked to keep freed
+    memory for reuse (``dlrm_cli.memory``; MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ opt out)."""
+    from dlrm_cli.memory import keep_freed_memory
     from dlrm_cli.model import resolve_device
 
+    keep_freed_memory()
     return load_model(CheckpointStore(Path(store)).load(ref), resolve_device(device))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from dlrm_cli import threads
@@ -121,3 +123,22 @@ def test_one_cpu_needs_no_trials():
 def test_a_governor_needs_a_cpu():
     with pytest.raises(ValueError, match="most must be >= 1, got 0"):
         ThreadGovernor(0, lambda _: None)
+
+
+def test_scoring_keeps_freed_memory_unless_the_user_set_the_allocator(monkeypatch):
+    from dlrm_cli import memory
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    calls = []
+
+    def mallopt(option, value):
+        calls.append((option, value))
+        return 1
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: types.SimpleNamespace(mallopt=mallopt))
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    assert memory.keep_freed_memory() is True
+    assert calls == [(memory.M_MMAP_THRESHOLD, 32 << 20), (memory.M_TRIM_THRESHOLD, 1 << 30)]
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert memory.keep_freed_memory() is False and len(calls) == 2  # the user's setting stands
