@@ -161,13 +161,14 @@ class Batcher:
         self.task: asyncio.Task[None] | None = None
         self._carried: _Pending | None = None
         self._last_size = 0
+        self._scoring = False
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Answer what is queued, then stop."""
-        while not self.queue.empty() or self._carried is not None:
+        """Answer what is queued and what is being scored, then stop."""
+        while not self.queue.empty() or self._carried is not None or self._scoring:
             await asyncio.sleep(0.01)
         if self.task is not None:
             self.task.cancel()
@@ -213,11 +214,14 @@ class Batcher:
         while True:
             batch = await self._next_batch()
             model = self.state.model  # this batch finishes on this model, whatever a reload does meanwhile
+            self._scoring = True
             try:
                 results = await loop.run_in_executor(self.worker, _answer_batch, model, batch)
             except Exception as error:  # a failure of the batch as a whole: every request in it fails
                 log.exception("scoring a batch failed")
                 results = [error] * len(batch)
+            finally:
+                self._scoring = False
             self.state.batches += 1
             self.state.batched_requests += len(batch)
             for pending, result in zip(batch, results, strict=True):

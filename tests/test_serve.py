@@ -234,6 +234,27 @@ def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
     assert state.batches == 3 and state.batched_requests == 6
 
 
+def test_stopping_the_batcher_finishes_the_batch_being_scored():
+    from dlrm_cli.service import Batcher, PredictRequest, ServeSettings, ServiceState
+
+    state = ServiceState(ServeSettings(store=Path("unused")))
+    model = state.model = _SlowModel()
+
+    async def scenario():
+        batcher = Batcher(state)
+        batcher.start()
+        answer = asyncio.ensure_future(batcher.submit("predict", PredictRequest(user="a", items=[1]), 1))
+        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 30)
+        stopping = asyncio.ensure_future(batcher.stop())  # the queue is empty; one batch is being scored
+        await asyncio.sleep(0.05)
+        assert not stopping.done()
+        model.release.set()
+        await stopping
+        return await answer
+
+    assert asyncio.run(scenario()) == {"user": "a"}
+
+
 def _load(server: Server, stop: threading.Event, seen: list[str], failures: list[str]) -> None:
     with httpx.Client(base_url=server.url, timeout=120) as client:
         user = 0
