@@ -207,21 +207,34 @@ class _Ranking:
         return {"user": self.user}
 
 
+def _submit(batcher, user: str):
+    from dlrm_cli.service import PredictRequest
+
+    return asyncio.ensure_future(batcher.submit("predict", PredictRequest(user=user, items=[1]), 1))
+
+
+async def _first_batch_held(state):
+    """A started batcher over ``state``'s _SlowModel, scoring request "a" until the model is released."""
+    from dlrm_cli.service import Batcher
+
+    batcher = Batcher(state)
+    batcher.start()
+    first = _submit(batcher, "a")
+    await asyncio.get_running_loop().run_in_executor(None, state.model.started.wait, 30)
+    return batcher, first
+
+
 def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.service import Batcher, PredictRequest, ServeSettings, ServiceState
+    from dlrm_cli.service import ServeSettings, ServiceState
 
     state = ServiceState(ServeSettings(store=Path("unused"), max_pairs=4, max_wait=0.0))
     model = state.model = _SlowModel()
 
     async def scenario():
-        batcher = Batcher(state)
-        batcher.start()
-        first = asyncio.ensure_future(batcher.submit("predict", PredictRequest(user="a", items=[1]), 1))
-        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 30)
-        users = ["b", "c", "bad", "d", "e"]  # queued while the first batch is scored
-        rest = [asyncio.ensure_future(batcher.submit("predict", PredictRequest(user=u, items=[1]), 1)) for u in users]
-        await asyncio.sleep(0.05)
+        batcher, first = await _first_batch_held(state)
+        rest = [_submit(batcher, user) for user in ["b", "c", "bad", "d", "e"]]  # queued meanwhile
+        await asyncio.sleep(0)  # each of them runs up to its wait for an answer: all are queued
         model.release.set()
         results = await asyncio.gather(first, *rest, return_exceptions=True)
         await batcher.stop()
@@ -235,18 +248,15 @@ def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
 
 
 def test_stopping_the_batcher_finishes_the_batch_being_scored():
-    from dlrm_cli.service import Batcher, PredictRequest, ServeSettings, ServiceState
+    from dlrm_cli.service import ServeSettings, ServiceState
 
     state = ServiceState(ServeSettings(store=Path("unused")))
     model = state.model = _SlowModel()
 
     async def scenario():
-        batcher = Batcher(state)
-        batcher.start()
-        answer = asyncio.ensure_future(batcher.submit("predict", PredictRequest(user="a", items=[1]), 1))
-        await asyncio.get_running_loop().run_in_executor(None, model.started.wait, 30)
+        batcher, answer = await _first_batch_held(state)
         stopping = asyncio.ensure_future(batcher.stop())  # the queue is empty; one batch is being scored
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a stop that did not wait would have cancelled the batch by now
         assert not stopping.done()
         model.release.set()
         await stopping
