@@ -35,5 +35,18 @@ def main(argv: list[str], faults: Faults | None = None) -> int:
     return 0
 
 
+def leave(code: int) -> None:
+    """Exit with ``code`` once the rank's work and files are done, without the interpreter's teardown.
+    gloo's C++ threads can still be alive then, even after ``destroy_process_group``: a finished rank
+    has aborted there ("terminate called without an active exception", once in this project's last eight
+    suite runs; see pytorch/pytorch#190489), which turned a saved run into a failed one."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    leave(main(sys.argv[1:]))
