@@ -1,13 +1,16 @@
-"""Artifacts for serving: the trained model as plain PyTorch, taking plain tensors.
+"""Artifacts for serving: the trained model as plain PyTorch.
 
 The exported module needs neither dlrm_cli nor TorchRec to load: its embedding tables are
 ``nn.EmbeddingBag`` copies of the trained ones and its MLPs and interaction are traced into the artifact.
+It takes one of two kinds of input (B batch, Dn dense features, F sparse features):
 
-Inputs (B batch, Dn dense features, F sparse features):
+``ids`` (``IdServingDLRM``, the default): ``model(users, items) -> (ratings, user_known, item_known)``
+    users, items: int64, size B: the raw ids (string ids: their place in the description's vocabulary);
+    the ids' rows and features are looked up inside, then the features model below rates them.
+``features`` (``ServingDLRM``): ``model(dense, ids, offsets) -> ratings``
     dense:   float32, B x Dn, standardised as described in the side file
     ids:     F int64 tensors; ids[f] holds the embedding rows of feature f for the whole batch, concatenated
     offsets: F int64 tensors of size B; offsets[f][b] is where sample b's rows start in ids[f]
-Output: float32 tensor of size B, the predicted ratings.
 """
 
 from __future__ import annotations
@@ -172,9 +175,7 @@ def export_model(
         module = IdServingDLRM(scorer, catalog).eval() if spec.inputs == "ids" else scorer
         torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra)
         return load_artifact(path, spec.format)
-    serving: nn.Module = ServingDLRM(model.cpu()).eval()
-    if spec.inputs == "ids":
-        serving = IdServingDLRM(serving, catalog).eval()
+    serving = float_module(model, catalog, spec.inputs)
     if spec.format == "torchscript":
         torch.jit.save(torch.jit.script(serving), str(path), _extra_files=extra)
     else:
@@ -225,15 +226,18 @@ def load_artifact(path: Path, fmt: str) -> Any:
         return torch.export.load(file).module()
 
 
+def float_module(model: RatingDLRM, catalog: Catalog, inputs: str) -> nn.Module:
+    """The float serving copy of ``model`` that takes ``inputs`` (``ids`` or ``features``)."""
+    serving: nn.Module = ServingDLRM(model.cpu()).eval()
+    return IdServingDLRM(serving, catalog).eval() if inputs == "ids" else serving
+
+
 def float_size(model: RatingDLRM, catalog: Catalog, inputs: str) -> int:
     """Bytes of the float TorchScript artifact, to compare a quantized one with."""
     import io
 
-    serving: nn.Module = ServingDLRM(model.cpu()).eval()
-    if inputs == "ids":
-        serving = IdServingDLRM(serving, catalog).eval()
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(serving), buffer)
+    torch.jit.save(torch.jit.script(float_module(model, catalog, inputs)), buffer)
     return len(buffer.getvalue())
 
 
