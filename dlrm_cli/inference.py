@@ -331,7 +331,7 @@ def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor) -> Rank
 
 def _id_range(table: EntityTable) -> str:
     keys = table.keys
-    if keys.dtype.kind in "iu" and len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):
+    if table.integer_ids and len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):
         return f"this checkpoint knows {table.kind} ids {int(keys[0])} to {int(keys[-1])}"
     return f"this checkpoint knows {len(keys):,} {table.kind} ids"
 

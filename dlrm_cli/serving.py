@@ -93,7 +93,7 @@ class _Entities(nn.Module):
 
     def __init__(self, table: EntityTable) -> None:
         super().__init__()
-        keys = torch.from_numpy(table.keys) if table.keys.dtype.kind in "iu" else torch.arange(len(table.keys))
+        keys = torch.from_numpy(table.keys) if table.integer_ids else torch.arange(len(table.keys))
         self.register_buffer("keys", keys.to(torch.int64).clone())
         self.register_buffer("id_rows", table.id_rows.clone())
         self.register_buffer("dense", table.dense.clone())
@@ -304,7 +304,7 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
 
 
 def _id_description(table: EntityTable) -> dict[str, Any]:
-    if table.keys.dtype.kind in "iu":
+    if table.integer_ids:
         return {"count": len(table.keys), "ids": "the integer ids of the data, as int64"}
     return {
         "count": len(table.keys),
@@ -316,7 +316,7 @@ def _id_description(table: EntityTable) -> dict[str, Any]:
 def raw_ids(table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
     """What an ids artifact takes for these entity rows: the integer ids, or the vocabulary positions."""
     known = rows < len(table.keys)
-    if table.keys.dtype.kind in "iu":
+    if table.integer_ids:
         ids = torch.from_numpy(table.keys[rows.clamp(max=len(table.keys) - 1).numpy()]).to(torch.int64)
     else:
         ids = rows.to(torch.int64).clone()
@@ -325,7 +325,7 @@ def raw_ids(table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
 
 def unknown_id(table: EntityTable) -> int:
     """An integer that is no id of ``table``, as an ids artifact sees ids."""
-    if table.keys.dtype.kind in "iu":
+    if table.integer_ids:
         return int(table.keys.max()) + 1 if len(table.keys) else 0
     return -1
 

@@ -44,6 +44,11 @@ class EntityTable:
         return len(self.keys)
 
     @property
+    def integer_ids(self) -> bool:
+        """True when the ids are integers (MovieLens, synthetic data); False for string ids (CSV)."""
+        return self.keys.dtype.kind in "iu"
+
+    @property
     def neutral_row(self) -> int | None:
         """The row used for an id never seen at all: mean dense features, no side values, the OOV id row."""
         return len(self.keys) if self.has_oov else None
@@ -53,7 +58,7 @@ class EntityTable:
 
         Unknown ids get the neutral row where the table has one, else -1."""
         rows = np.full(len(raw_ids), -1, dtype=np.int64)
-        if self.keys.dtype.kind in "iu":
+        if self.integer_ids:
             parsed = np.array([_as_int(raw) for raw in raw_ids], dtype=object)
             valid = np.array([value is not None for value in parsed], dtype=bool)
             if valid.any():
@@ -69,7 +74,7 @@ class EntityTable:
         """Entity rows of an array of raw ids, -1 where unknown."""
         if len(self.keys) == 0:
             return np.full(len(raw_ids), -1, dtype=np.int64)
-        if (self.keys.dtype.kind in "iu") != (raw_ids.dtype.kind in "iu"):
+        if self.integer_ids != (raw_ids.dtype.kind in "iu"):
             keys, raw_ids = self.keys.astype(str), raw_ids.astype(str)
             order = np.argsort(keys)
             found = _search(keys[order], raw_ids)
@@ -84,8 +89,8 @@ class EntityTable:
         keys = self.keys.tolist()
         return {
             "kind": self.kind,
-            "keys_are_int": bool(self.keys.dtype.kind in "iu"),
-            "keys": torch.from_numpy(self.keys) if self.keys.dtype.kind in "iu" else keys,
+            "keys_are_int": self.integer_ids,
+            "keys": torch.from_numpy(self.keys) if self.integer_ids else keys,
             "id_rows": self.id_rows,
             "id_table_rows": self.id_table_rows,
             "has_oov": self.has_oov,
