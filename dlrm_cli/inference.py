@@ -408,16 +408,21 @@ def rank_evaluation(
     )
 
 
+def score_grid(loaded: LoadedModel, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
+    """The model's score of every item row for every user row: a users x items tensor."""
+    pairs_users = user_rows.repeat_interleave(len(item_rows))
+    pairs_items = item_rows.repeat(len(user_rows))
+    predicted = score(loaded.model, loaded.catalog, pairs_users, pairs_items, loaded.device)
+    return predicted.view(len(user_rows), len(item_rows))
+
+
 def _model_scorer(loaded: LoadedModel, task: Any) -> Any:
     """Scores of every candidate item for a chunk of users, by the model (others: -inf)."""
     candidates = torch.nonzero(task.candidates).squeeze(1)
 
     def scorer(users: torch.Tensor) -> torch.Tensor:
         out = torch.full((len(users), task.n_items), float("-inf"))
-        pairs_users = users.repeat_interleave(len(candidates))
-        pairs_items = candidates.repeat(len(users))
-        predicted = score(loaded.model, loaded.catalog, pairs_users, pairs_items, loaded.device)
-        out[:, candidates] = predicted.view(len(users), len(candidates))
+        out[:, candidates] = score_grid(loaded, users, candidates)
         return out
 
     return scorer
@@ -508,9 +513,7 @@ def recommend_many(
     best_scores, best_items = [], []
     for start in range(0, len(rows), USERS_PER_CHUNK):
         chunk = rows[start : start + USERS_PER_CHUNK]
-        predicted = score(
-            loaded.model, catalog, chunk.repeat_interleave(n_items), items.repeat(len(chunk)), loaded.device
-        ).view(len(chunk), n_items)
+        predicted = score_grid(loaded, chunk, items)
         if exclude_seen:
             seen = pairs_matrix(chunk, seen_users, seen_items, len(table.keys) + 1, n_items)
             predicted = predicted.masked_fill(seen, float("-inf"))
