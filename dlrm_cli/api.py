@@ -31,10 +31,13 @@ from dlrm_cli.inference import (
     answer,
     entity_rows,
     predict_query,
+    rank_items,
+    recommend,
     recommend_query,
 )
 from dlrm_cli.loading import LoadedModel, open_model
 from dlrm_cli.metrics import score
+from dlrm_cli.options import DEFAULT_STORE, STORE_ENV
 
 Id = int | str
 
@@ -44,7 +47,7 @@ def load(checkpoint: str = "latest", store: str | Path | None = None, device: st
     ./checkpoints), ready to answer on ``device`` (``cpu``, ``cuda`` or ``auto``).
 
     Raises ``dlrm_cli.errors.DlrmError`` (a one-line message) for a missing or corrupt checkpoint."""
-    store = store if store is not None else os.environ.get("DLRM_CHECKPOINT_DIR", "checkpoints")
+    store = store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE))
     return Model(open_model(store, checkpoint, device))
 
 
@@ -83,14 +86,11 @@ class Model:
 
     def predict(self, user: Id, items: Sequence[Id]) -> Ranking:
         """``items`` ranked best first by ``user``'s predicted rating, as ``dlrm predict`` shows them."""
-        return self.answer([self.predict_query(user, items)])[0]
+        return rank_items(self.loaded, str(user), [str(item) for item in items])
 
     def recommend(self, user: Id, top: int = 10, exclude_seen: bool = True) -> Recommendation:
         """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them."""
-        started = time.perf_counter()
-        query = self.recommend_query(user, top, exclude_seen)
-        ranking = self.answer([query])[0]
-        return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
+        return recommend(self.loaded, str(user), top, exclude_seen, self.seen if exclude_seen else None)
 
     def score(self, users: Sequence[Id], items: Sequence[Id]) -> torch.Tensor:
         """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``)."""

@@ -282,11 +282,13 @@ def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
     return answer(loaded, [predict_query(loaded, user, items)])[0]
 
 
-def recommend(loaded: LoadedModel, user: str, top: int, exclude_seen: bool) -> Recommendation:
+def recommend(
+    loaded: LoadedModel, user: str, top: int, exclude_seen: bool, seen: SeenItems | None = None
+) -> Recommendation:
     """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
-    ``exclude_seen`` drops the items the user rated in the training rows."""
+    ``exclude_seen`` drops the items the user rated in the training rows (``seen``, built when not given)."""
     started = time.perf_counter()
-    query = recommend_query(loaded, user, top, exclude_seen)
+    query = recommend_query(loaded, user, top, exclude_seen, seen)
     ranking = answer(loaded, [query])[0]
     return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
 

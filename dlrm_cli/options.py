@@ -74,8 +74,9 @@ def _option(help: str, panel: str | None = None, **limits: Any) -> Any:
 
 # Shared by several commands ------------------------------------------------------------------------
 DEFAULT_STORE = Path("checkpoints")
+STORE_ENV = "DLRM_CHECKPOINT_DIR"  # the store when --store is not given (the Python API reads it too)
 StoreOption = Annotated[
-    Path, typer.Option("--store", envvar="DLRM_CHECKPOINT_DIR", help="Checkpoint store folder.", show_envvar=True)
+    Path, typer.Option("--store", envvar=STORE_ENV, help="Checkpoint store folder.", show_envvar=True)
 ]
 CheckpointOption = Annotated[
     str, typer.Option("--checkpoint", "-c", help="Checkpoint name, or 'latest' for the newest.")
