@@ -136,14 +136,12 @@ def load_verified(store: Path, ref: str) -> Any:
     import torch
 
     from dlrm_cli.api import load
+    from dlrm_cli.metrics import score
 
     model = load(ref, store)
     catalog = model.loaded.catalog
-    users = torch.arange(min(len(catalog.users), 16))
-    items = torch.arange(min(len(catalog.items), 16))
-    from dlrm_cli.metrics import score
-
-    ratings = score(model.loaded.model, catalog, users[: len(items)], items[: len(users)], model.loaded.device)
+    rows = torch.arange(min(len(catalog.users), len(catalog.items), 16))  # user i with item i
+    ratings = score(model.loaded.model, catalog, rows, rows, model.loaded.device)
     low, high = catalog.rating_min, catalog.rating_max
     if not bool(torch.isfinite(ratings).all()) or bool(((ratings < low) | (ratings > high)).any()):
         raise DlrmError(f"checkpoint {model.name} scores ratings outside {low:g} to {high:g}; not serving it")
