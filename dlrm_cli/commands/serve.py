@@ -102,9 +102,8 @@ def serve_command(
     server = uvicorn.Server(config)
     # uvicorn drains in-flight requests on SIGTERM or Ctrl-C, then raises the signal again for the handler
     # that was there before it: a quiet one, so that a drained shutdown ends here with exit code 0.
-    stops: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda number, frame: stops.append(number))
+        signal.signal(sig, lambda number, frame: None)
     server.run(sockets=[listener])
     if state.fatal is not None:
         raise state.fatal
