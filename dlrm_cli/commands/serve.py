@@ -30,7 +30,8 @@ def serve_command(
     max_top: Annotated[int, typer.Option(min=1, help="Largest top one /recommend request may ask for.")] = 1000,
     max_body: Annotated[int, typer.Option(min=1, help="Largest request body, in bytes.")] = 1 << 20,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for scoring (default: the CPUs this process may use).")
+        int | None,
+        typer.Option(min=1, help="CPU threads for scoring (default: OMP_NUM_THREADS, else the CPUs it may use)."),
     ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
     store: o.StoreOption = o.DEFAULT_STORE,
@@ -55,9 +56,9 @@ def serve_command(
 
     from dlrm_cli import api  # noqa: F401  (torch and TorchRec load here, before the clock for readiness starts)
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.threads import available_cpus
+    from dlrm_cli.threads import available_cpus, chosen_threads
 
-    torch.set_num_threads(threads or available_cpus())
+    torch.set_num_threads(chosen_threads(threads) or available_cpus())
     settings = ServeSettings(
         store=store,
         checkpoint=checkpoint,
