@@ -45,6 +45,14 @@ class Optimizers:
     def epoch_done(self) -> None:
         for scheduler in self.schedulers:
             scheduler.step()
+        self._schedule_fused_tables()
+
+    def _schedule_fused_tables(self) -> None:
+        """Hand the fused tables' kernels the scheduled learning rate now. They take it in the forward pass
+        (their ``step`` only sets it), so without this the first batch of an epoch would use the previous
+        epoch's rate, and the first batch of a resumed run the initial one."""
+        if self.sparse is not None:
+            self.sparse.step()
 
     @property
     def lr(self) -> float:
@@ -65,6 +73,12 @@ class Optimizers:
             self.sparse.load_state_dict(state["sparse"])
         for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
             scheduler.load_state_dict(saved)
+            # The fused tables' optimizer state leaves out its learning rate: take the schedule's (saved with
+            # as many groups as the run had shards, which a resume with other process counts changes).
+            rates = scheduler.get_last_lr()
+            for index, group in enumerate(scheduler.optimizer.param_groups):
+                group["lr"] = rates[min(index, len(rates) - 1)]
+        self._schedule_fused_tables()
 
 
 def build_for_training(
