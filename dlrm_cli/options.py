@@ -111,6 +111,9 @@ Seed = Annotated[int, _option("Seed for weights, data order and synthetic data."
 Name = Annotated[str | None, _option("Checkpoint name (default: DATA-DATE-TIME).")]
 Data = Annotated[str, _option("Ratings: synthetic, movielens:DIR or csv:FILE.", DATA)]
 Split = Annotated[str | None, _option("Test rows: random:0.1, temporal:0.1 or files:TRAIN,TEST.", DATA)]
+SplitSeed = Annotated[
+    int | None, _option("Seed of a random split and of the validation rows (default: --seed).", DATA, min=0)
+]
 ValFraction = Annotated[float, _option("Training rows held out for validation.", DATA, min=0.0, max=0.5)]
 UserCol = Annotated[str | None, _option("CSV: user id column.", CSV)]
 ItemCol = Annotated[str | None, _option("CSV: item id column.", CSV)]
@@ -228,6 +231,8 @@ def _data_source(values: dict[str, Any], chosen: set[str]) -> DataSource:
     if sizes and kind != "synthetic" and kind in DATA_KINDS:
         raise DlrmUsageError(f"--{sizes[0]} applies only to --data synthetic")
     synthetic = None
+    if kind == "synthetic" and values["split_seed"] is not None:
+        raise DlrmUsageError("--split-seed applies to movielens: and csv: data; synthetic data has fixed splits")
     if kind == "synthetic":
         try:
             synthetic = SyntheticSpec(**{key: values[key] for key in SYNTHETIC_SIZES})
@@ -236,7 +241,7 @@ def _data_source(values: dict[str, Any], chosen: set[str]) -> DataSource:
     return parse_data_option(
         values["data"],
         split=values["split"],
-        seed=values["seed"],
+        seed=values["seed"] if values["split_seed"] is None else values["split_seed"],
         validation=values["val_fraction"],
         columns=_csv_columns(values),
         synthetic=synthetic,
@@ -290,6 +295,8 @@ def _option_values(config: RunConfig) -> dict[str, Any]:
     values["data"] = data.label
     if isinstance(data, FileSource):
         values.update(split=data.split, val_fraction=data.validation)
+        if data.seed != config.train.seed:
+            values["split_seed"] = data.seed
         columns = data.columns or CsvColumns()
         values.update(user_col=columns.user, item_col=columns.item, rating_col=columns.rating)
         values.update(time_col=columns.time)

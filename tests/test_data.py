@@ -268,3 +268,16 @@ def test_bad_rows_in_other_releases(dlrm, tmp_path, writer, file, text, message)
     folder = writer(tmp_path / "ml")
     (folder / file).write_text(text)
     assert_error(dlrm("train", "--data", f"movielens:{folder}", *FAST), 1, message)
+
+
+def test_split_seed_keeps_the_split_while_seed_changes_the_model(dlrm, tmp_path):
+    folder = write_ml1m(tmp_path / "ml")
+    for name, seeds in (("a", ["--seed", "0"]), ("b", ["--seed", "3", "--split-seed", "0"])):
+        result = dlrm("train", "--data", f"movielens:{folder}", "--name", name, *seeds, *FAST)
+        assert result.exit_code == 0, result.output
+    a, b = (json.loads((dlrm.store / name / "meta.json").read_text())["run"] for name in ("a", "b"))
+    assert (a["data"]["seed"], b["data"]["seed"], b["train"]["seed"]) == (0, 0, 3)
+    assert a["data"] == b["data"]  # the same split, so the same test rows: runs that differ only in the model
+    printed = dlrm("train", "--data", f"movielens:{folder}", "--seed", "3", "--split-seed", "0", "--print-config")
+    assert "seed = 3\n" in printed.stdout and "split-seed = 0\n" in printed.stdout
+    assert_error(dlrm("train", "--split-seed", "1"), 2, "--split-seed applies to movielens: and csv: data")

@@ -30,6 +30,7 @@ def train_command(
     name: o.Name = None,
     data: o.Data = o.DATA_DEFAULT,
     split: o.Split = None,
+    split_seed: o.SplitSeed = None,
     val_fraction: o.ValFraction = DEFAULT_VALIDATION,
     user_col: o.UserCol = None,
     item_col: o.ItemCol = None,
