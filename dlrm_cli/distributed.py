@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dlrm_cli.config import ModelConfig, TrainConfig
-from dlrm_cli.model import RatingDLRM, embedding_configs
+from dlrm_cli.model import RatingDLRM, bias_configs, bias_name, embedding_configs, table_name
 from dlrm_cli.optim import Optimizers
 from dlrm_cli.quiet import quiet_library_logs
 
@@ -112,11 +112,14 @@ def build_sharded(
         "adagrad": EmbOptimType.EXACT_ADAGRAD,
         "sgd": EmbOptimType.EXACT_SGD,
     }[settings.sparse_optimizer]
-    ebc = EmbeddingBagCollection(tables=embedding_configs(config), device=torch.device("meta"))
-    model = RatingDLRM(config, embedding_bag_collection=ebc, device=device)
+    meta = torch.device("meta")
+    ebc = EmbeddingBagCollection(tables=embedding_configs(config), device=meta)
+    biases = EmbeddingBagCollection(tables=bias_configs(config), device=meta) if config.biases else None
+    model = RatingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
     sharder = EmbeddingBagCollectionSharder(fused_params={"optimizer": optim_type, "learning_rate": settings.sparse_lr})
     types = CPU_SHARDING if device.type == "cpu" else GPU_SHARDING
-    constraints = {f"t_{t.feature}": ParameterConstraints(sharding_types=list(types)) for t in config.tables}
+    names = [table_name(t.feature) for t in config.tables] + [bias_name(t.feature) for t in config.bias_tables]
+    constraints = {name: ParameterConstraints(sharding_types=list(types)) for name in names}
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=parallel.world, compute_device=device.type), constraints=constraints
     )

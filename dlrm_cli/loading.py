@@ -11,7 +11,7 @@ import torch
 from dlrm_cli.config import ModelConfig
 from dlrm_cli.data.catalog import Catalog
 from dlrm_cli.errors import CorruptCheckpoint
-from dlrm_cli.model import RatingDLRM, build_model
+from dlrm_cli.model import RatingDLRM, build_model, pool_bags
 from dlrm_cli.store import Checkpoint, CheckpointStore
 
 
@@ -28,7 +28,8 @@ class LoadedModel:
 
 
 def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
-    """The model in eval mode with its weights, and the catalog that turns ids into its inputs."""
+    """The model in eval mode with its weights, and the catalog that turns ids into its inputs; the
+    implicit-feedback bags come pooled, one row per entity (``pool_bags``)."""
     try:
         config = ModelConfig.from_dict(checkpoint.meta["model"])
         config.refuse_oversized(copies=2, hint="its meta.json cannot be what dlrm wrote here")
@@ -43,7 +44,7 @@ def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
     except (KeyError, TypeError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0]
         raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: {first}") from None
-    model.eval()
+    model, catalog = pool_bags(model.eval(), catalog)
     return LoadedModel(checkpoint, model, catalog, device)
 
 

@@ -10,6 +10,7 @@ The loss lives outside the model (see ``dlrm_cli.training``) so that inference a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli.config import ModelConfig
+from dlrm_cli.data.catalog import Bag, Catalog
 
 
 def table_name(feature: str) -> str:
@@ -46,6 +48,27 @@ def embedding_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
     ]
 
 
+BIAS_COLUMNS = 4  # FBGEMM's kernels take rows of a multiple of 4 floats: a bias is the sum of a row's 4
+
+
+def bias_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
+    """One narrow table per id feature: each user's and each item's additive bias, the sum of its row."""
+    return [
+        EmbeddingBagConfig(
+            name=bias_name(table.feature),
+            embedding_dim=BIAS_COLUMNS,
+            num_embeddings=table.num_embeddings,
+            feature_names=[table.feature],
+            pooling=PoolingType.SUM,
+        )
+        for table in config.bias_tables
+    ]
+
+
+def bias_name(feature: str) -> str:
+    return f"b_{feature}"
+
+
 class RatingDLRM(nn.Module):
     """TorchRec's DLRM with its logit squashed onto the rating scale.
 
@@ -63,11 +86,16 @@ class RatingDLRM(nn.Module):
         config: ModelConfig,
         embedding_bag_collection: nn.Module | None = None,
         device: torch.device | None = None,
+        biases: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         if embedding_bag_collection is None:
             embedding_bag_collection = EmbeddingBagCollection(tables=embedding_configs(config), device=device)
+        if biases is None and config.biases:
+            biases = EmbeddingBagCollection(tables=bias_configs(config), device=device)
+        # Each id's bias, added to the logit (a collection of one-column tables over the same KJT).
+        self.biases = biases
         self.dlrm = DLRM(
             embedding_bag_collection=embedding_bag_collection,
             dense_in_features=config.num_dense,
@@ -80,6 +108,8 @@ class RatingDLRM(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.rating_min = config.rating_min
         self.rating_span = config.rating_max - config.rating_min
+        # The implicit-feedback bags' positions among the features: their sums are divided by sqrt(n).
+        self.bag_positions = [index for index, table in enumerate(config.tables) if table.bag]
 
     @property
     def uses_fused_kernels(self) -> bool:
@@ -102,10 +132,23 @@ class RatingDLRM(nn.Module):
         dlrm = self.dlrm
         embedded_dense = dlrm.dense_arch(dense_features)
         embedded_sparse = dlrm.sparse_arch(sparse_features)
+        if self.bag_positions:
+            embedded_sparse = self._normalise_bags(embedded_sparse, sparse_features)
         interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
         logits = dlrm.over_arch(self.dropout(interactions)).squeeze(1)
+        if self.biases is not None:
+            logits = logits + self.biases(sparse_features).values().sum(dim=1)
         ratings = to_rating(logits, self.rating_min, self.rating_span)
         return (ratings, embedded_sparse) if with_embeddings else ratings
+
+    def _normalise_bags(self, embedded: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """Divide each bag's pooled sum (B x F x D, feature order) by the square root of its length: a
+        scale computed from the KJT's lengths, so the tables pool plain sums (no per-value weights, whose
+        gradient FBGEMM would compute for nothing)."""
+        lengths = sparse_features.lengths().view(len(self.config.tables), -1)[self.bag_positions]
+        scale = torch.ones(embedded.shape[1], embedded.shape[0], dtype=embedded.dtype, device=embedded.device)
+        scale[self.bag_positions] = lengths.clamp(min=1).to(embedded.dtype).rsqrt()
+        return embedded * scale.t().unsqueeze(2)
 
     def dense_layers(self) -> tuple[list[nn.Linear], list[nn.Linear]]:
         """The linear layers of the bottom MLP and of the top MLP, in order."""
@@ -139,3 +182,35 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise DlrmUsageError(f"--device must be auto, cpu or cuda, got {name!r}")
     return torch.device(name)
+
+
+def pool_bags(model: RatingDLRM, catalog: Catalog) -> tuple[RatingDLRM, Catalog]:
+    """The model and catalog for scoring, with every implicit-feedback bag pooled once per entity.
+
+    A bag is the same at every prediction (its entity's training ratings; nothing is left out), so its
+    normalised sum of embeddings is computed here, for every entity, into a table of its own: one row per
+    entity, looked up by the entity's row with weight 1. Scoring then reads one row where it read the whole
+    bag, and the result is the same (up to float rounding) as the trained model's on the full bags."""
+    if not catalog.normalised_bags:
+        return model, catalog
+    ebc = model.dlrm.sparse_arch.embedding_bag_collection
+    state = model.state_dict()
+    tables, owners = list(model.config.tables), {}
+    for kind, entities in (("users", catalog.users), ("items", catalog.items)):
+        pooled_bags = {}
+        for name, bag in entities.bags.items():
+            rows = torch.arange(bag.offsets.shape[0] - 1)
+            weight = ebc.embedding_bags[table_name(name)].weight.detach()
+            values, lengths = (tensor.to(weight.device) for tensor in bag.gather(rows))
+            offsets = torch.cumsum(lengths, 0) - lengths
+            pooled = nn.functional.embedding_bag(values, weight, offsets, mode="sum")
+            pooled = pooled * lengths.clamp(min=1).to(pooled.dtype).rsqrt().unsqueeze(1)
+            state[f"dlrm.sparse_arch.embedding_bag_collection.embedding_bags.{table_name(name)}.weight"] = pooled
+            pooled_bags[name] = Bag.pooled(rows.shape[0])
+            index = model.config.feature_names.index(name)
+            tables[index] = replace(tables[index], num_embeddings=rows.shape[0], bag=False)
+        owners[kind] = replace(entities, bags=pooled_bags)
+    pooled_model = build_model(replace(model.config, tables=tuple(tables)), device=next(model.parameters()).device)
+    pooled_model.load_state_dict(state)
+    pooled_model.train(model.training)
+    return pooled_model, replace(catalog, **owners)

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.keyed import CombinedOptimizer
 
 from dlrm_cli.config import ModelConfig, TrainConfig
-from dlrm_cli.model import RatingDLRM, embedding_configs
+from dlrm_cli.model import RatingDLRM, bias_configs, embedding_configs
 
 SPARSE_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "rowwise_adagrad": RowWiseAdagrad,
@@ -96,12 +97,24 @@ def build_for_training(
             optimizer_kwargs=kwargs,
             device=device,
         )
-        model = RatingDLRM(config, embedding_bag_collection=ebc, device=device)
-        tables = model.dlrm.sparse_arch.embedding_bag_collection
-        table_params = {id(p) for p in tables.parameters()}
+        biases = None
+        if config.biases:
+            biases = FusedEmbeddingBagCollection(
+                tables=bias_configs(config),
+                optimizer_type=SPARSE_OPTIMIZER_CLASSES[settings.sparse_optimizer],
+                optimizer_kwargs=kwargs,
+                device=device,
+            )
+        model = RatingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
+        fused = [ebc] if biases is None else [ebc, biases]
+        table_params = {id(p) for tables in fused for p in tables.parameters()}
         mlp_params = [p for p in model.parameters() if id(p) not in table_params]
         dense = torch.optim.Adam(mlp_params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
-        sparse = ebc.fused_optimizer()
+        sparse = (
+            ebc.fused_optimizer()
+            if biases is None
+            else CombinedOptimizer([ebc.fused_optimizer(), ("biases", biases.fused_optimizer())])
+        )
     schedulers = [
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
         for optimizer in (dense, sparse)

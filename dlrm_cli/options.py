@@ -129,6 +129,10 @@ Noise = Annotated[float, _option("Synthetic rating noise (std).", SYNTH, min=0.0
 BottomMlp = Annotated[str, _option("Bottom MLP hidden sizes; it then ends at --embedding-dim.", OPT)]
 TopMlp = Annotated[str, _option("Top MLP hidden sizes, before the output.", OPT)]
 Dropout = Annotated[float, _option("Dropout on the top MLP's input.", OPT, min=0.0, max=0.95)]
+Biases = Annotated[bool, _option("Add a learned bias for each user and each item to the rating's logit.", OPT)]
+Bags = Annotated[
+    bool, _option("Add each user's rated items and each item's raters (training rows) as sparse features.", OPT)
+]
 Patience = Annotated[int | None, _option("Stop after this many epochs without a better validation RMSE.", min=1)]
 CheckpointEvery = Annotated[int, _option("Save the run's checkpoint every N epochs.", min=1)]
 NprocPerNode = Annotated[int, _option("Train on N local processes, launched through torchrun.", DIST, min=1)]

@@ -30,7 +30,7 @@ from dlrm_cli.data.catalog import Catalog, EntityTable, Ratings
 from dlrm_cli.errors import DlrmError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
-from dlrm_cli.model import RatingDLRM, table_name, to_rating
+from dlrm_cli.model import RatingDLRM, bias_name, table_name, to_rating
 from dlrm_cli.parsing import sidecar_path, temporary_beside
 from dlrm_cli.quiet import quiet_library_logs
 
@@ -49,6 +49,17 @@ class ServingDLRM(nn.Module):
             nn.EmbeddingBag.from_pretrained(ebc.embedding_bags[table_name(feature)].weight.detach().clone(), mode="sum")
             for feature in model.config.feature_names
         )
+        # The id biases, added to the logit: a table for each of the first features (user_id, item_id).
+        features = model.config.feature_names
+        biased = [features.index(table.feature) for table in model.config.bias_tables]
+        if biased != list(range(len(biased))):
+            raise ValueError(f"the biased features must come first, got positions {biased}")
+        self.biases = nn.ModuleList(
+            nn.EmbeddingBag.from_pretrained(
+                model.biases.embedding_bags[bias_name(table.feature)].weight.detach().clone(), mode="sum"
+            )
+            for table in model.config.bias_tables
+        )
         self.dense_arch = copy.deepcopy(model.dlrm.dense_arch)
         self.inter_arch = copy.deepcopy(model.dlrm.inter_arch)
         self.over_arch = copy.deepcopy(model.dlrm.over_arch)
@@ -62,6 +73,8 @@ class ServingDLRM(nn.Module):
             pooled.append(bag(ids[index], offsets[index]))
         sparse = torch.stack(pooled, dim=1)
         logits = self.over_arch(self.inter_arch(self.dense_arch(dense), sparse)).squeeze(1)
+        for feature, bias in enumerate(self.biases):
+            logits = logits + bias(ids[feature], offsets[feature]).sum(dim=1)
         return to_rating(logits, self.rating_min, self.rating_span)
 
 
@@ -119,6 +132,10 @@ class IdServingDLRM(nn.Module):
             [_SparseFeature(matrix, False) for matrix in catalog.users.sparse.values()]
             + [_SparseFeature(matrix, True) for matrix in catalog.items.sparse.values()]
         )
+        if catalog.normalised_bags:
+            raise ValueError("an ids artifact holds its bags pooled: pass the catalog of a loaded model")
+        # Each pooled bag is looked up by its entity's own row (``pool_bags``): the users' bags, then the items'.
+        self.user_bags, self.item_bags = len(catalog.users.bags), len(catalog.items.bags)
         self.requires_grad_(False)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,6 +156,12 @@ class IdServingDLRM(nn.Module):
             values, starts = feature(item_rows if feature.of_items else user_rows)
             ids.append(values)
             offsets.append(starts)
+        for _ in range(self.user_bags):
+            ids.append(user_rows)
+            offsets.append(batch)
+        for _ in range(self.item_bags):
+            ids.append(item_rows)
+            offsets.append(batch)
         return self.scorer(dense, ids, offsets), user_known, item_known
 
 
@@ -267,6 +290,13 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
             for name, rows in catalog.sparse_features
         ],
     }
+    for entities, of in ((catalog.users, "user"), (catalog.items, "item")):
+        for entry in features["sparse"]:
+            if entry["feature"] in entities.bags:
+                entry["ids"] = (
+                    f"int64, one per sample: the {of}'s row ({of} ids sorted, an unknown {of}: the last row); "
+                    f"the {of}'s bag of training ratings is pooled inside the artifact"
+                )
     described: dict[str, Any] = {
         "checkpoint": checkpoint,
         "format": spec.format,

@@ -182,7 +182,8 @@ class CheckpointStore:
         if meta.get("meta_sha256") != _meta_digest(meta):
             return CheckpointInfo(path.name, path, None, "meta.json does not match its recorded checksum")
         if meta["format"] not in READABLE_FORMATS:
-            readable = " and ".join(str(f) for f in READABLE_FORMATS)
+            *earlier, last = (str(f) for f in READABLE_FORMATS)
+            readable = f"{', '.join(earlier)} and {last}" if earlier else last
             return CheckpointInfo(
                 path.name,
                 path,
@@ -406,14 +407,19 @@ class CheckpointStore:
 def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's metadata in the current format. Format 1 kept the training settings (``train``),
     the effective command-line options (``options``) and the data source (``data``) side by side; format 2
-    keeps one run record, ``run``, of the training settings and the data source."""
-    if meta["format"] != 1:
+    keeps one run record, ``run``, of the training settings and the data source. Format 3 adds the
+    implicit-feedback bags and the id biases, which every run before it trained without."""
+    if meta["format"] >= 3:
         return meta
     meta = dict(meta)
-    train = dict(meta.pop("train"))
-    options = meta.pop("options", None) or {}
-    train.setdefault("checkpoint_every", int(options.get("checkpoint_every", 1)))
-    meta["run"] = {"train": train, "data": meta.pop("data")}
+    if meta["format"] == 1:
+        train = dict(meta.pop("train"))
+        options = meta.pop("options", None) or {}
+        train.setdefault("checkpoint_every", int(options.get("checkpoint_every", 1)))
+        meta["run"] = {"train": train, "data": meta.pop("data")}
+    run = dict(meta["run"])
+    run["train"] = {**run["train"], "bags": False, "biases": False}
+    meta["run"] = run
     return meta
 
 

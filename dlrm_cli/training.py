@@ -30,7 +30,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dlrm_cli import distributed
 from dlrm_cli.config import ModelConfig, RunConfig, TableConfig, TrainConfig
 from dlrm_cli.data import load_dataset
-from dlrm_cli.data.catalog import Dataset
+from dlrm_cli.data.catalog import Dataset, with_bags
 from dlrm_cli.distributed import Parallel, Shard
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split
@@ -222,6 +222,8 @@ class TrainingRun:
                 "only on the data it started on: restore those files, or train a new run on the new ones "
                 "(without --resume)"
             ) from None
+        if self.settings.bags:
+            self.dataset = with_bags(self.dataset)
         self.observer.data_loaded(self.dataset, self.parallel.world)
         resume = load_resume(self.store, self.request.resume) if self.request.resume else None
         if resume is not None:
@@ -327,7 +329,7 @@ class TrainingRun:
         return record
 
     def _step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> float:
-        dense, kjt = self.dataset.catalog.batch(users, items)
+        dense, kjt = self.dataset.catalog.batch(users, items, leave_out=True)
         return train_step(
             self.model,
             self.optimizers,
@@ -512,13 +514,16 @@ def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
     dim = settings.embedding_dim
     return ModelConfig(
         num_dense=len(catalog.dense_names),
-        tables=tuple(TableConfig(name, rows) for name, rows in catalog.sparse_features),
+        tables=tuple(
+            TableConfig(name, rows, bag=name in catalog.normalised_bags) for name, rows in catalog.sparse_features
+        ),
         embedding_dim=dim,
         bottom_mlp=(*settings.bottom_mlp, dim),
         top_mlp=tuple(settings.top_mlp),
         rating_min=catalog.rating_min,
         rating_max=catalog.rating_max,
         dropout=settings.dropout,
+        biases=settings.biases,
     )
 
 

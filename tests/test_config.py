@@ -88,7 +88,8 @@ def test_format_1_metadata_becomes_one_run_record():
     new = upgrade_meta(old)
     assert {"train", "options", "data"}.isdisjoint(new) and "train" in old
     assert new["run"]["data"] == old["data"]
-    assert new["run"]["train"] == {**old["train"], "checkpoint_every": old["options"]["checkpoint_every"]}
+    checkpoint_every = old["options"]["checkpoint_every"]
+    assert new["run"]["train"] == {**old["train"], "checkpoint_every": checkpoint_every, "bags": False, "biases": False}
     config = RunConfig.from_dict(new["run"])
     assert config.data.columns == CsvColumns(
         user="customer", item="sku", rating="stars", dense=("price",), sparse=("brand",)

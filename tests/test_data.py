@@ -37,7 +37,7 @@ def test_movielens_releases_train_and_predict_with_titles(dlrm, tmp_path, writer
     result = dlrm("train", "--data", f"movielens:{folder}", "--name", "ml", *FAST)
     assert result.exit_code == 0, result.output
     meta = json.loads((dlrm.store / "ml" / "meta.json").read_text())
-    assert meta["features"]["sparse"] == sparse
+    assert meta["features"]["sparse"] == [*sparse, "rated_items", "raters"]  # and the implicit-feedback bags
     assert meta["run"]["data"]["split"] == "random:0.1"
     result = dlrm("predict", "--user", "3", "--items", "1,2", "--json")
     assert result.exit_code == 0, result.output
@@ -66,7 +66,7 @@ def test_generic_csv_with_string_ids_and_side_columns(dlrm, tmp_path):
     result = dlrm("train", "--data", f"csv:{path}", *CSV_COLUMNS, "--name", "shop", *FAST)
     assert result.exit_code == 0, result.output
     meta = json.loads((dlrm.store / "shop" / "meta.json").read_text())
-    assert meta["features"]["sparse"] == ["user_id", "item_id", "region", "brand", "tags"]
+    assert meta["features"]["sparse"] == ["user_id", "item_id", "region", "brand", "tags", "rated_items", "raters"]
     assert meta["features"]["dense"] == ["user_log_ratings", "item_log_ratings", "item_price"]
     result = dlrm("predict", "--user", "c3", "--items", "sku-1,sku-2,sku-new", "--json")
     assert result.exit_code == 0, result.output

@@ -117,17 +117,16 @@ def test_doctor_flags_a_store_that_is_a_file(dlrm, tmp_path):
     assert checks["store"]["status"] == "fail" and "not a folder" in checks["store"]["detail"]
 
 
-def test_movielens_preset_applies_unless_overridden(dlrm, tmp_path):
+def test_rating_data_takes_the_defaults_and_synthetic_data_its_preset_unless_overridden(dlrm, tmp_path):
     printed = dlrm("train", "--data", f"movielens:{tmp_path}", "--print-config")
     assert printed.exit_code == 0, printed.output
     assert 'top-mlp = "64,32"\n' in printed.stdout and "patience = 2\n" in printed.stdout
-    assert "embedding-l2 = 0.003\n" in printed.stdout
-    mine = dlrm("train", "--data", f"movielens:{tmp_path}", "--top-mlp", "128,64", "--print-config")
-    assert 'top-mlp = "128,64"\n' in mine.stdout
-    from fixtures import write_ml1m
-
-    folder = write_ml1m(tmp_path / "ml")  # the preset's --sparse-lr must not trip the plain path's check
-    plain = dlrm("train", "--data", f"movielens:{folder}", "--embeddings", "plain", "--epochs", "1")
-    assert plain.exit_code == 0, plain.output
+    assert "bags = true\n" in printed.stdout and 'sparse-optimizer = "adagrad"\n' in printed.stdout
     synthetic = dlrm("train", "--print-config")
-    assert 'top-mlp = "512,256"\n' in synthetic.stdout and "patience" not in synthetic.stdout
+    assert "bags = false\n" in synthetic.stdout and 'sparse-optimizer = "rowwise_adagrad"\n' in synthetic.stdout
+    assert "embedding-l2 = 0.01\n" in synthetic.stdout and 'top-mlp = "64,32"\n' in synthetic.stdout
+    mine = dlrm("train", "--bags", "--embedding-l2", "0.003", "--print-config")
+    assert "bags = true\n" in mine.stdout and "embedding-l2 = 0.003\n" in mine.stdout
+    # the preset's --sparse-lr must not trip the plain path's check
+    plain = dlrm("train", "--embeddings", "plain", "--epochs", "1", *TINY)
+    assert plain.exit_code == 0, plain.output

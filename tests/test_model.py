@@ -85,5 +85,8 @@ def test_a_saved_checkpoint_predicts_what_the_trained_model_predicted(tmp_path):
     again = score(loaded.model, loaded.catalog, test.user, test.item, torch.device("cpu"))
     # FBGEMM's fused tables trained the model; the loaded one looks rows up with plain EmbeddingBags.
     torch.testing.assert_close(again, trained, rtol=0, atol=1e-5)
-    assert loaded.model.config == run.model_config
+    assert ModelConfig.from_dict(loaded.meta["model"]) == run.model_config
+    # scoring reads each bag pooled: one row per entity, no longer a bag of rows
+    pooled = {table.feature: table for table in loaded.model.config.tables}
+    assert pooled["rated_items"].num_embeddings == len(loaded.catalog.users) + 1 and not pooled["rated_items"].bag
     assert not torch.equal(trained, torch.full_like(trained, trained[0]))  # it predicts, it does not guess

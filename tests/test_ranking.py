@@ -202,7 +202,8 @@ def test_a_log_gets_progress_lines_during_a_long_epoch(dlrm, monkeypatch):
 def test_the_summary_says_when_patience_stopped_the_run(dlrm):
     from conftest import TINY
 
-    result = dlrm("train", "--epochs", "10", "--patience", "1", *TINY)
+    overfits = ["--lr-gamma", "1", "--sparse-lr", "0.5", "--embedding-l2", "0"]  # worse after epoch 2
+    result = dlrm("train", "--epochs", "10", "--patience", "1", *overfits, *TINY)
     assert result.exit_code == 0, result.output
     assert "Stopped early after epoch" in result.stdout and "(--patience 1)" in result.stdout
 

@@ -27,8 +27,8 @@ def _options_table() -> list[tuple[list[str], list[str]]]:
 
 
 def _same(shown: str, default: object) -> bool:
-    if shown == "off":
-        return default is None
+    if shown in ("on", "off"):
+        return default is (shown == "on") or (shown == "off" and default is None)
     if isinstance(default, Enum):
         default = default.value
     try:

@@ -213,7 +213,7 @@ def test_incompatible_version_is_refused_naming_both(trained):
     assert_error(
         trained("evaluate", "--checkpoint", "tiny"),
         1,
-        "written by dlrm 9.9.0 in checkpoint format 99; this is dlrm 0.2.0, which reads formats 1 and 2",
+        "written by dlrm 9.9.0 in checkpoint format 99; this is dlrm 0.3.0, which reads formats 1, 2 and 3",
     )
 
 
@@ -275,8 +275,29 @@ def test_checkpoints_of_format_1_are_read_evaluated_and_resumed(tmp_path):
     resumed = dlrm("train", "--resume", "format1", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = json.loads((store / "format1" / "meta.json").read_text())
-    assert after["format"] == 2 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
+    assert after["format"] == 3 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
     assert after["run"]["data"] == meta_of(FORMAT1 / "store" / "format1")["data"]
+    assert after["run"]["train"]["bags"] is False  # resumed as trained: without implicit-feedback bags
+
+
+FORMAT2 = Path(__file__).parent / "data" / "format2"
+
+
+def test_checkpoints_of_format_2_are_read_evaluated_and_resumed_without_bags(tmp_path):
+    """tests/data/format2 holds a checkpoint written by dlrm 0.2.0, before the implicit-feedback bags: it
+    scores as it did, and a resumed run goes on without bags (its model has no bag tables)."""
+    store = tmp_path / "store"
+    shutil.copytree(FORMAT2 / "store", store)
+    dlrm = Dlrm(store)
+    shown = json.loads(dlrm("checkpoints", "show", "format2", "--json").stdout)
+    assert shown["format"] == 2 and shown["run"]["train"]["bags"] is False
+    before = json.loads(dlrm("evaluate", "--checkpoint", "format2", "--json").stdout)
+    assert before["count"] == 30
+    resumed = dlrm("train", "--resume", "format2", "--epochs", "3")
+    assert resumed.exit_code == 0, resumed.output
+    after = meta_of(store / "format2")
+    assert after["format"] == 3 and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
+    assert "rated_items" not in after["features"]["sparse"]
 
 
 def meta_of(path: Path) -> dict:

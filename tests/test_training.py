@@ -21,9 +21,13 @@ def _meta(store: Path, name: str) -> dict:
     return json.loads((store / name / "meta.json").read_text())
 
 
+# Settings under which the TINY set overfits after its third epoch: a constant learning rate, no penalty.
+OVERFITS = {"lr": 1e-3, "lr_gamma": 1.0, "sparse_lr": 0.2, "embedding_l2": 0.0, "bags": False}
+
+
 def test_patience_stops_once_that_many_epochs_bring_no_better_validation_rmse(tmp_path):
     store = tmp_path / "store"
-    result = train(tiny_request(store, epochs=10, patience=1))
+    result = train(tiny_request(store, epochs=10, patience=1, **OVERFITS))
     rmse = [record["val_rmse"] for record in result.history]
     best = rmse.index(min(rmse)) + 1
     assert result.best_epoch == best
@@ -34,7 +38,7 @@ def test_patience_stops_once_that_many_epochs_bring_no_better_validation_rmse(tm
 
 def test_the_checkpoint_serves_the_best_epoch_not_the_last(tmp_path):
     store = tmp_path / "store"
-    result = train(tiny_request(store, epochs=4))  # this small set overfits after its second epoch
+    result = train(tiny_request(store, epochs=4, patience=None, **OVERFITS))
     rmse = [record["val_rmse"] for record in result.history]
     assert result.best_epoch < 4 and rmse[-1] > min(rmse), rmse
     served = evaluate(open_model(store, result.name), "validation").model["rmse"]
@@ -54,7 +58,7 @@ def test_checkpoint_every_saves_when_due_and_at_the_end(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adagrad", "sgd"])
 def test_each_sparse_optimizer_trains_the_tables(tmp_path, optimizer):
-    run = TrainingRun(tiny_request(tmp_path / "store", sparse_optimizer=optimizer))
+    run = TrainingRun(tiny_request(tmp_path / "store", sparse_optimizer=optimizer, sparse_lr=0.2, lr_gamma=1.0))
     run.setup()
     tables = run.model.dlrm.sparse_arch.embedding_bag_collection
     before = {name: weight.detach().clone() for name, weight in tables.state_dict().items()}
@@ -106,7 +110,8 @@ def test_an_observer_hears_the_run_in_order(tmp_path):
     def epoch(number: int) -> list[str]:
         return [f"epoch {number}/2 of 38 batches", *["batch_done"] * batches, f"epoch {number} done"]
 
-    assert recorder.events == ["data_loading", "data_loaded", "planned 3 tables", *epoch(1), *epoch(2)]
+    tables = 5  # user_id, item_id, category and the two bags
+    assert recorder.events == ["data_loading", "data_loaded", f"planned {tables} tables", *epoch(1), *epoch(2)]
 
 
 def test_a_resumed_request_keeps_its_checkpoints_record_but_for_what_may_change(tmp_path):

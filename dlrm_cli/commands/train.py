@@ -46,6 +46,8 @@ def train_command(
     bottom_mlp: o.BottomMlp = o.comma_joined(T.bottom_mlp),
     top_mlp: o.TopMlp = o.comma_joined(T.top_mlp),
     dropout: o.Dropout = T.dropout,
+    bags: o.Bags = T.bags,
+    biases: o.Biases = T.biases,
     patience: o.Patience = T.patience,
     checkpoint_every: o.CheckpointEvery = T.checkpoint_every,
     nproc_per_node: o.NprocPerNode = 1,

@@ -6,7 +6,7 @@ Every user and every item owns its feature values, so a batch needs only user ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +17,67 @@ if TYPE_CHECKING:
     from dlrm_cli.config import DataSource
 
 PAD = -1  # fills the unused slots of a multi-valued feature
+BAG_FEATURES = {"user": "rated_items", "item": "raters"}  # each kind's implicit-feedback bag, as a sparse feature
+
+
+@dataclass
+class Bag:
+    """A multi-valued feature stored jagged, one bag per entity row: row r holds
+    ``values[offsets[r]:offsets[r + 1]]``, rows of the other kind's id table (a user's bag holds the items it
+    rated in training, an item's bag the users who rated it). The neutral row's bag is empty.
+
+    A ``normalised`` bag is pooled as its sum divided by ``sqrt(n)`` (SVD++'s ``|N(u)|^-1/2``): the model
+    scales the sum (``TableConfig.bag``). A pooled bag (``pool_bags``) holds one value per entity, its
+    own row in a table of its pooled embeddings.
+    """
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    table_rows: int
+    normalised: bool = True
+
+    @classmethod
+    def build(cls, owners: np.ndarray, members: np.ndarray, n_owners: int, table_rows: int) -> Bag:
+        """The bags of ``n_owners`` entity rows from (owner row, member id row) pairs, each bag sorted."""
+        order = np.lexsort((members, owners))
+        counts = np.bincount(owners, minlength=n_owners)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        return cls(torch.from_numpy(members[order].astype(np.int64)), torch.from_numpy(offsets), table_rows)
+
+    @classmethod
+    def pooled(cls, n_rows: int) -> Bag:
+        rows = torch.arange(n_rows, dtype=torch.int64)
+        return cls(rows, torch.arange(n_rows + 1, dtype=torch.int64), n_rows, normalised=False)
+
+    def sizes(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.offsets[rows + 1] - self.offsets[rows]
+
+    def gather(self, rows: torch.Tensor, leave_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values and lengths of the bags of B entity rows, jagged in batch order. ``leave_out[b]``, when
+        given, is dropped from bag b (in training: the rating being learned is no evidence for itself)."""
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        total = int(lengths.sum())
+        first = torch.cumsum(lengths, 0) - lengths
+        index = torch.repeat_interleave(starts - first, lengths, output_size=total) + torch.arange(total)
+        values = self.values[index]
+        if leave_out is None:
+            return values, lengths
+        sample = torch.repeat_interleave(torch.arange(rows.shape[0]), lengths, output_size=total)
+        keep = values != leave_out[sample]
+        return values[keep], lengths - torch.bincount(sample[~keep], minlength=rows.shape[0])
+
+    def state(self) -> dict[str, object]:
+        return {
+            "values": self.values,
+            "offsets": self.offsets,
+            "table_rows": self.table_rows,
+            "normalised": self.normalised,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Bag:
+        return cls(state["values"], state["offsets"], int(state["table_rows"]), bool(state["normalised"]))
 
 
 @dataclass
@@ -26,7 +87,8 @@ class EntityTable:
     ``keys`` are the raw ids in row order, sorted, so that raw ids map to rows by binary search.
     ``id_rows`` gives each entity's row in its id embedding table; entities never seen in training
     share the out-of-vocabulary row 0 when the table has one.
-    ``sparse`` maps a feature name to an E x L tensor of embedding rows padded with ``PAD``.
+    ``sparse`` maps a feature name to an E x L tensor of embedding rows padded with ``PAD``; ``bags`` maps
+    one to a jagged ``Bag`` (E + 1 bags: the neutral row's is empty).
     """
 
     kind: str
@@ -39,6 +101,7 @@ class EntityTable:
     titles: list[str] | None = None
     id_table_rows: int = 0
     has_oov: bool = False
+    bags: dict[str, Bag] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -99,6 +162,7 @@ class EntityTable:
             "sparse": dict(self.sparse),
             "sparse_sizes": dict(self.sparse_sizes),
             "titles": self.titles,
+            "bags": {name: bag.state() for name, bag in self.bags.items()},
         }
 
     @classmethod
@@ -116,6 +180,7 @@ class EntityTable:
             sparse=dict(state["sparse"]),
             sparse_sizes={k: int(v) for k, v in state["sparse_sizes"].items()},
             titles=state["titles"],
+            bags={name: Bag.from_state(bag) for name, bag in state.get("bags", {}).items()},  # none before format 3
         )
 
 
@@ -163,18 +228,31 @@ class Catalog:
 
     @property
     def sparse_features(self) -> list[tuple[str, int]]:
-        """(feature name, embedding rows) in the order of the KJT keys and the embedding tables."""
+        """(feature name, embedding rows) in the order of the KJT keys and the embedding tables: the ids,
+        the side features, then the bags."""
         features = [("user_id", self.users.id_table_rows), ("item_id", self.items.id_table_rows)]
         for table in (self.users, self.items):
             features.extend((name, table.sparse_sizes[name]) for name in table.sparse)
+        for table in (self.users, self.items):
+            features.extend((name, bag.table_rows) for name, bag in table.bags.items())
         return features
 
-    def batch(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> tuple[torch.Tensor, KeyedJaggedTensor]:
-        """Model inputs for B (user, item) pairs: dense features B x (du + di) and a KJT of the sparse ones."""
+    @property
+    def normalised_bags(self) -> list[str]:
+        """The features whose pooled sums the model divides by sqrt(n) (``TableConfig.bag``)."""
+        return [name for table in (self.users, self.items) for name, bag in table.bags.items() if bag.normalised]
+
+    def batch(
+        self, user_rows: torch.Tensor, item_rows: torch.Tensor, leave_out: bool = False
+    ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
+        """Model inputs for B (user, item) pairs: dense features B x (du + di) and a KJT of the sparse ones.
+        ``leave_out`` (training) drops each pair's item from its user's bag and its user from its item's
+        bag, so that a rating is never evidence for itself."""
         dense = torch.cat((self.users.dense[user_rows], self.items.dense[item_rows]), dim=1)
         size = user_rows.shape[0]
         ones = torch.ones(size, dtype=torch.int64)
-        values = [self.users.id_rows[user_rows], self.items.id_rows[item_rows]]
+        user_ids, item_ids = self.users.id_rows[user_rows], self.items.id_rows[item_rows]
+        values = [user_ids, item_ids]
         lengths = [ones, ones]
         for table, rows in ((self.users, user_rows), (self.items, item_rows)):
             for matrix in table.sparse.values():
@@ -186,6 +264,11 @@ class Catalog:
                     mask = picked >= 0
                     values.append(picked[mask])
                     lengths.append(mask.sum(dim=1))
+        for rows, others, table in ((user_rows, item_ids, self.users), (item_rows, user_ids, self.items)):
+            for bag in table.bags.values():
+                bag_values, bag_lengths = bag.gather(rows, others if leave_out else None)
+                values.append(bag_values)
+                lengths.append(bag_lengths)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=[name for name, _ in self.sparse_features],
             values=torch.cat(values),
@@ -229,3 +312,16 @@ class Dataset:
     @property
     def global_mean(self) -> float:
         return float(self.train.rating.mean())
+
+
+def with_bags(dataset: Dataset) -> Dataset:
+    """The data set with each user's and each item's implicit-feedback bag, from its training rows only: the
+    items a user rated (SVD++'s N(u)) and the users who rated an item (Rendle et al. 2019's "flipped" bag)."""
+    catalog, train = dataset.catalog, dataset.train
+    users, items = catalog.users, catalog.items
+    user_rows, item_rows = train.user.numpy(), train.item.numpy()
+    user_bag = Bag.build(user_rows, items.id_rows.numpy()[item_rows], len(users) + 1, items.id_table_rows)
+    item_bag = Bag.build(item_rows, users.id_rows.numpy()[user_rows], len(items) + 1, users.id_table_rows)
+    users = replace(users, bags={BAG_FEATURES["user"]: user_bag})
+    items = replace(items, bags={BAG_FEATURES["item"]: item_bag})
+    return replace(dataset, catalog=replace(catalog, users=users, items=items))

@@ -1,0 +1,175 @@
+"""Implicit-feedback bags: each user's rated items and each item's raters, from training rows only."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, tiny_request
+from fixtures import write_ml1m
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlrm_cli.config import ModelConfig, TableConfig
+from dlrm_cli.data import load_dataset, parse_data_option
+from dlrm_cli.data.catalog import Bag, with_bags
+from dlrm_cli.loading import open_model
+from dlrm_cli.metrics import score
+from dlrm_cli.model import build_model, pool_bags
+
+
+@pytest.fixture(scope="module")
+def movielens(tmp_path_factory: pytest.TempPathFactory):
+    folder = write_ml1m(tmp_path_factory.mktemp("ml1m") / "ml-1m")
+    return with_bags(load_dataset(parse_data_option(f"movielens:{folder}")))
+
+
+def pairs_in_bags(dataset) -> tuple[Counter, Counter]:
+    """(user id row, item id row) pairs as the user bags and as the item bags hold them."""
+    catalog = dataset.catalog
+    users, items = catalog.users, catalog.items
+    user_bag, item_bag = users.bags["rated_items"], items.bags["raters"]
+    from_users, from_items = Counter(), Counter()
+    for row in range(len(users) + 1):
+        for item in user_bag.values[user_bag.offsets[row] : user_bag.offsets[row + 1]].tolist():
+            from_users[(int(users.id_rows[row]), item)] += 1
+    for row in range(len(items) + 1):
+        for user in item_bag.values[item_bag.offsets[row] : item_bag.offsets[row + 1]].tolist():
+            from_items[(user, int(items.id_rows[row]))] += 1
+    return from_users, from_items
+
+
+def id_pairs(dataset, ratings) -> Counter:
+    users, items = dataset.catalog.users, dataset.catalog.items
+    return Counter(zip(users.id_rows[ratings.user].tolist(), items.id_rows[ratings.item].tolist(), strict=True))
+
+
+def test_bags_hold_exactly_the_training_ratings_and_no_held_out_one(movielens):
+    from_users, from_items = pairs_in_bags(movielens)
+    train = id_pairs(movielens, movielens.train)
+    assert from_users == train and from_items == train  # every training rating once, in both bags
+    for held_out in (movielens.validation, movielens.test):
+        pairs = id_pairs(movielens, held_out)
+        assert pairs and not set(pairs) - set(train) & set(from_users)  # no held-out pair in any bag
+
+
+def test_the_vocabularies_and_bag_tables_come_from_training_rows(movielens):
+    catalog = movielens.catalog
+    trained_users = set(catalog.users.id_rows[movielens.train.user].tolist())
+    trained_items = set(catalog.items.id_rows[movielens.train.item].tolist())
+    assert set(catalog.users.bags["rated_items"].values.tolist()) <= trained_items
+    assert set(catalog.items.bags["raters"].values.tolist()) <= trained_users
+    assert catalog.users.bags["rated_items"].table_rows == catalog.items.id_table_rows
+    assert catalog.items.bags["raters"].table_rows == catalog.users.id_table_rows
+    neutral = catalog.users.neutral_row
+    assert int(catalog.users.bags["rated_items"].sizes(torch.tensor([neutral]))) == 0  # an unknown user: no bag
+
+
+def bags_of(kjt, feature: str) -> list[list[int]]:
+    return [v.tolist() for v in kjt.to_dict()[feature].to_dense()]
+
+
+def test_training_leaves_each_rating_out_of_its_own_bags(movielens):
+    catalog, train = movielens.catalog, movielens.train
+    users, items = train.user[:64], train.item[:64]
+    user_ids, item_ids = catalog.users.id_rows[users], catalog.items.id_rows[items]
+    whole = bags_of(catalog.batch(users, items)[1], "rated_items")
+    for leave_out in (False, True):
+        _, kjt = catalog.batch(users, items, leave_out=leave_out)
+        rated, raters = bags_of(kjt, "rated_items"), bags_of(kjt, "raters")
+        for b in range(64):
+            assert (int(item_ids[b]) in rated[b]) is not leave_out
+            assert (int(user_ids[b]) in raters[b]) is not leave_out
+            kept = [i for i in whole[b] if not (leave_out and i == item_ids[b])]  # (a rating repeated: all go)
+            assert rated[b] == kept
+
+
+def test_a_bag_is_gathered_in_batch_order_with_its_own_members():
+    bag = Bag.build(np.array([0, 0, 0, 1, 1, 2]), np.array([5, 3, 4, 1, 2, 7]), n_owners=4, table_rows=8)
+    values, lengths = bag.gather(torch.tensor([1, 3, 0, 2]), leave_out=torch.tensor([2, 9, 3, 7]))
+    assert lengths.tolist() == [1, 0, 2, 0] and values.tolist() == [1, 4, 5]
+    values, lengths = bag.gather(torch.tensor([2, 0]))
+    assert lengths.tolist() == [1, 3] and values.tolist() == [7, 3, 4, 5]
+
+
+def test_the_model_pools_a_bag_as_its_sum_over_the_square_root_of_its_size():
+    config = ModelConfig(
+        num_dense=1,
+        tables=(TableConfig("user_id", 3), TableConfig("rated_items", 5, bag=True)),
+        embedding_dim=4,
+        bottom_mlp=(4,),
+        top_mlp=(4,),
+    )
+    model = build_model(config)
+    table = model.dlrm.sparse_arch.embedding_bag_collection.embedding_bags["t_rated_items"].weight
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        ["user_id", "rated_items"], torch.tensor([1, 2, 0, 1, 4, 3]), torch.tensor([1, 1, 3, 1])
+    )
+    seen = {}
+
+    def keep(module, args, kwargs, out):
+        seen["sparse"] = kwargs["sparse_features"].detach()
+
+    model.dlrm.inter_arch.register_forward_hook(keep, with_kwargs=True)
+    model(torch.zeros(2, 1), kjt)
+    bag = seen["sparse"][:, 1]  # B x D: what the interaction takes for the bag
+    expected = torch.stack([(table[0] + table[1] + table[4]) / 3**0.5, table[3]]).detach()
+    torch.testing.assert_close(bag, expected)
+    torch.testing.assert_close(seen["sparse"][:, 0], model_ids(model, [1, 2]))
+
+
+def model_ids(model, rows: list[int]) -> torch.Tensor:
+    return model.dlrm.sparse_arch.embedding_bag_collection.embedding_bags["t_user_id"].weight[rows].detach()
+
+
+def test_a_loaded_model_scores_with_pooled_bags_as_the_trained_model_does_with_whole_ones(tmp_path):
+    from dlrm_cli.training import train
+
+    train(tiny_request(tmp_path / "store", name="bags", epochs=1))
+    loaded = open_model(tmp_path / "store", "bags")
+    assert loaded.catalog.users.bags["rated_items"].normalised is False  # pooled: one row per user
+    dataset = with_bags(load_dataset(loaded.checkpoint.run.data))
+    whole = build_model(ModelConfig.from_dict(loaded.meta["model"]))
+    whole.load_state_dict(loaded.checkpoint.tensors("model.pt"))
+    test = dataset.test
+    expected = score(whole, dataset.catalog, test.user, test.item, torch.device("cpu"))
+    pooled = score(loaded.model, loaded.catalog, test.user, test.item, torch.device("cpu"))
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)
+    assert pool_bags(loaded.model, loaded.catalog)[0] is loaded.model  # already pooled: left as it is
+
+
+def test_bags_are_chosen_per_run_and_recorded(dlrm):
+    assert dlrm("train", "--epochs", "1", "--name", "plain", *TINY).exit_code == 0  # synthetic: none by default
+    assert dlrm("train", "--epochs", "1", "--bags", "--name", "bags", *TINY).exit_code == 0
+    metas = {name: json.loads((dlrm.store / name / "meta.json").read_text()) for name in ("plain", "bags")}
+    assert metas["plain"]["run"]["train"]["bags"] is False and metas["bags"]["run"]["train"]["bags"] is True
+    assert "rated_items" not in metas["plain"]["features"]["sparse"]
+    assert metas["bags"]["features"]["sparse"][-2:] == ["rated_items", "raters"]
+    assert [t["bag"] for t in metas["bags"]["model"]["tables"]][-2:] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("train", "export"),
+    [
+        (["--bags"], []),
+        (["--bags"], ["--format", "torchscript"]),
+        (["--bags"], ["--inputs", "features"]),
+        (["--bags"], ["--quantize", "int8"]),
+        (["--bags", "--no-biases"], ["--format", "torchscript"]),
+        (["--no-bags", "--no-biases"], ["--format", "torchscript", "--inputs", "features"]),
+    ],
+)
+def test_every_kind_of_artifact_holds_the_bags_and_matches_the_checkpoint(dlrm, tmp_path, train, export):
+    assert dlrm("train", "--epochs", "1", *train, *TINY).exit_code == 0
+    output = tmp_path / "model.out"
+    result = dlrm("export", "--output", output, *export, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["max_abs_difference"] <= 1e-5  # against the checkpoint, on held-out pairs and unknown ids
+    described = json.loads((tmp_path / "model.out.json").read_text())
+    sparse = described["sparse"] if "--inputs" in export else described["features"]["sparse"]
+    bags = [entry for entry in sparse if entry["feature"] in ("rated_items", "raters")]
+    assert len(bags) == (2 if "--bags" in train else 0)
+    assert all("pooled inside the artifact" in entry["ids"] for entry in bags)
