@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from dlrm_cli.config import SyntheticSpec, TrainConfig
-from dlrm_cli.data.catalog import Dataset
+from dlrm_cli.data.catalog import Dataset, with_bags
 from dlrm_cli.data.synthetic import generate
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.memory import keep_freed_memory
@@ -39,11 +39,15 @@ from dlrm_cli.training import model_config_for, train_step
 PATHS = ("fused", "plain_ebc", "reference")
 # The models a run can measure. ``seed`` has the sizes of the example dlrm started from (and of the
 # reference script people write from it): 1,000 users and 500 items, embeddings of 64, MLPs 32-64 and 128-64.
+# ``movielens`` is the default model on data of the MovieLens 1M subset's sizes, whose bags (a user's rated
+# items, an item's raters) are what MovieLens data trains with; ``default`` has --rows-row tables.
 MODELS: dict[str, TrainConfig] = {
     "default": TrainConfig(),
-    "seed": TrainConfig(embedding_dim=64, bottom_mlp=(32, 64), top_mlp=(128, 64)),
+    "movielens": TrainConfig(),
+    "seed": TrainConfig(embedding_dim=64, bottom_mlp=(32, 64), top_mlp=(128, 64), bags=False, biases=False),
 }
 SEED_USERS, SEED_ITEMS = 1_000, 500
+MOVIELENS_SIZES = SyntheticSpec(users=3_000, items=3_600, ratings=487_650)
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ def _data(model: str, settings: BenchmarkSettings) -> Dataset:
     users, items = (SEED_USERS, SEED_ITEMS) if model == "seed" else (settings.rows, settings.rows)
     ratings = min(max(20_000, 40 * settings.batch_size), 2_000_000)
     try:
-        return generate(SyntheticSpec(users=users, items=items, ratings=ratings))
+        spec = MOVIELENS_SIZES if model == "movielens" else SyntheticSpec(users=users, items=items, ratings=ratings)
+        return generate(spec)
     except ValueError as error:  # sizes this machine cannot hold
         raise DlrmUsageError(str(error)) from None
 
@@ -111,6 +116,8 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
     """One training step of dlrm as ``dlrm train`` runs it (thread count chosen the same way); returns
     the number of samples it trained on."""
     torch.manual_seed(0)
+    if train_config.bags:
+        data = with_bags(data)
     config = model_config_for(data, train_config)
     model, optimizers = build_for_training(config, train_config, torch.device("cpu"))
     train, catalog = data.train, data.catalog
@@ -121,7 +128,7 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
         start = position[0] % (len(train) - settings.batch_size)
         rows = order[start : start + settings.batch_size]
         position[0] += settings.batch_size
-        dense, kjt = catalog.batch(train.user[rows], train.item[rows])
+        dense, kjt = catalog.batch(train.user[rows], train.item[rows], leave_out=True)
         train_step(model, optimizers, dense, kjt, train.rating[rows], train_config.embedding_l2).item()
         return settings.batch_size
 
@@ -378,6 +385,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] =
         progress(f"{model} model: synthetic data, {users:,} users and {items:,} items")
         train[model] = {}
         for path in settings.paths:
+            if model == "movielens" and path == "reference":
+                continue  # the hand-written reference has no bags to compare with
             progress(f"{model} model: training throughput, {path}")
             torch.set_num_threads(threads)
             if path == "reference":
@@ -386,6 +395,11 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] =
                 embeddings = "fused" if path == "fused" else "plain"
                 rate = _dlrm_train_rate(data, replace(MODELS[model], embeddings=embeddings), settings)
             train[model][path] = {"train_samples_per_s": rate}
+        if model == "movielens" and "fused" in settings.paths:  # what the bags cost
+            progress(f"{model} model: training throughput, fused without bags")
+            torch.set_num_threads(threads)
+            rate = _dlrm_train_rate(data, replace(MODELS[model], bags=False), settings)
+            train[model]["fused_without_bags"] = {"train_samples_per_s": rate}
     concurrency: dict[str, Any] = {}
     if settings.concurrent:
         model = settings.models[0]
@@ -406,7 +420,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] =
         for path in rates:
             if path != "fused":
                 ratios[f"{model}_fused_over_{path}"] = fused / rates[path]["train_samples_per_s"]
-        flops = _mlp_flops_per_sample(RatingDLRM(model_config_for(datasets[model], MODELS[model])))
+        trained = with_bags(datasets[model]) if MODELS[model].bags else datasets[model]
+        flops = _mlp_flops_per_sample(RatingDLRM(model_config_for(trained, MODELS[model])))
         ceiling = mlp["matmul_gflops"] * 1e9 / flops  # samples/s if the MLPs ran at the matmul rate
         rates["fused"]["ceiling_samples_per_s"] = ceiling
         ratios[f"{model}_fused_share_of_ceiling"] = fused / ceiling

@@ -71,11 +71,15 @@ def test_benchmark_smoke_json(dlrm):
     result = dlrm("benchmark", "--rows", "300", *QUICK, "--eval-ratings", "2000", "--concurrent", "0", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report["train"]) == {"default", "seed"}
-    for model in ("default", "seed"):
-        assert set(report["train"][model]) == {"fused", "plain_ebc", "reference"}
+    assert set(report["train"]) == {"default", "movielens", "seed"}
+    for model in ("default", "movielens", "seed"):
         assert all(figures["train_samples_per_s"] > 0 for figures in report["train"][model].values())
         assert report["train"][model]["fused"]["ceiling_samples_per_s"] > 0
+    assert set(report["train"]["seed"]) == set(report["train"]["default"]) == {"fused", "plain_ebc", "reference"}
+    # the model MovieLens data trains, with its bags and without: the reference has no bags to compare
+    assert set(report["train"]["movielens"]) == {"fused", "plain_ebc", "fused_without_bags"}
+    features = {t["feature"] for t in report["settings"]["tables"]["movielens"]}
+    assert {"user_id", "item_id"} <= features
     # the seed example's sizes: 1,000 users and 500 items, whatever --rows says
     assert {t["feature"]: t["rows"] for t in report["settings"]["tables"]["seed"]}["user_id"] == 1000
     assert report["concurrency"] == {}
@@ -88,6 +92,7 @@ def test_benchmark_smoke_json(dlrm):
         "mlp_over_matmul",
         *(f"{model}_fused_{ratio}" for model in ("default", "seed") for ratio in
           ("over_plain_ebc", "over_reference", "share_of_ceiling")),
+        *(f"movielens_fused_{ratio}" for ratio in ("over_plain_ebc", "over_fused_without_bags", "share_of_ceiling")),
     }  # fmt: skip
 
 
@@ -105,10 +110,10 @@ def test_benchmark_trains_in_several_processes_at_once(dlrm):
 
 def test_benchmark_table_and_bad_paths(dlrm):
     result = dlrm("benchmark", "--rows", "200", *QUICK, "--eval-ratings", "500", "--paths", "fused",
-                  "--concurrent", "0")  # fmt: skip
+                  "--concurrent", "0", "--model", "default,seed")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Training, default model" in result.stdout and "Training, seed model" in result.stdout
     assert "of this model's matmul-bound ceiling" in result.stdout and "Evaluate: 500 ratings" in result.stdout
     assert_error(dlrm("benchmark", "--paths", "fused,gpu"), 2, "--paths takes fused, plain_ebc, reference; got 'gpu'")
-    assert_error(dlrm("benchmark", "--model", "big"), 2, "--model takes default, seed; got 'big'")
+    assert_error(dlrm("benchmark", "--model", "big"), 2, "--model takes default, movielens, seed; got 'big'")
     assert_error(dlrm("benchmark", "--concurrent", "1"), 2, "--concurrent takes 0 (skip) or 2 or more processes; got 1")
