@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCHREC := torchrec==1.8.0
 
-.PHONY: setup train test test-quick lint format benchmark clean
+.PHONY: setup train test test-quick lint format benchmark peers clean
 
 setup: $(STAMP)
 
@@ -35,5 +35,18 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The accuracy benchmark's peers, each in its own environment: myFM, and scikit-surprise (which needs numpy<2).
+peers: .venv-myfm/.installed .venv-surprise/.installed
+
+.venv-myfm/.installed:
+	$(PYTHON) -m venv .venv-myfm
+	.venv-myfm/bin/python -m pip install -q --disable-pip-version-check "setuptools<81" myfm==0.4.0
+	touch $@
+
+.venv-surprise/.installed:
+	$(PYTHON) -m venv .venv-surprise
+	.venv-surprise/bin/python -m pip install -q --disable-pip-version-check "numpy<2" "pandas<3" scikit-surprise==1.1.5
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-myfm .venv-surprise .pytest_cache .ruff_cache
