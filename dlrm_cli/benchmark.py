@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from dlrm_cli.config import SyntheticSpec, TrainConfig
-from dlrm_cli.data.catalog import Dataset, with_bags
+from dlrm_cli.data.catalog import Dataset
 from dlrm_cli.data.synthetic import generate
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.memory import keep_freed_memory
@@ -34,7 +34,7 @@ from dlrm_cli.metrics import score
 from dlrm_cli.model import RatingDLRM, to_rating
 from dlrm_cli.optim import build_for_training
 from dlrm_cli.threads import available_cpus, chosen_threads, take_charge
-from dlrm_cli.training import model_config_for, train_step
+from dlrm_cli.training import model_config_for, train_step, training_data
 
 PATHS = ("fused", "plain_ebc", "reference")
 # The models a run can measure. ``seed`` has the sizes of the example dlrm started from (and of the
@@ -116,8 +116,7 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
     """One training step of dlrm as ``dlrm train`` runs it (thread count chosen the same way); returns
     the number of samples it trained on."""
     torch.manual_seed(0)
-    if train_config.bags:
-        data = with_bags(data)
+    data = training_data(data, train_config)
     config = model_config_for(data, train_config)
     model, optimizers = build_for_training(config, train_config, torch.device("cpu"))
     train, catalog = data.train, data.catalog
@@ -420,7 +419,7 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] =
         for path in rates:
             if path != "fused":
                 ratios[f"{model}_fused_over_{path}"] = fused / rates[path]["train_samples_per_s"]
-        trained = with_bags(datasets[model]) if MODELS[model].bags else datasets[model]
+        trained = training_data(datasets[model], MODELS[model])
         flops = _mlp_flops_per_sample(RatingDLRM(model_config_for(trained, MODELS[model])))
         ceiling = mlp["matmul_gflops"] * 1e9 / flops  # samples/s if the MLPs ran at the matmul rate
         rates["fused"]["ceiling_samples_per_s"] = ceiling

@@ -141,7 +141,7 @@ class EpochState:
     best: Best
 
     def resume_state(self) -> dict[str, Any]:
-        """The ``train_state.pt`` file (its layout is shared by checkpoint formats 1 and 2)."""
+        """The ``train_state.pt`` file (its layout is shared by checkpoint formats 1 to 3)."""
         return {
             "model": self.weights,
             "optimizers": self.optimizers,
@@ -222,8 +222,7 @@ class TrainingRun:
                 "only on the data it started on: restore those files, or train a new run on the new ones "
                 "(without --resume)"
             ) from None
-        if self.settings.bags:
-            self.dataset = with_bags(self.dataset)
+        self.dataset = training_data(self.dataset, self.settings)
         self.observer.data_loaded(self.dataset, self.parallel.world)
         resume = load_resume(self.store, self.request.resume) if self.request.resume else None
         if resume is not None:
@@ -506,6 +505,11 @@ def load_resume(store: CheckpointStore, ref: str) -> ResumeFrom:
         best_state=checkpoint.tensors("model.pt"),
         last=checkpoint.tensors("train_state.pt"),
     )
+
+
+def training_data(dataset: Dataset, settings: TrainConfig) -> Dataset:
+    """The data set as a run with ``settings`` trains on it: with the implicit-feedback bags if it asks for them."""
+    return with_bags(dataset) if settings.bags else dataset
 
 
 def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
