@@ -286,17 +286,10 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
             "note": "standardised with the training data's statistics",
         },
         "sparse": [
-            {"feature": name, "rows": rows, "ids": "int64 embedding rows", "offsets": "int64, size B"}
+            {"feature": name, "rows": rows, "ids": _feature_ids(catalog, name), "offsets": "int64, size B"}
             for name, rows in catalog.sparse_features
         ],
     }
-    for entities, of in ((catalog.users, "user"), (catalog.items, "item")):
-        for entry in features["sparse"]:
-            if entry["feature"] in entities.bags:
-                entry["ids"] = (
-                    f"int64, one per sample: the {of}'s row ({of} ids sorted, an unknown {of}: the last row); "
-                    f"the {of}'s bag of training ratings is pooled inside the artifact"
-                )
     described: dict[str, Any] = {
         "checkpoint": checkpoint,
         "format": spec.format,
@@ -331,6 +324,18 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
             "that takes these instead: model(dense, ids, offsets) -> ratings",
         },
     }
+
+
+def _feature_ids(catalog: Catalog, feature: str) -> str:
+    """What an artifact's ``ids`` hold for one sparse feature: embedding rows, or for a pooled bag the row of
+    the entity that owns it."""
+    for entities, of in ((catalog.users, "user"), (catalog.items, "item")):
+        if feature in entities.bags:
+            return (
+                f"int64, one per sample: the {of}'s row ({of} ids sorted, an unknown {of}: the last row); "
+                f"the {of}'s bag of training ratings is pooled inside the artifact"
+            )
+    return "int64 embedding rows"
 
 
 def _id_description(table: EntityTable) -> dict[str, Any]:
