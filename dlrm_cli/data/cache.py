@@ -67,7 +67,7 @@ def _arrays(raw: RawData) -> dict[str, np.ndarray]:
     arrays = {"user": raw.user, "item": raw.item, "rating": raw.rating}
     if raw.time is not None:
         arrays["time"] = raw.time
-    meta = {"rating_range": raw.rating_range, "release": raw.release, "n_train": raw.n_train}
+    meta = {"rating_range": raw.rating_range, "release": raw.release, "n_train": raw.n_train, "implicit": raw.implicit}
     for kind, table in (("users", raw.users), ("items", raw.items)):
         if table is None:
             continue
@@ -108,4 +108,5 @@ def _load(path: Path) -> RawData:
             items=tables["items"],
             release=meta["release"],
             n_train=int(meta["n_train"]),
+            implicit=bool(meta.get("implicit", False)),
         )

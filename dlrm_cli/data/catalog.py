@@ -221,6 +221,7 @@ class Catalog:
     items: EntityTable
     rating_min: float
     rating_max: float
+    implicit: bool = False  # interactions without ratings: every row is a 1 on a 0-1 scale
 
     @property
     def dense_names(self) -> list[str]:
@@ -282,6 +283,7 @@ class Catalog:
             "items": self.items.state(),
             "rating_min": self.rating_min,
             "rating_max": self.rating_max,
+            "implicit": self.implicit,
         }
 
     @classmethod
@@ -291,6 +293,7 @@ class Catalog:
             items=EntityTable.from_state(state["items"]),
             rating_min=float(state["rating_min"]),
             rating_max=float(state["rating_max"]),
+            implicit=bool(state.get("implicit", False)),
         )
 
 

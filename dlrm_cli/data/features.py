@@ -166,7 +166,7 @@ def build_dataset(raw: RawData, source: FileSource) -> Dataset:
     everything = Ratings(user_rows, item_rows, torch.from_numpy(raw.rating))
     low, high = raw.rating_range
     return Dataset(
-        catalog=Catalog(users=users, items=items, rating_min=low, rating_max=high),
+        catalog=Catalog(users=users, items=items, rating_min=low, rating_max=high, implicit=raw.implicit),
         train=everything.subset(torch.from_numpy(rows["train"])),
         validation=everything.subset(torch.from_numpy(rows["validation"])),
         test=everything.subset(torch.from_numpy(rows["test"])),

@@ -7,6 +7,7 @@ can cause becomes a ``DataError`` naming the file and, for a bad row, its line.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class SideTable:
 
 @dataclass
 class RawData:
-    """Ratings in file order with raw ids; ``n_train`` > 0 when the files themselves fix the split."""
+    """Ratings in file order with raw ids; ``n_train`` > 0 when the files themselves fix the split.
+    ``implicit`` data has interactions without ratings (each row counts as 1 on a 0-1 scale)."""
 
     user: np.ndarray
     item: np.ndarray
@@ -49,6 +51,7 @@ class RawData:
     items: SideTable | None = None
     release: str = ""
     n_train: int = 0
+    implicit: bool = False
 
     def __len__(self) -> int:
         return len(self.rating)
@@ -286,7 +289,8 @@ def rating_file_lines(
         release = detect_movielens(folder)
         main = folder / {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-csv": "ratings.csv"}[release]
         return [(path, _movielens_ratings(path, release)[1]) for path in rating_files or [main]]
-    return [(path, _csv_table(path, columns or CsvColumns())[1]) for path in rating_files or [folder]]
+    columns = columns or CsvColumns()
+    return [(path, _csv_table(path, columns, implicit_csv(path, columns))[1]) for path in rating_files or [folder]]
 
 
 def locate(files: list[tuple[Path, np.ndarray]], index: int) -> str:
@@ -359,21 +363,29 @@ def read_movielens(folder: Path, rating_files: list[Path] | None = None) -> RawD
 
 
 def read_csv(path: Path, columns: CsvColumns) -> RawData:
-    """Any interactions table with a header. Side columns must describe the user or the item of each row."""
+    """Any interactions table with a header. Side columns must describe the user or the item of each row.
+    Without a rating column (none named, and no column called ``rating``) the rows are implicit feedback:
+    clicks, views or purchases, each an interaction."""
     user_column, item_column, rating_column = columns.user_column, columns.item_column, columns.rating_column
-    named = _named_columns(columns)
+    implicit = implicit_csv(path, columns)
+    named = _named_columns(columns, implicit)
     duplicated = sorted({c for c in named if named.count(c) > 1})
     if duplicated:
         raise DataError(f"column {duplicated[0]!r} is named for more than one role")
-    frame, lines = _csv_table(path, columns)
-    values = frame[rating_column].to_numpy()
-    limit = f"±{MAX_RATING:g}, the range dlrm's float32 arithmetic can train on"
-    check_range(path, frame, lines, rating_column, -MAX_RATING, MAX_RATING, limit)
-    low, high = columns.rating_range or (float(values.min()), float(values.max()))
-    if columns.rating_range:
-        check_range(path, frame, lines, rating_column, low, high)
-    if high <= low:
-        raise DataError(f"{path}: every rating is {low:g}; there is nothing to learn")
+    if implicit and columns.rating_range:
+        raise DataError(f"{path} has no rating column, so --rating-range has nothing to describe")
+    frame, lines = _csv_table(path, columns, implicit)
+    if implicit:
+        values, low, high = np.ones(len(frame), dtype=np.float32), 0.0, 1.0
+    else:
+        values = frame[rating_column].to_numpy()
+        limit = f"±{MAX_RATING:g}, the range dlrm's float32 arithmetic can train on"
+        check_range(path, frame, lines, rating_column, -MAX_RATING, MAX_RATING, limit)
+        low, high = columns.rating_range or (float(values.min()), float(values.max()))
+        if columns.rating_range:
+            check_range(path, frame, lines, rating_column, low, high)
+        if high <= low:
+            raise DataError(f"{path}: every rating is {low:g}; there is nothing to learn")
     user, item = _ids(frame[user_column]), _ids(frame[item_column])
     users, items = SideTable(ids=np.unique(user)), SideTable(ids=np.unique(item))
     for column in (*columns.dense, *columns.sparse):
@@ -399,19 +411,34 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
         users=users,
         items=items,
         release="csv",
+        implicit=implicit,
     )
 
 
-def _named_columns(columns: CsvColumns) -> list[str]:
+def implicit_csv(path: Path, columns: CsvColumns) -> bool:
+    """True for a table of interactions without ratings: no rating column was named, and its header has no
+    column called ``rating``."""
+    if columns.rating is not None:
+        return False
+    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    with contextlib.suppress(OSError, UnicodeDecodeError), path.open(encoding="utf-8") as file:
+        header = file.readline().rstrip("\r\n").split(sep)
+        return columns.rating_column not in [name.strip().strip('"') for name in header]
+    return False  # unreadable: read_table names the problem
+
+
+def _named_columns(columns: CsvColumns, implicit: bool = False) -> list[str]:
     """Every column the options give a role, in role order (a column named twice appears twice)."""
-    return [columns.user_column, columns.item_column, columns.rating_column, *columns.dense, *columns.sparse,
+    rating = [] if implicit else [columns.rating_column]
+    return [columns.user_column, columns.item_column, *rating, *columns.dense, *columns.sparse,
             *([columns.time] if columns.time else [])]  # fmt: skip
 
 
-def _csv_table(path: Path, columns: CsvColumns) -> tuple[pd.DataFrame, np.ndarray]:
-    named = _named_columns(columns)
+def _csv_table(path: Path, columns: CsvColumns, implicit: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
+    named = _named_columns(columns, implicit)
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-    numeric = (columns.rating_column, *columns.dense) + ((columns.time,) if columns.time else ())
+    rating = () if implicit else (columns.rating_column,)
+    numeric = (*rating, *columns.dense) + ((columns.time,) if columns.time else ())
     return read_table(path, sep=sep, required=tuple(named), numeric=numeric, dtype=dict.fromkeys(columns.sparse, str))
 
 
@@ -426,6 +453,8 @@ def _owner(frame: pd.DataFrame, column: str, columns: CsvColumns) -> str | None:
 def concat_for_files_split(parts: list[RawData]) -> RawData:
     """Training file then test file, as one table whose first ``n_train`` rows are the training rows."""
     train, test = parts
+    if train.implicit != test.implicit:
+        raise DataError("one file of the split has a rating column and the other has none; give both or neither")
     side = {}
     for kind in ("users", "items"):
         tables = [getattr(p, kind) for p in parts]
@@ -446,6 +475,7 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
         rating=np.concatenate([train.rating, test.rating]),
         time=times,
         rating_range=(low, high),
+        implicit=train.implicit,
         users=side["users"],
         items=side["items"],
         release="csv",
