@@ -5,13 +5,13 @@ import logging
 # Importing TorchRec pulls in torch.fx, which logs a warning meant for torch's own developers.
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
-# Checkpoints record the format they were written in. This version writes format 3 (implicit-feedback bags
-# in the catalog, bag tables in the model) and reads formats 1 and 2 too, converting them on load
+# Checkpoints record the format they were written in. This version writes format 4 (the model's heads: a
+# rating, a ranking logit or both) and reads formats 1 to 3 too, converting them on load
 # (``dlrm_cli.store.upgrade_meta``); it refuses any other.
-CHECKPOINT_FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+CHECKPOINT_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 
 
 def __getattr__(name: str):

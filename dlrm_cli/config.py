@@ -24,6 +24,9 @@ SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 EXPORT_FORMATS = ("torchscript", "pt2")
 BIAS_FEATURES = ("user_id", "item_id")
+OBJECTIVES = ("auto", "rating", "both", "ranking")
+NEGATIVE_SAMPLING = ("popularity", "uniform")
+HEADS = ("rating", "ranking")
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,13 @@ class ModelConfig:
     rating_max: float = 5.0
     dropout: float = 0.0
     biases: bool = False
+    # The top MLP's outputs, in order: ``rating`` (squashed onto the rating scale) and ``ranking`` (a logit
+    # trained with binary cross-entropy on sampled negatives). The first is what ``forward`` returns.
+    heads: tuple[str, ...] = ("rating",)
 
     def __post_init__(self) -> None:
+        if not self.heads or len(set(self.heads)) != len(self.heads) or set(self.heads) - set(HEADS):
+            raise ValueError(f"heads must be distinct names among {', '.join(HEADS)}, got {list(self.heads)}")
         if self.num_dense < 0:
             raise ValueError(f"num_dense must be >= 0, got {self.num_dense}")
         if not self.tables:
@@ -123,6 +131,8 @@ class ModelConfig:
         raw["tables"] = tuple(TableConfig(**table) for table in raw["tables"])
         raw["bottom_mlp"] = tuple(raw["bottom_mlp"])
         raw["top_mlp"] = tuple(raw["top_mlp"])
+        if "heads" in raw:
+            raw["heads"] = tuple(raw["heads"])
         return cls(**raw)
 
 
@@ -148,21 +158,47 @@ class TrainConfig:
     dropout: float = 0.0
     bags: bool = True
     biases: bool = True
+    objective: str = "auto"
+    negatives: int = 4
+    negative_sampling: str = "popularity"
+    ranking_weight: float = 1.0
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
     checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step", "embedding_dim", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "lr_step", "embedding_dim", "checkpoint_every", "negatives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, value, allowed in (
             ("embeddings", self.embeddings, EMBEDDINGS),
             ("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS),
             ("device", self.device, DEVICES),
+            ("objective", self.objective, OBJECTIVES),
+            ("negative_sampling", self.negative_sampling, NEGATIVE_SAMPLING),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not self.ranking_weight > 0:
+            raise ValueError(f"ranking_weight must be > 0, got {self.ranking_weight}")
+
+    def objective_for(self, implicit: bool) -> str:
+        """The objective on data with ratings or (``implicit``) without: ``auto`` is ``rating`` where there
+        are ratings and ``ranking`` where there are none. Raises ``ValueError`` for a rating objective on
+        data without ratings."""
+        if self.objective == "auto":
+            return "ranking" if implicit else "rating"
+        if implicit and self.objective != "ranking":
+            raise ValueError(
+                f"--objective {self.objective} needs ratings, and this data has none (no rating column): "
+                "train it with --objective ranking (the default for such data)"
+            )
+        return self.objective
+
+    def heads_for(self, implicit: bool) -> tuple[str, ...]:
+        """The model's outputs (``ModelConfig.heads``) for this objective on data with or without ratings."""
+        objective = self.objective_for(implicit)
+        return {"rating": ("rating",), "both": ("rating", "ranking"), "ranking": ("ranking",)}[objective]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,7 +20,7 @@ from dlrm_cli.data import load_dataset
 from dlrm_cli.data.catalog import EntityTable, Ratings
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.loading import LoadedModel
-from dlrm_cli.metrics import error_metrics, score
+from dlrm_cli.metrics import classification_metrics, error_metrics, score
 
 SPLITS = ("test", "validation")
 
@@ -37,6 +37,8 @@ class Evaluation:
     global_mean_baseline: dict[str, float]
     noise_floor: dict[str, float] | None
     training_overlap: int | None = 0  # with --data: ratings whose pair it trained on (None: not checkable)
+    # With a ranking head: AUC and log loss of the held-out pairs against sampled negatives (``interactions``).
+    interactions: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +54,7 @@ class Scored:
     predicted: torch.Tensor
     expected: torch.Tensor | None
     training_overlap: int | None = 0
+    interactions: dict[str, float] | None = None
 
 
 def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Evaluation:
@@ -81,7 +84,25 @@ def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = Non
         split, kind = "all", data.kind
     overlap = _training_overlap(loaded, ratings) if data is not None else 0
     predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
-    return Scored(kind, split, ratings, predicted, expected, overlap)
+    interactions = None
+    if "ranking" in loaded.model.config.heads and len(ratings):
+        interactions = interaction_metrics(loaded, ratings)
+    return Scored(kind, split, ratings, predicted, expected, overlap, interactions)
+
+
+def interaction_metrics(loaded: LoadedModel, held_out: Ratings, seed: int = 0) -> dict[str, float]:
+    """AUC and log loss of the ranking head on held-out pairs (each a positive) against as many negatives per
+    pair as the run trained with, drawn (seeded) uniformly among the items with training ratings."""
+    negatives = int(loaded.checkpoint.run.train.negatives)
+    trained = torch.zeros(len(loaded.catalog.items) + 1, dtype=torch.bool)
+    trained[load_dataset(loaded.checkpoint.run.data).train.item] = True
+    pool = torch.nonzero(trained).squeeze(1)
+    generator = torch.Generator().manual_seed(seed)
+    drawn = pool[torch.randint(len(pool), (len(held_out) * negatives,), generator=generator)]
+    model, catalog, device = loaded.model, loaded.catalog, loaded.device
+    positive = score(model, catalog, held_out.user, held_out.item, device, ranking=True)
+    negative = score(model, catalog, held_out.user.repeat(negatives), drawn, device, ranking=True)
+    return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
 
 
 def _training_overlap(loaded: LoadedModel, ratings: Ratings) -> int | None:
@@ -109,6 +130,7 @@ def evaluation_of(loaded: LoadedModel, scored: Scored) -> Evaluation:
         global_mean_baseline=error_metrics(torch.full_like(actual, mean), actual),
         noise_floor=error_metrics(scored.expected, actual) if scored.expected is not None else None,
         training_overlap=scored.training_overlap,
+        interactions=scored.interactions,
     )
 
 
@@ -273,8 +295,14 @@ def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
     users = torch.cat([query.user_row.expand(len(query.item_rows)) for query in queries])
     items = torch.cat([query.item_rows for query in queries])
     predicted = score(loaded.model, loaded.catalog, users, items, loaded.device)
-    parts = predicted.split([len(query.item_rows) for query in queries])
-    return [_ranking(loaded, query, part) for query, part in zip(queries, parts, strict=True)]
+    sizes = [len(query.item_rows) for query in queries]
+    orders = predicted
+    if "ranking" in loaded.model.config.heads and any(query.limit is not None for query in queries):
+        orders = score(loaded.model, loaded.catalog, users, items, loaded.device, ranking=True)
+    return [
+        _ranking(loaded, query, part, order if query.limit is not None else part)
+        for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True)
+    ]
 
 
 def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
@@ -307,10 +335,11 @@ def entity_rows(table: EntityTable, ids: list[str]) -> torch.Tensor:
     return rows
 
 
-def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor) -> Ranking:
-    """A query's items sorted best first by their predicted ratings: the code predict and recommend share."""
+def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor, by: torch.Tensor) -> Ranking:
+    """A query's items with their predicted ratings, sorted best first by ``by``: the predicted ratings for
+    predict, the ranking head's scores (where the model has one) for recommend."""
     catalog = loaded.catalog
-    order = torch.argsort(predicted, descending=True, stable=True)[: query.limit]
+    order = torch.argsort(by, descending=True, stable=True)[: query.limit]
     rows = query.item_rows[order]
     unseen = catalog.items.unseen_in_training(rows).tolist()
     titles = catalog.items.titles
@@ -411,10 +440,11 @@ def rank_evaluation(
 
 
 def score_grid(loaded: LoadedModel, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
-    """The model's score of every item row for every user row: a users x items tensor."""
+    """The model's ranking score (``RatingDLRM.ranking_scores``) of every item row for every user row: a
+    users x items tensor."""
     pairs_users = user_rows.repeat_interleave(len(item_rows))
     pairs_items = item_rows.repeat(len(user_rows))
-    predicted = score(loaded.model, loaded.catalog, pairs_users, pairs_items, loaded.device)
+    predicted = score(loaded.model, loaded.catalog, pairs_users, pairs_items, loaded.device, ranking=True)
     return predicted.view(len(user_rows), len(item_rows))
 
 

@@ -16,8 +16,10 @@ def score(
     item_rows: torch.Tensor,
     device: torch.device,
     batch_size: int = EVAL_BATCH,
+    ranking: bool = False,
 ) -> torch.Tensor:
-    """Predicted ratings for each (user, item) pair, as a CPU tensor of size N."""
+    """Predicted ratings for each (user, item) pair, as a CPU tensor of size N; with ``ranking``, the scores
+    that rank items (``RatingDLRM.ranking_scores``)."""
     was_training = model.training
     model.eval()
     out = []
@@ -27,9 +29,30 @@ def score(
     with torch.no_grad() if fused else torch.inference_mode():
         for start in range(0, user_rows.shape[0], batch_size):
             dense, kjt = catalog.batch(user_rows[start : start + batch_size], item_rows[start : start + batch_size])
-            out.append(model(dense.to(device), kjt.to(device)).float().cpu())
+            inputs = dense.to(device), kjt.to(device)
+            out.append((model.ranking_scores(*inputs) if ranking else model(*inputs)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """The area under the ROC curve: the chance that a positive outscores a negative, ties counting half
+    (the Mann-Whitney statistic, from average ranks)."""
+    scores = torch.cat((positive, negative)).double()
+    ranks = torch.empty_like(scores)
+    ranks[torch.argsort(scores, stable=True)] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    _, tie, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (torch.zeros(len(counts), dtype=torch.float64).index_add_(0, tie, ranks) / counts)[tie]
+    p, n = len(positive), len(negative)
+    return float((ranks[:p].sum() - p * (p + 1) / 2) / (p * n))
+
+
+def classification_metrics(positive: torch.Tensor, negative: torch.Tensor) -> dict[str, float]:
+    """AUC and log loss of ranking logits on held-out interactions (label 1) and sampled negatives (0)."""
+    logits = torch.cat((positive, negative)).double()
+    labels = torch.cat((torch.ones(len(positive)), torch.zeros(len(negative)))).double()
+    log_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    return {"auc": auc(positive, negative), "log_loss": float(log_loss)}
 
 
 def error_metrics(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, float]:

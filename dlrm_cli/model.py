@@ -52,11 +52,12 @@ BIAS_COLUMNS = 4  # FBGEMM's kernels take rows of a multiple of 4 floats: a bias
 
 
 def bias_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
-    """One narrow table per id feature: each user's and each item's additive bias, the sum of its row."""
+    """One narrow table per id feature: each user's and each item's additive bias for each head, the sum of
+    that head's ``BIAS_COLUMNS`` columns of its row."""
     return [
         EmbeddingBagConfig(
             name=bias_name(table.feature),
-            embedding_dim=BIAS_COLUMNS,
+            embedding_dim=BIAS_COLUMNS * len(config.heads),
             num_embeddings=table.num_embeddings,
             feature_names=[table.feature],
             pooling=PoolingType.SUM,
@@ -100,7 +101,7 @@ class RatingDLRM(nn.Module):
             embedding_bag_collection=embedding_bag_collection,
             dense_in_features=config.num_dense,
             dense_arch_layer_sizes=list(config.bottom_mlp),
-            over_arch_layer_sizes=[*config.top_mlp, 1],
+            over_arch_layer_sizes=[*config.top_mlp, len(config.heads)],
             dense_device=device,
         )
         # Dropout on the interaction features, the top MLP's input; it has no weights, so it leaves the
@@ -117,7 +118,11 @@ class RatingDLRM(nn.Module):
         return not isinstance(self.dlrm.sparse_arch.embedding_bag_collection, EmbeddingBagCollection)
 
     def forward(
-        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor, with_embeddings: bool = False
+        self,
+        dense_features: torch.Tensor,
+        sparse_features: KeyedJaggedTensor,
+        with_embeddings: bool = False,
+        logits: bool = False,
     ) -> Any:
         """
         Args:
@@ -125,9 +130,12 @@ class RatingDLRM(nn.Module):
             sparse_features: a KJT with the F features of ``config.tables``, B samples each.
             with_embeddings: also return the pooled embeddings (B x F x D), which training penalises
                 (``embedding_l2``) to regularise exactly the rows a batch used.
+            logits: return every head's logit (B x H, in ``config.heads`` order) instead of the ratings.
 
         Returns:
-            a tensor of size B: the predicted ratings (and the embeddings, if asked for).
+            a tensor of size B: the first head's output, squashed onto the rating scale (for a ranking-only
+            model, whose scale is 0 to 1, the probability of an interaction); or the logits. Then the
+            embeddings, if asked for.
         """
         dlrm = self.dlrm
         embedded_dense = dlrm.dense_arch(dense_features)
@@ -135,11 +143,19 @@ class RatingDLRM(nn.Module):
         if self.bag_positions:
             embedded_sparse = self._normalise_bags(embedded_sparse, sparse_features)
         interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
-        logits = dlrm.over_arch(self.dropout(interactions)).squeeze(1)
+        out = dlrm.over_arch(self.dropout(interactions))
         if self.biases is not None:
-            logits = logits + self.biases(sparse_features).values().sum(dim=1)
-        ratings = to_rating(logits, self.rating_min, self.rating_span)
-        return (ratings, embedded_sparse) if with_embeddings else ratings
+            biases = self.biases(sparse_features).values()
+            out = out + biases.view(out.shape[0], -1, out.shape[1], BIAS_COLUMNS).sum(dim=(1, 3))
+        if not logits:
+            out = to_rating(out[:, 0], self.rating_min, self.rating_span)
+        return (out, embedded_sparse) if with_embeddings else out
+
+    def ranking_scores(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """What ranks items for a user: the ranking head's logit where the model has one, else the rating."""
+        if "ranking" not in self.config.heads:
+            return self(dense_features, sparse_features)
+        return self(dense_features, sparse_features, logits=True)[:, self.config.heads.index("ranking")]
 
     def _normalise_bags(self, embedded: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """Divide each bag's pooled sum (B x F x D, feature order) by the square root of its length: a
@@ -163,7 +179,7 @@ class RatingDLRM(nn.Module):
         fraction = min(max((rating - self.rating_min) / self.rating_span, 1e-3), 1 - 1e-3)
         output = self.dense_layers()[1][-1]
         with torch.no_grad():
-            output.bias.fill_(math.log(fraction / (1 - fraction)))
+            output.bias[0] = math.log(fraction / (1 - fraction))
 
 
 def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:

@@ -55,6 +55,18 @@ class SparseOptimizer(StrEnum):
     sgd = "sgd"
 
 
+class ObjectiveChoice(StrEnum):
+    auto = "auto"
+    rating = "rating"
+    both = "both"
+    ranking = "ranking"
+
+
+class NegativeSampling(StrEnum):
+    popularity = "popularity"
+    uniform = "uniform"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -133,7 +145,25 @@ Biases = Annotated[bool, _option("Add a learned bias for each user and each item
 Bags = Annotated[
     bool, _option("Add each user's rated items and each item's raters (training rows) as sparse features.", OPT)
 ]
-Patience = Annotated[int | None, _option("Stop after this many epochs without a better validation RMSE.", min=1)]
+ObjectiveOption = Annotated[
+    ObjectiveChoice,
+    _option(
+        "rating: squared error; ranking: which items a user picks (BCE on sampled negatives); both; "
+        "auto: ranking for data without ratings, else rating.",
+        OPT,
+    ),
+]
+Negatives = Annotated[int, _option("Ranking: sampled unrated items per rated pair.", OPT, min=1)]
+NegativeSamplingOption = Annotated[
+    NegativeSampling, _option("Ranking: draw negatives by training popularity or uniformly.", OPT)
+]
+RankingWeight = Annotated[
+    float, _option("With --objective both: the ranking loss's weight beside the rating's.", OPT, callback=positive)
+]
+Patience = Annotated[
+    int | None,
+    _option("Stop after this many epochs without a better validation RMSE (NDCG@10 when ranking).", min=1),
+]
 CheckpointEvery = Annotated[int, _option("Save the run's checkpoint every N epochs.", min=1)]
 NprocPerNode = Annotated[int, _option("Train on N local processes, launched through torchrun.", DIST, min=1)]
 PrintPlan = Annotated[bool, _option("Show how the embedding tables are sharded over the ranks.", DIST)]

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.ticker import MaxNLocator
 
-from dlrm_cli.errors import DlrmError
+from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.inference import evaluation_of, rank_evaluation, score_ratings
 from dlrm_cli.loading import open_model
 from dlrm_cli.parsing import temporary_beside
@@ -26,6 +26,11 @@ def _runs(store: Path, refs: list[str], k: int) -> list[dict[str, Any]]:
     runs = []
     for ref in refs:
         loaded = open_model(store, ref)
+        if "rating" not in loaded.model.config.heads:
+            raise DlrmUsageError(
+                f"checkpoint {loaded.checkpoint.name} has no rating head (--objective ranking), and report plots "
+                "rating error; use dlrm evaluate --k 10 for its ranking figures"
+            )
         test = score_ratings(loaded, "test")  # scored once: for the metrics table and for the histogram
         report = evaluation_of(loaded, test).to_dict()
         ranking = None

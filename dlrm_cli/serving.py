@@ -30,7 +30,7 @@ from dlrm_cli.data.catalog import Catalog, EntityTable, Ratings
 from dlrm_cli.errors import DlrmError
 from dlrm_cli.loading import LoadedModel
 from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
-from dlrm_cli.model import RatingDLRM, bias_name, table_name, to_rating
+from dlrm_cli.model import BIAS_COLUMNS, RatingDLRM, bias_name, table_name, to_rating
 from dlrm_cli.parsing import sidecar_path, temporary_beside
 from dlrm_cli.quiet import quiet_library_logs
 
@@ -54,15 +54,22 @@ class ServingDLRM(nn.Module):
         biased = [features.index(table.feature) for table in model.config.bias_tables]
         if biased != list(range(len(biased))):
             raise ValueError(f"the biased features must come first, got positions {biased}")
+        # An artifact serves the first head (the rating, or a ranking-only model's probability): its columns
+        # of the bias tables and its row of the output layer.
         self.biases = nn.ModuleList(
             nn.EmbeddingBag.from_pretrained(
-                model.biases.embedding_bags[bias_name(table.feature)].weight.detach().clone(), mode="sum"
+                model.biases.embedding_bags[bias_name(table.feature)].weight.detach()[:, :BIAS_COLUMNS].clone(),
+                mode="sum",
             )
             for table in model.config.bias_tables
         )
         self.dense_arch = copy.deepcopy(model.dlrm.dense_arch)
         self.inter_arch = copy.deepcopy(model.dlrm.inter_arch)
         self.over_arch = copy.deepcopy(model.dlrm.over_arch)
+        output = [module for module in self.over_arch.modules() if isinstance(module, nn.Linear)][-1]
+        output.weight = nn.Parameter(output.weight.detach()[:1].clone())
+        output.bias = nn.Parameter(output.bias.detach()[:1].clone())
+        output.out_features = 1
         self.rating_min = float(model.rating_min)
         self.rating_span = float(model.rating_span)
         self.requires_grad_(False)

@@ -408,7 +408,9 @@ def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's metadata in the current format. Format 1 kept the training settings (``train``),
     the effective command-line options (``options``) and the data source (``data``) side by side; format 2
     keeps one run record, ``run``, of the training settings and the data source. Format 3 adds the
-    implicit-feedback bags and the id biases, which every run before it trained without."""
+    implicit-feedback bags and the id biases, which every run before it trained without. Format 4 adds the
+    model's ``heads`` and the run's ``objective``, whose defaults (one rating head) are what every earlier
+    run trained."""
     if meta["format"] >= 3:
         return meta
     meta = dict(meta)

@@ -19,7 +19,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,11 +30,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dlrm_cli import distributed
 from dlrm_cli.config import ModelConfig, RunConfig, TableConfig, TrainConfig
 from dlrm_cli.data import load_dataset
-from dlrm_cli.data.catalog import Dataset, with_bags
+from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
 from dlrm_cli.distributed import Parallel, Shard
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
-from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split
-from dlrm_cli.model import resolve_device, table_name
+from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split, score
+from dlrm_cli.model import resolve_device, table_name, to_rating
 from dlrm_cli.optim import Optimizers, build_for_training
 from dlrm_cli.quiet import quiet_library_logs
 from dlrm_cli.request import TrainRequest
@@ -117,15 +117,21 @@ class TrainResult:
 
 @dataclass
 class Best:
-    """The best epoch so far by validation RMSE: the checkpoint serves its weights, not the last epoch's."""
+    """The best epoch so far by validation RMSE, or by validation NDCG@10 for a model with a ranking head:
+    the checkpoint serves its weights, not the last epoch's."""
 
     epoch: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)  # MSE, RMSE and MAE on the validation rows
+    metrics: dict[str, float] = field(default_factory=dict)  # the validation metrics (``TrainingRun.validate``)
     weights: dict[str, torch.Tensor] | None = None
 
     @property
     def rmse(self) -> float:
         return self.metrics.get("rmse", math.inf)
+
+    def beaten_by(self, metrics: dict[str, float]) -> bool:
+        if "ndcg" in metrics:
+            return metrics["ndcg"] > self.metrics.get("ndcg", -math.inf)
+        return metrics["rmse"] < self.rmse
 
 
 @dataclass
@@ -223,6 +229,16 @@ class TrainingRun:
                 "(without --resume)"
             ) from None
         self.dataset = training_data(self.dataset, self.settings)
+        try:  # recorded resolved: a resumed run, and --print-config of its record, say what it trained
+            self.settings = replace(self.settings, objective=self.settings.objective_for(self.dataset.catalog.implicit))
+        except ValueError as error:
+            raise DlrmUsageError(str(error)) from None
+        if self.settings.objective != "rating" and self.parallel.active:
+            raise DlrmUsageError(
+                f"--objective {self.settings.objective} trains in one process only for now; run it without torchrun"
+            )
+        self.negatives = NegativeSampler.for_run(self.dataset, self.settings)
+        self.ranking_task = validation_ranking_task(self.dataset) if self.negatives is not None else None
         self.observer.data_loaded(self.dataset, self.parallel.world)
         resume = load_resume(self.store, self.request.resume) if self.request.resume else None
         if resume is not None:
@@ -257,7 +273,9 @@ class TrainingRun:
             self.model, self.optimizers = build_for_training(self.model_config, settings, self.device)
             shards = [Shard(table_name(table.feature), "unsharded", (0,)) for table in self.model_config.tables]
         self.observer.planned(shards)
-        distributed.bare(self.model).start_at(self.dataset.global_mean)
+        self.objective = Objective.of(self.model_config, settings)
+        start = self.dataset.global_mean if self.model_config.heads[0] == "rating" else 1 / (1 + settings.negatives)
+        distributed.bare(self.model).start_at(start)
         self.order = torch.Generator().manual_seed(settings.seed)
 
     def _restore(self, resume: ResumeFrom) -> None:
@@ -318,8 +336,7 @@ class TrainingRun:
         record = {
             "epoch": epoch,
             "train_loss": float(self.parallel.sum(loss_sum)) / self.rows_per_epoch,
-            "val_rmse": validation["rmse"],
-            "val_mae": validation["mae"],
+            **{f"val_{name}": validation[name] for name in ("rmse", "mae", "ndcg") if name in validation},
             "lr": lr,
             "samples_per_s": self.rows_per_epoch / train_seconds,
             "seconds": time.perf_counter() - started,
@@ -328,6 +345,8 @@ class TrainingRun:
         return record
 
     def _step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> float:
+        if self.negatives is not None:  # the rated pairs first, then each user's sampled negatives
+            users, items = self.negatives.extend(users, items)
         dense, kjt = self.dataset.catalog.batch(users, items, leave_out=True)
         return train_step(
             self.model,
@@ -336,6 +355,7 @@ class TrainingRun:
             kjt.to(self.device),
             ratings.to(self.device),
             self.settings.embedding_l2,
+            self.objective,
         ).item()
 
     def _check_signal(self, completed: int) -> None:
@@ -374,15 +394,22 @@ class TrainingRun:
         )
 
     def validate(self) -> dict[str, float]:
-        """MSE, RMSE and MAE on the validation rows; with several ranks, each scores a share."""
-        if not self.parallel.active:
-            return evaluate_split(self.model, self.dataset.catalog, self.dataset.validation, self.device)
-        return _validate_shared(self.model, self.dataset, self.device, self.parallel)
+        """MSE, RMSE and MAE on the validation rows (with several ranks, each scores a share); with a
+        ranking head, also NDCG@10 (``ndcg``) over the validation users' full rankings."""
+        metrics: dict[str, float] = {}
+        if "rating" in self.model_config.heads:
+            if not self.parallel.active:
+                metrics = evaluate_split(self.model, self.dataset.catalog, self.dataset.validation, self.device)
+            else:
+                metrics = _validate_shared(self.model, self.dataset, self.device, self.parallel)
+        if self.ranking_task is not None:
+            metrics["ndcg"] = validation_ndcg(self.model, self.dataset.catalog, self.ranking_task, self.device)
+        return metrics
 
     def _epoch_done(self, record: dict[str, float], validation: dict[str, float]) -> None:
         self.history.append(record)
         weights = self._weights()  # a collective when distributed: every rank calls it
-        if validation["rmse"] < self.best.rmse:
+        if self.best.beaten_by(validation):
             self.best = Best(int(record["epoch"]), validation, weights)
         self.observer.epoch_done(record)
         self.pending = EpochState(
@@ -516,6 +543,9 @@ def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
     """The model's inputs follow from the data: its dense columns and its sparse features."""
     catalog = dataset.catalog
     dim = settings.embedding_dim
+    heads = settings.heads_for(catalog.implicit)
+    # A model without a rating head outputs the probability of an interaction: its scale is 0 to 1.
+    low, high = (catalog.rating_min, catalog.rating_max) if heads[0] == "rating" else (0.0, 1.0)
     return ModelConfig(
         num_dense=len(catalog.dense_names),
         tables=tuple(
@@ -524,11 +554,43 @@ def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
         embedding_dim=dim,
         bottom_mlp=(*settings.bottom_mlp, dim),
         top_mlp=tuple(settings.top_mlp),
-        rating_min=catalog.rating_min,
-        rating_max=catalog.rating_max,
+        rating_min=low,
+        rating_max=high,
         dropout=settings.dropout,
         biases=settings.biases,
+        heads=heads,
     )
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss, outside the model: mean squared error of the rating head on the rated pairs, plus
+    ``ranking_weight`` times the ranking head's binary cross-entropy on the rated pairs (label 1) and their
+    sampled negatives (label 0), plus ``embedding_l2`` times the mean squared norm of the embeddings the
+    batch looked up. A batch holds its rated pairs first, then the negatives."""
+
+    heads: tuple[str, ...] = ("rating",)
+    rating_min: float = 0.0
+    rating_span: float = 5.0
+    ranking_weight: float = 1.0
+
+    @classmethod
+    def of(cls, config: ModelConfig, settings: TrainConfig) -> Objective:
+        return cls(config.heads, config.rating_min, config.rating_max - config.rating_min, settings.ranking_weight)
+
+    def loss(self, logits: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
+        """The objective of a batch's logits (B x H); ``ratings`` are the rated pairs' (the first rows)."""
+        rated = ratings.shape[0]
+        loss = logits.new_zeros(())
+        if "rating" in self.heads:
+            predicted = to_rating(logits[:rated, self.heads.index("rating")], self.rating_min, self.rating_span)
+            loss = nn.functional.mse_loss(predicted, ratings)
+        if "ranking" in self.heads:
+            ranking = logits[:, self.heads.index("ranking")]
+            labels = torch.zeros_like(ranking)
+            labels[:rated] = 1.0
+            loss = loss + self.ranking_weight * nn.functional.binary_cross_entropy_with_logits(ranking, labels)
+        return loss
 
 
 def train_step(
@@ -538,16 +600,87 @@ def train_step(
     kjt: KeyedJaggedTensor,
     target: torch.Tensor,
     embedding_l2: float = 0.0,
+    objective: Objective | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on a batch. The loss lives here, outside the model: mean squared error, plus
-    ``embedding_l2`` times the mean squared norm of the embeddings the batch looked up. Returns the MSE."""
-    predicted, embedded = model(dense, kjt, with_embeddings=True)
-    mse = nn.functional.mse_loss(predicted, target)
-    loss = mse + embedding_l2 * embedded.pow(2).sum(dim=(1, 2)).mean() if embedding_l2 else mse
+    """One optimizer step on a batch; returns the objective (for the rating objective, the MSE) without
+    its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale."""
+    logits, embedded = model(dense, kjt, with_embeddings=True, logits=True)
+    if objective is None:
+        bare = distributed.bare(model)
+        objective = Objective(rating_min=bare.rating_min, rating_span=bare.rating_span)
+    fitted = objective.loss(logits, target)
+    loss = fitted + embedding_l2 * embedded.pow(2).sum(dim=(1, 2)).mean() if embedding_l2 else fitted
     optimizers.zero_grad()
     loss.backward()
     optimizers.step()
-    return mse.detach()
+    return fitted.detach()
+
+
+class NegativeSampler:
+    """Items a user did not rate, to train the ranking head against: ``negatives`` per rated pair, drawn
+    with replacement among the items with training ratings, uniformly or in proportion to their counts
+    (``popularity``, which keeps the popular items from winning only by being popular). A draw that the
+    user did rate stays in as a negative: at these densities it is rare, and checking costs more."""
+
+    def __init__(self, weights: torch.Tensor, negatives: int) -> None:
+        self.weights = weights
+        self.negatives = negatives
+
+    @classmethod
+    def for_run(cls, dataset: Dataset, settings: TrainConfig) -> NegativeSampler | None:
+        if "ranking" not in settings.heads_for(dataset.catalog.implicit):
+            return None
+        counts = torch.bincount(dataset.train.item, minlength=len(dataset.catalog.items) + 1).double()
+        weights = counts if settings.negative_sampling == "popularity" else (counts > 0).double()
+        return cls(weights, settings.negatives)
+
+    def extend(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's pairs followed by ``negatives`` sampled items for each of its users."""
+        negative_users = users.repeat(self.negatives)
+        negative_items = torch.multinomial(self.weights, negative_users.shape[0], replacement=True)
+        return torch.cat((users, negative_users)), torch.cat((items, negative_items))
+
+
+VALIDATION_RANKING_USERS = 1000  # users whose full rankings score each epoch of a run with a ranking head
+RELEVANT_RATING = 4.0  # a held-out rating at or above this (or the scale's top, if lower) marks a relevant item
+
+
+def validation_ranking_task(dataset: Dataset) -> Any:
+    """The validation users' ranking task (see ``dlrm_cli.ranking``), at most ``VALIDATION_RANKING_USERS``
+    of them, chosen at random once: known pairs are the training rows, relevant ones the validation rows."""
+    from dlrm_cli.ranking import build_task
+
+    train, held, catalog = dataset.train, dataset.validation, dataset.catalog
+    threshold = min(RELEVANT_RATING, catalog.rating_max)
+    task = build_task(
+        len(catalog.users) + 1,
+        len(catalog.items) + 1,
+        (train.user, train.item, train.rating),
+        (held.user, held.item, held.rating),
+        threshold,
+    )
+    if len(task.users) > VALIDATION_RANKING_USERS:
+        chosen = torch.randperm(len(task.users), generator=torch.Generator().manual_seed(0))
+        task = replace(task, users=task.users[chosen[:VALIDATION_RANKING_USERS]].sort().values)
+    return task
+
+
+def validation_ndcg(model: nn.Module, catalog: Catalog, task: Any, device: torch.device) -> float:
+    """NDCG@10 of the model's ranking head over the task's users (0 when it has none)."""
+    from dlrm_cli.ranking import rank_metrics
+
+    candidates = torch.nonzero(task.candidates).squeeze(1)
+
+    def scorer(users: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(users), task.n_items), -math.inf)
+        pairs_users = users.repeat_interleave(len(candidates))
+        scores = score(model, catalog, pairs_users, candidates.repeat(len(users)), device, ranking=True)
+        out[:, candidates] = scores.view(len(users), len(candidates))
+        return out
+
+    if len(task.users) == 0:
+        return 0.0
+    return float(rank_metrics(task, scorer, (10,))["@10"]["ndcg"])  # type: ignore[index]
 
 
 def versions() -> dict[str, str]:

@@ -48,23 +48,33 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+# The validation figures an epoch may have (a ranking-only model has no RMSE; a rating-only one no NDCG).
+VALIDATION_COLUMNS = (("val_rmse", "val RMSE"), ("val_mae", "val MAE"), ("val_ndcg", "val NDCG@10"))
+
+
 def history_table(history: list[dict[str, Any]], title: str) -> Any:
-    """One row per epoch: train loss, validation RMSE and MAE, learning rate, throughput."""
+    """One row per epoch: train loss, the validation figures (RMSE and MAE, NDCG@10 with a ranking head),
+    learning rate, throughput (rated pairs per second)."""
     from rich.table import Table
 
+    shown = [(key, label) for key, label in VALIDATION_COLUMNS if any(key in record for record in history)]
     table = Table(title=title)
-    for column in ("epoch", "train loss", "val RMSE", "val MAE", "lr", "samples/s"):
+    for column in ("epoch", "train loss", *(label for _, label in shown), "lr", "samples/s"):
         table.add_column(column, justify="right")
     for record in history:
         table.add_row(
             str(record["epoch"]),
             fmt(record["train_loss"]),
-            fmt(record["val_rmse"]),
-            fmt(record["val_mae"]),
+            *(fmt(record.get(key)) for key, _ in shown),
             f"{record['lr']:.2e}",
             f"{record['samples_per_s']:,.0f}",
         )
     return table
+
+
+def validation_figures(record: dict[str, Any]) -> str:
+    """``val RMSE 0.8471, val MAE 0.6658`` (and ``val NDCG@10 ...``): an epoch's validation figures."""
+    return ", ".join(f"{label} {record[key]:.4f}" for key, label in VALIDATION_COLUMNS if key in record)
 
 
 LINE_SECONDS = 30.0
@@ -159,8 +169,8 @@ class RichProgress:
 
     def epoch_done(self, record: dict[str, float]) -> None:
         self.console.print(
-            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val RMSE {record['val_rmse']:.4f}, "
-            f"val MAE {record['val_mae']:.4f}, {record['samples_per_s']:,.0f} samples/s"
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {validation_figures(record)}, "
+            f"{record['samples_per_s']:,.0f} samples/s"
         )
 
 
@@ -180,16 +190,26 @@ def show_training_summary(result: Any) -> None:
     """The history table, the validation RMSE beside its references, and the checkpoint's name."""
     console = out()
     console.print(history_table(result.history, f"Training summary — {result.name}"))
-    curve = sparkline([record["val_rmse"] for record in result.history])
-    floor = f", noise floor {result.noise_floor['rmse']:.4f}" if result.noise_floor else ""
-    console.print(
-        f"Validation RMSE {result.validation['rmse']:.4f} (best epoch {result.best_epoch}) {curve} "
-        f"(global-mean baseline {result.baseline['rmse']:.4f}{floor}); trained in {result.seconds:.1f} s"
-    )
+    ranked = "ndcg" in result.validation
+    took = f"trained in {result.seconds:.1f} s"
+    if "rmse" in result.validation:
+        curve = "" if ranked else " " + sparkline([record["val_rmse"] for record in result.history])
+        floor = f", noise floor {result.noise_floor['rmse']:.4f}" if result.noise_floor else ""
+        console.print(
+            f"Validation RMSE {result.validation['rmse']:.4f} (best epoch {result.best_epoch}){curve} "
+            f"(global-mean baseline {result.baseline['rmse']:.4f}{floor})" + ("" if ranked else f"; {took}")
+        )
+    if ranked:
+        curve = sparkline([record["val_ndcg"] for record in result.history])
+        console.print(
+            f"Validation NDCG@10 {result.validation['ndcg']:.4f} (best epoch {result.best_epoch}, chosen by it) "
+            f"{curve}; {took}"
+        )
     if result.stopped_early:
         last = int(result.history[-1]["epoch"])
+        figure = "NDCG@10" if ranked else "RMSE"
         console.print(
-            f"Stopped early after epoch {last}: {result.stopped_early} epochs without a better validation RMSE "
+            f"Stopped early after epoch {last}: {result.stopped_early} epochs without a better validation {figure} "
             f"(--patience {result.stopped_early})"
         )
     console.print(f"Saved checkpoint {result.name}")

@@ -213,7 +213,7 @@ def test_incompatible_version_is_refused_naming_both(trained):
     assert_error(
         trained("evaluate", "--checkpoint", "tiny"),
         1,
-        "written by dlrm 9.9.0 in checkpoint format 99; this is dlrm 0.3.0, which reads formats 1, 2 and 3",
+        "written by dlrm 9.9.0 in checkpoint format 99; this is dlrm 0.4.0, which reads formats 1, 2, 3 and 4",
     )
 
 
@@ -275,7 +275,7 @@ def test_checkpoints_of_format_1_are_read_evaluated_and_resumed(tmp_path):
     resumed = dlrm("train", "--resume", "format1", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = json.loads((store / "format1" / "meta.json").read_text())
-    assert after["format"] == 3 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
+    assert after["format"] == 4 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
     assert after["run"]["data"] == meta_of(FORMAT1 / "store" / "format1")["data"]
     assert after["run"]["train"]["bags"] is False  # resumed as trained: without implicit-feedback bags
 
@@ -296,8 +296,28 @@ def test_checkpoints_of_format_2_are_read_evaluated_and_resumed_without_bags(tmp
     resumed = dlrm("train", "--resume", "format2", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = meta_of(store / "format2")
-    assert after["format"] == 3 and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
+    assert after["format"] == 4 and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
     assert "rated_items" not in after["features"]["sparse"]
+
+
+FORMAT3 = Path(__file__).parent / "data" / "format3"
+
+
+def test_checkpoints_of_format_3_are_read_ranked_and_resumed_as_rating_models(tmp_path):
+    """tests/data/format3 holds a checkpoint written by dlrm 0.3.0 (one output; 4-column id biases; bags):
+    it scores and recommends as dlrm 0.3.0 did, and a resumed run goes on as it was trained."""
+    store = tmp_path / "store"
+    shutil.copytree(FORMAT3 / "store", store)
+    dlrm = Dlrm(store)
+    before = json.loads(dlrm("evaluate", "--checkpoint", "format3", "--json").stdout)
+    assert before["count"] == 30 and before["model"]["rmse"] == pytest.approx(0.685017, abs=1e-5)  # 0.3.0's
+    recommended = json.loads(dlrm("recommend", "--checkpoint", "format3", "--user", "1", "--json").stdout)
+    assert [entry["item"] for entry in recommended["items"]] == ["9", "7", "14", "3", "11", "1", "8", "5"]  # 0.3.0's
+    resumed = dlrm("train", "--resume", "format3", "--epochs", "3")
+    assert resumed.exit_code == 0, resumed.output
+    after = meta_of(store / "format3")
+    assert after["format"] == 4 and after["epochs_done"] == 3 and after["model"]["heads"] == ["rating"]
+    assert after["run"]["train"]["objective"] == "rating" and "rated_items" in after["features"]["sparse"]
 
 
 def meta_of(path: Path) -> dict:

@@ -27,8 +27,12 @@ def evaluate_command(
         ),
     ] = None,
     relevant: Annotated[
-        float, typer.Option(help="With --k: a held-out rating at or above this makes its item relevant.")
-    ] = 4.0,
+        float | None,
+        typer.Option(
+            help="With --k: a held-out rating at or above this makes its item relevant.",
+            show_default="4; every held-out interaction for data without ratings",
+        ),
+    ] = None,
     candidates: Annotated[
         int | None,
         typer.Option(
@@ -58,25 +62,39 @@ def evaluate_command(
         if data is not None:
             raise DlrmUsageError("--k ranks a split of the checkpoint's own data; leave out --data")
     loaded = open_model(store, checkpoint, device)
+    implicit, rated = loaded.catalog.implicit, "rating" in loaded.model.config.heads
     result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None)
     ranking = None
     if cutoffs is not None:
-        ranking = _rank(loaded, split, cutoffs, relevant, candidates, baselines)
+        threshold = relevant if relevant is not None else loaded.catalog.rating_max if implicit else 4.0
+        ranking = _rank(loaded, split, cutoffs, threshold, candidates, baselines)
     if json_output:
         ui.print_json({**result.to_dict(), **({"ranking": ranking.to_dict()} if ranking else {})})
         return
     from rich.table import Table
 
     where = f"the {split} split" if data is None else data
-    table = Table(title=f"{result.checkpoint} on {where} ({result.count:,} ratings)")
-    for column in ("", "MSE", "RMSE", "MAE"):
-        table.add_column(column, justify="left" if not column else "right")
-    rows = [("DLRM", result.model), ("global-mean baseline", result.global_mean_baseline)]
-    if result.noise_floor is not None:
-        rows.append(("noise floor (perfect model)", result.noise_floor))
-    for label, metrics in rows:
-        table.add_row(label, ui.fmt(metrics["mse"]), ui.fmt(metrics["rmse"]), ui.fmt(metrics["mae"]))
-    ui.out().print(table)
+    if rated:  # a model without a rating head has no rating error to show
+        table = Table(title=f"{result.checkpoint} on {where} ({result.count:,} ratings)")
+        for column in ("", "MSE", "RMSE", "MAE"):
+            table.add_column(column, justify="left" if not column else "right")
+        rows = [("DLRM", result.model), ("global-mean baseline", result.global_mean_baseline)]
+        if result.noise_floor is not None:
+            rows.append(("noise floor (perfect model)", result.noise_floor))
+        for label, metrics in rows:
+            table.add_row(label, ui.fmt(metrics["mse"]), ui.fmt(metrics["rmse"]), ui.fmt(metrics["mae"]))
+        ui.out().print(table)
+    if result.interactions is not None:
+        figures = result.interactions
+        table = Table(
+            title=f"{result.checkpoint}'s ranking head on {where}",
+            caption=f"{result.count:,} held-out interactions, {figures['negatives_per_interaction']:g} "
+            "uniformly sampled negatives each",
+        )
+        for column in ("", "AUC", "log loss"):
+            table.add_column(column, justify="left" if not column else "right")
+        table.add_row("DLRM", ui.fmt(figures["auc"]), ui.fmt(figures["log_loss"]))
+        ui.out().print(table)
     if result.training_overlap:
         ui.err().print(
             f"Note: {result.training_overlap:,} of these {result.count:,} ratings are (user, item) pairs the "

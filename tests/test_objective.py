@@ -1,0 +1,202 @@
+"""The ranking objective: a second head trained with binary cross-entropy on sampled negatives, which
+recommend and evaluate --k rank by, while predict and evaluate keep the rating head's stars."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import Dlrm
+
+from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
+from dlrm_cli.data import load_dataset, parse_data_option
+from dlrm_cli.loading import open_model
+from dlrm_cli.training import NegativeSampler, Objective
+
+GROUPS, USERS, ITEMS_PER_GROUP, RATED = 2, 60, 20, 12
+# Small enough to train in seconds; each rated pair meets several negatives.
+TRAIN = ["--epochs", "6", "--embedding-dim", "8", "--batch-size", "64", "--lr", "3e-3", "--patience", "6"]
+
+
+@pytest.fixture(scope="module")
+def grouped_csv(tmp_path_factory: pytest.TempPathFactory):
+    """Users of two groups, each rating 12 of its own group's 20 items, with stars drawn at random: which
+    items a user rates carries all the signal, and the stars none."""
+    rng = np.random.default_rng(0)
+    lines = ["user,item,rating"]
+    for user in range(USERS):
+        group = user % GROUPS
+        for item in rng.choice(ITEMS_PER_GROUP, size=RATED, replace=False):
+            lines.append(f"{user},{group * ITEMS_PER_GROUP + int(item)},{int(rng.integers(1, 6))}")
+    path = tmp_path_factory.mktemp("grouped") / "grouped.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def both_store(grouped_csv, tmp_path_factory: pytest.TempPathFactory):
+    store = tmp_path_factory.mktemp("both") / "store"
+    result = Dlrm(store)("train", "--data", f"csv:{grouped_csv}", "--objective", "both", "--name", "both", *TRAIN)
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def test_the_rating_objective_is_the_mean_squared_error():
+    logits = torch.tensor([[0.0], [1.0]])
+    ratings = torch.tensor([3.0, 4.0])
+    expected = ((2.5 - 3.0) ** 2 + (5 * torch.sigmoid(torch.tensor(1.0)) - 4.0) ** 2) / 2
+    assert Objective().loss(logits, ratings).item() == pytest.approx(float(expected))
+
+
+def test_both_objectives_add_the_weighted_cross_entropy_of_rated_pairs_and_negatives():
+    """Rows: two rated pairs, then three negatives; the rating head's error counts on the rated pairs only."""
+    logits = torch.tensor([[0.0, 2.0], [0.0, 1.0], [9.0, -1.0], [9.0, 0.5], [9.0, -3.0]])
+    ratings = torch.tensor([2.5, 2.5])  # exactly the rating head's 2.5 at logit 0: no squared error
+    objective = Objective(heads=("rating", "ranking"), rating_min=0.0, rating_span=5.0, ranking_weight=0.5)
+
+    def bce(logit: float, label: int) -> float:
+        p = 1 / (1 + math.exp(-logit))
+        return -math.log(p if label else 1 - p)
+
+    cross_entropy = (bce(2.0, 1) + bce(1.0, 1) + bce(-1.0, 0) + bce(0.5, 0) + bce(-3.0, 0)) / 5
+    assert objective.loss(logits, ratings).item() == pytest.approx(0.5 * cross_entropy, rel=1e-6)
+
+
+def test_negatives_are_drawn_only_among_items_with_training_ratings_and_follow_popularity():
+    counts = torch.tensor([0.0, 30.0, 10.0, 0.0])
+    torch.manual_seed(0)
+    users, items = NegativeSampler(counts, negatives=3).extend(torch.tensor([7, 8]), torch.tensor([1, 2]))
+    assert users.tolist()[:2] == [7, 8] and items.tolist()[:2] == [1, 2]  # the rated pairs come first
+    assert users.tolist()[2:] == [7, 8] * 3
+    drawn = NegativeSampler(counts, negatives=1).extend(torch.zeros(20_000, dtype=torch.long), torch.zeros(20_000))[1]
+    share = torch.bincount(drawn[20_000:].long(), minlength=4).double() / 20_000
+    assert share[0] == 0 and share[3] == 0
+    assert share[1].item() == pytest.approx(0.75, abs=0.02)  # 30 of the 40 training ratings
+
+
+def test_uniform_sampling_weighs_every_item_with_training_ratings_alike(grouped_csv):
+    dataset = load_dataset(parse_data_option(f"csv:{grouped_csv}"))
+    sampler = NegativeSampler.for_run(dataset, TrainConfig(objective="both", negative_sampling="uniform"))
+    rated = torch.bincount(dataset.train.item, minlength=len(sampler.weights)) > 0
+    assert torch.equal(sampler.weights, rated.double())
+    assert NegativeSampler.for_run(dataset, TrainConfig()) is None  # the rating objective samples nothing
+
+
+def test_a_model_names_its_heads():
+    tables = (TableConfig("user_id", 3),)
+    with pytest.raises(ValueError, match="heads"):
+        ModelConfig(num_dense=0, tables=tables, embedding_dim=4, bottom_mlp=(4,), heads=("stars",))
+    with pytest.raises(ValueError, match="heads"):
+        ModelConfig(num_dense=0, tables=tables, embedding_dim=4, bottom_mlp=(4,), heads=())
+    assert TrainConfig(objective="both").heads_for(implicit=False) == ("rating", "ranking")
+    assert TrainConfig().heads_for(implicit=False) == ("rating",)
+    assert TrainConfig().heads_for(implicit=True) == ("ranking",)
+    with pytest.raises(ValueError, match="needs ratings"):
+        TrainConfig(objective="both").heads_for(implicit=True)
+
+
+def test_a_ranking_head_learns_which_items_a_user_picks_where_the_stars_say_nothing(both_store):
+    """Every user's recommendations come from their own group: the ranking head has learnt who rates what,
+    which the rating head (on random stars) cannot."""
+    dlrm = Dlrm(both_store)
+    meta = json.loads((both_store / "both" / "meta.json").read_text())
+    assert meta["model"]["heads"] == ["rating", "ranking"] and meta["run"]["train"]["objective"] == "both"
+    assert {"rmse", "ndcg"} <= set(meta["metrics"]["validation"])
+    in_group = 0
+    for user in range(0, USERS, 6):
+        result = dlrm("recommend", "--user", str(user), "--top", "5", "--json")
+        assert result.exit_code == 0, result.output
+        items = [int(entry["item"]) for entry in json.loads(result.stdout)["items"]]
+        in_group += sum(item // ITEMS_PER_GROUP == user % GROUPS for item in items)
+    assert in_group / (5 * len(range(0, USERS, 6))) >= 0.9
+
+
+def test_predict_orders_by_the_rating_head_and_recommend_by_the_ranking_head(both_store):
+    loaded = open_model(both_store, "both")
+    items = [str(i) for i in range(2 * ITEMS_PER_GROUP)]
+    from dlrm_cli.inference import rank_items, recommend
+
+    predicted = [entry.rating for entry in rank_items(loaded, "1", items).items]
+    assert predicted == sorted(predicted, reverse=True)
+    recommended = recommend(loaded, "1", top=10, exclude_seen=False).ranking.items
+    ratings = [entry.rating for entry in recommended]
+    assert all(1.0 <= rating <= 5.0 for rating in ratings)  # stars from the rating head...
+    assert ratings != sorted(ratings, reverse=True)  # ...in the ranking head's order, which differs
+
+
+def test_evaluate_reports_the_rating_head_and_ranks_with_the_ranking_head(both_store):
+    dlrm = Dlrm(both_store)
+    errors = json.loads(dlrm("evaluate", "--json").stdout)
+    assert 0 < errors["model"]["rmse"] < 2.5
+    ranked = json.loads(dlrm("evaluate", "--k", "5", "--relevant", "1", "--json").stdout)
+    figures = ranked["ranking"]["models"]
+    assert figures["DLRM"]["@5"]["ndcg"] > figures["most popular"]["@5"]["ndcg"]
+
+
+def test_an_export_of_a_two_headed_model_serves_its_rating_head(both_store, tmp_path):
+    dlrm = Dlrm(both_store)
+    artifact = tmp_path / "both.pt"
+    result = dlrm("export", "--format", "torchscript", "--output", str(artifact))
+    assert result.exit_code == 0, result.output  # export checks the artifact against the model to 1e-5
+    loaded = open_model(both_store, "both")
+    served = torch.jit.load(str(artifact))
+    from dlrm_cli.inference import rank_items
+
+    expected = {entry.item: entry.rating for entry in rank_items(loaded, "3", ["0", "21"]).items}
+    got, _, _ = served(torch.tensor([3, 3]), torch.tensor([0, 21]))
+    assert got.tolist() == pytest.approx([expected["0"], expected["21"]], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def implicit_store(grouped_csv, tmp_path_factory: pytest.TempPathFactory):
+    """The grouped pairs without their stars: a CSV of user, item (clicks, views, purchases)."""
+    folder = tmp_path_factory.mktemp("implicit")
+    lines = grouped_csv.read_text().splitlines()
+    path = folder / "clicks.csv"
+    path.write_text("\n".join(",".join(line.split(",")[:2]) for line in lines) + "\n")
+    store = folder / "store"
+    result = Dlrm(store)("train", "--data", f"csv:{path}", "--name", "clicks", *TRAIN)
+    assert result.exit_code == 0, result.output
+    assert "val NDCG@10" in result.output and "val RMSE" not in result.output
+    return store
+
+
+def test_data_without_ratings_trains_the_ranking_objective_alone(implicit_store):
+    meta = json.loads((implicit_store / "clicks" / "meta.json").read_text())
+    assert meta["run"]["train"]["objective"] == "ranking"  # auto, recorded as what it trained
+    assert meta["model"]["heads"] == ["ranking"] and meta["model"]["rating_max"] == 1.0
+    assert set(meta["metrics"]["validation"]) == {"ndcg"}
+
+
+def test_evaluate_reports_auc_log_loss_and_ranking_metrics_for_data_without_ratings(implicit_store):
+    dlrm = Dlrm(implicit_store)
+    table = dlrm("evaluate", "--k", "5")
+    assert table.exit_code == 0, table.output
+    assert "AUC" in table.stdout and "RMSE" not in table.stdout
+    report = json.loads(dlrm("evaluate", "--k", "5", "--json").stdout)
+    # Half the negatives come from the user's own group, as alike as the positives: the best AUC is 0.75.
+    assert 0.65 < report["interactions"]["auc"] <= 0.76
+    assert 0 < report["interactions"]["log_loss"] < math.log(2)
+    ranking = report["ranking"]
+    assert ranking["relevant"] == 1.0 and ranking["skipped"] == 0  # every held-out interaction is relevant
+    assert ranking["models"]["DLRM"]["@5"]["precision"] > ranking["models"]["most popular"]["@5"]["precision"]
+
+
+def test_a_rating_objective_on_data_without_ratings_is_refused_in_one_line(grouped_csv, tmp_path):
+    path = tmp_path / "clicks.csv"
+    path.write_text("user,item\n" + "".join(f"{user},{item}\n" for user in range(20) for item in range(5)))
+    result = Dlrm(tmp_path / "store")("train", "--data", f"csv:{path}", "--objective", "both")
+    assert result.exit_code == 2
+    assert "needs ratings" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_auc_counts_ties_as_half_and_matches_the_pairwise_definition():
+    from dlrm_cli.metrics import auc
+
+    positive, negative = torch.tensor([0.9, 0.5, 0.5]), torch.tensor([0.5, 0.1])
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive.tolist() for n in negative.tolist()]
+    assert auc(positive, negative) == pytest.approx(sum(pairs) / len(pairs))
