@@ -123,6 +123,7 @@ class RatingDLRM(nn.Module):
         sparse_features: KeyedJaggedTensor,
         with_embeddings: bool = False,
         logits: bool = False,
+        borrow: tuple[torch.Tensor, int] | None = None,
     ) -> Any:
         """
         Args:
@@ -131,6 +132,9 @@ class RatingDLRM(nn.Module):
             with_embeddings: also return the pooled embeddings (B x F x D), which training penalises
                 (``embedding_l2``) to regularise exactly the rows a batch used.
             logits: return every head's logit (B x H, in ``config.heads`` order) instead of the ratings.
+            borrow: (positions, n): the pairs after the first n have no values for the features at these
+                positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose
+                user they share: sampled negatives look up their user's bag once, not once each.
 
         Returns:
             a tensor of size B: the first head's output, squashed onto the rating scale (for a ranking-only
@@ -142,10 +146,14 @@ class RatingDLRM(nn.Module):
         embedded_sparse = dlrm.sparse_arch(sparse_features)
         if self.bag_positions:
             embedded_sparse = self._normalise_bags(embedded_sparse, sparse_features)
+        if borrow is not None:
+            embedded_sparse = _borrowed(embedded_sparse, *borrow)
         interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
         out = dlrm.over_arch(self.dropout(interactions))
         if self.biases is not None:
-            biases = self.biases(sparse_features).values()
+            biases = self.biases(sparse_features).values().view(out.shape[0], -1, out.shape[1] * BIAS_COLUMNS)
+            if borrow is not None:  # the user's bias (bias tables follow the feature order: user_id first)
+                biases = _borrowed(biases, torch.tensor([0], device=biases.device), borrow[1])
             out = out + biases.view(out.shape[0], -1, out.shape[1], BIAS_COLUMNS).sum(dim=(1, 3))
         if not logits:
             out = to_rating(out[:, 0], self.rating_min, self.rating_span)
@@ -180,6 +188,13 @@ class RatingDLRM(nn.Module):
         output = self.dense_layers()[1][-1]
         with torch.no_grad():
             output.bias[0] = math.log(fraction / (1 - fraction))
+
+
+def _borrowed(embedded: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:
+    """``embedded`` (B x F x D) with the features at ``positions`` of every pair after the first ``rows``
+    taken from pair ``index % rows``."""
+    source = torch.arange(embedded.shape[0], device=embedded.device) % rows
+    return embedded.index_copy(1, positions, embedded[:, positions][source])
 
 
 def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:

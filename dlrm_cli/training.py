@@ -274,6 +274,9 @@ class TrainingRun:
             shards = [Shard(table_name(table.feature), "unsharded", (0,)) for table in self.model_config.tables]
         self.observer.planned(shards)
         self.objective = Objective.of(self.model_config, settings)
+        user_side = self.dataset.catalog.user_side
+        features = self.model_config.feature_names
+        self.user_side = torch.tensor([index for index, name in enumerate(features) if name in user_side])
         start = self.dataset.global_mean if self.model_config.heads[0] == "rating" else 1 / (1 + settings.negatives)
         distributed.bare(self.model).start_at(start)
         self.order = torch.Generator().manual_seed(settings.seed)
@@ -345,9 +348,12 @@ class TrainingRun:
         return record
 
     def _step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> float:
+        catalog, borrow, rated = self.dataset.catalog, None, None
         if self.negatives is not None:  # the rated pairs first, then each user's sampled negatives
             users, items = self.negatives.extend(users, items)
-        dense, kjt = self.dataset.catalog.batch(users, items, leave_out=True)
+            rated = ratings.shape[0]  # the negatives borrow their user's features from these pairs
+            borrow = (self.user_side.to(self.device), rated)
+        dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated)
         return train_step(
             self.model,
             self.optimizers,
@@ -356,6 +362,7 @@ class TrainingRun:
             ratings.to(self.device),
             self.settings.embedding_l2,
             self.objective,
+            borrow,
         ).item()
 
     def _check_signal(self, completed: int) -> None:
@@ -601,10 +608,12 @@ def train_step(
     target: torch.Tensor,
     embedding_l2: float = 0.0,
     objective: Objective | None = None,
+    borrow: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the objective (for the rating objective, the MSE) without
-    its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale."""
-    logits, embedded = model(dense, kjt, with_embeddings=True, logits=True)
+    its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale. ``borrow``: see
+    ``RatingDLRM.forward``."""
+    logits, embedded = model(dense, kjt, with_embeddings=True, logits=True, borrow=borrow)
     if objective is None:
         bare = distributed.bare(model)
         objective = Objective(rating_min=bare.rating_min, rating_span=bare.rating_span)
@@ -619,8 +628,11 @@ def train_step(
 class NegativeSampler:
     """Items a user did not rate, to train the ranking head against: ``negatives`` per rated pair, drawn
     with replacement among the items with training ratings, uniformly or in proportion to their counts
-    (``popularity``, which keeps the popular items from winning only by being popular). A draw that the
-    user did rate stays in as a negative: at these densities it is rare, and checking costs more."""
+    (``popularity``). Uniform draws teach the head how likely a user is to pick an item, popularity
+    included; popularity-weighted ones teach it how much more likely than its popularity says, which
+    recommends rarer items (on the MovieLens subset: NDCG@10 0.069 against 0.233, coverage 0.79 against
+    0.29). A draw that the user did rate stays in as a negative: at these densities it is rare, and
+    checking costs more."""
 
     def __init__(self, weights: torch.Tensor, negatives: int) -> None:
         self.weights = weights

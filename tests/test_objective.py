@@ -79,7 +79,7 @@ def test_negatives_are_drawn_only_among_items_with_training_ratings_and_follow_p
 
 def test_uniform_sampling_weighs_every_item_with_training_ratings_alike(grouped_csv):
     dataset = load_dataset(parse_data_option(f"csv:{grouped_csv}"))
-    sampler = NegativeSampler.for_run(dataset, TrainConfig(objective="both", negative_sampling="uniform"))
+    sampler = NegativeSampler.for_run(dataset, TrainConfig(objective="both"))
     rated = torch.bincount(dataset.train.item, minlength=len(sampler.weights)) > 0
     assert torch.equal(sampler.weights, rated.double())
     assert NegativeSampler.for_run(dataset, TrainConfig()) is None  # the rating objective samples nothing
@@ -200,3 +200,31 @@ def test_auc_counts_ties_as_half_and_matches_the_pairwise_definition():
     positive, negative = torch.tensor([0.9, 0.5, 0.5]), torch.tensor([0.5, 0.1])
     pairs = [(p > n) + 0.5 * (p == n) for p in positive.tolist() for n in negative.tolist()]
     assert auc(positive, negative) == pytest.approx(sum(pairs) / len(pairs))
+
+
+@pytest.mark.parametrize("leave_out", [False, True])
+def test_negatives_that_borrow_their_users_features_score_as_if_they_had_them(tmp_path, leave_out):
+    """Sampled negatives take their user's side (id, side features, bag, bias) from the rated pair they were
+    drawn for, instead of looking it up again. Without leave-out that is exactly the full computation; with
+    it, the rated pairs are unchanged and each negative sees its user's bag as its rated pair does."""
+    from fixtures import write_ml1m
+
+    from dlrm_cli.data.catalog import with_bags
+    from dlrm_cli.model import build_model
+    from dlrm_cli.training import model_config_for
+
+    dataset = with_bags(load_dataset(parse_data_option(f"movielens:{write_ml1m(tmp_path / 'ml-1m')}")))
+    catalog, settings = dataset.catalog, TrainConfig(objective="both")
+    torch.manual_seed(0)
+    model = build_model(model_config_for(dataset, settings))
+    rated = 8
+    sampler = NegativeSampler.for_run(dataset, settings)
+    users, items = sampler.extend(dataset.train.user[:rated], dataset.train.item[:rated])
+    positions = torch.tensor([i for i, name in enumerate(model.config.feature_names) if name in catalog.user_side])
+    assert len(positions) >= 3  # the id, side features and the bag
+    full = model(*catalog.batch(users, items, leave_out=leave_out), logits=True)
+    dense, kjt = catalog.batch(users, items, leave_out=leave_out, user_side_rows=rated)
+    assert kjt.lengths().sum() < catalog.batch(users, items, leave_out=leave_out)[1].lengths().sum()
+    borrowed = model(dense, kjt, logits=True, borrow=(positions, rated))
+    compared = slice(None) if not leave_out else slice(0, rated)
+    assert torch.allclose(borrowed[compared], full[compared], atol=1e-5)

@@ -243,33 +243,51 @@ class Catalog:
         """The features whose pooled sums the model divides by sqrt(n) (``TableConfig.bag``)."""
         return [name for table in (self.users, self.items) for name, bag in table.bags.items() if bag.normalised]
 
+    @property
+    def user_side(self) -> list[str]:
+        """The sparse features that describe the user (the rest describe the item)."""
+        return ["user_id", *self.users.sparse, *self.users.bags]
+
     def batch(
-        self, user_rows: torch.Tensor, item_rows: torch.Tensor, leave_out: bool = False
+        self,
+        user_rows: torch.Tensor,
+        item_rows: torch.Tensor,
+        leave_out: bool = False,
+        user_side_rows: int | None = None,
     ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
         """Model inputs for B (user, item) pairs: dense features B x (du + di) and a KJT of the sparse ones.
         ``leave_out`` (training) drops each pair's item from its user's bag and its user from its item's
-        bag, so that a rating is never evidence for itself."""
+        bag, so that a rating is never evidence for itself. ``user_side_rows`` = n: only the first n pairs
+        carry their user-side sparse features (``user_side``); the others, whose users repeat the first n
+        in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.forward``)."""
         dense = torch.cat((self.users.dense[user_rows], self.items.dense[item_rows]), dim=1)
         size = user_rows.shape[0]
         ones = torch.ones(size, dtype=torch.int64)
         user_ids, item_ids = self.users.id_rows[user_rows], self.items.id_rows[item_rows]
-        values = [user_ids, item_ids]
-        lengths = [ones, ones]
+        item_side = (item_rows, user_ids)
+        if user_side_rows is not None:
+            user_rows, user_ids = user_rows[:user_side_rows], user_ids[:user_side_rows]
+            absent = torch.zeros(size - user_side_rows, dtype=torch.int64)
+        values, lengths = [user_ids, item_ids], [ones[: user_ids.shape[0]], ones]
         for table, rows in ((self.users, user_rows), (self.items, item_rows)):
             for matrix in table.sparse.values():
                 picked = matrix[rows]
                 if picked.shape[1] == 1 and bool((picked >= 0).all()):
                     values.append(picked[:, 0])
-                    lengths.append(ones)
+                    lengths.append(torch.ones(rows.shape[0], dtype=torch.int64))
                 else:
                     mask = picked >= 0
                     values.append(picked[mask])
                     lengths.append(mask.sum(dim=1))
-        for rows, others, table in ((user_rows, item_ids, self.users), (item_rows, user_ids, self.items)):
+        for rows, others, table in ((user_rows, item_ids, self.users), (*item_side, self.items)):
             for bag in table.bags.values():
-                bag_values, bag_lengths = bag.gather(rows, others if leave_out else None)
+                bag_values, bag_lengths = bag.gather(rows, others[: rows.shape[0]] if leave_out else None)
                 values.append(bag_values)
                 lengths.append(bag_lengths)
+        if user_side_rows is not None:  # pad the user side's lengths with the borrowing pairs' zeros
+            for index, name in enumerate(name for name, _ in self.sparse_features):
+                if name in self.user_side:
+                    lengths[index] = torch.cat((lengths[index], absent))
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=[name for name, _ in self.sparse_features],
             values=torch.cat(values),
