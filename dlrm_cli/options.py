@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - Typer with Click as a dependency
     from click.exceptions import ClickException  # type: ignore[no-redef]
 
 from dlrm_cli.config import (
+    OBJECTIVE_PRESETS,
     PRESETS,
     TRAIN_FIELDS,
     CsvColumns,
@@ -63,8 +64,8 @@ class ObjectiveChoice(StrEnum):
 
 
 class NegativeSampling(StrEnum):
-    popularity = "popularity"
     uniform = "uniform"
+    popularity = "popularity"
 
 
 class Device(StrEnum):
@@ -155,11 +156,13 @@ ObjectiveOption = Annotated[
 ]
 Negatives = Annotated[int, _option("Ranking: sampled unrated items per rated pair.", OPT, min=1)]
 NegativeSamplingOption = Annotated[
-    NegativeSampling, _option("Ranking: draw negatives by training popularity or uniformly.", OPT)
+    NegativeSampling, _option("Ranking: draw negatives uniformly or by training popularity.", OPT)
 ]
 RankingWeight = Annotated[
     float, _option("With --objective both: the ranking loss's weight beside the rating's.", OPT, callback=positive)
 ]
+
+
 Patience = Annotated[
     int | None,
     _option("Stop after this many epochs without a better validation RMSE (NDCG@10 when ranking).", min=1),
@@ -185,7 +188,8 @@ def train_request(ctx: typer.Context) -> TrainRequest:
     chosen = set(given)
     if values["config"] is not None:
         chosen |= _apply_toml(ctx, Path(values["config"]), values, given)
-    config = RunConfig(train=_train_config(values, chosen, given), data=_data_source(values, chosen))
+    data = _data_source(values, chosen)
+    config = RunConfig(train=_train_config(values, chosen, given, data), data=data)
     return TrainRequest(
         config=config,
         store=Path(values["store"]),
@@ -243,12 +247,18 @@ def _apply_toml(ctx: typer.Context, config: Path, values: dict[str, Any], given:
     return chosen
 
 
-def _train_config(values: dict[str, Any], chosen: set[str], given: set[str]) -> TrainConfig:
+def _train_config(values: dict[str, Any], chosen: set[str], given: set[str], data: DataSource) -> TrainConfig:
+    from dlrm_cli.data import without_ratings
+
     fields = {name: values[name] for name in TRAIN_FIELDS}
     for key in ("bottom_mlp", "top_mlp"):
         fields[key] = parse_sizes(values[key], f"--{key.replace('_', '-')}")
     kind = str(values["data"]).partition(":")[0]
     fields.update({key: value for key, value in PRESETS.get(kind, {}).items() if key not in chosen})
+    if fields["objective"] == "auto":  # resolved here, so that the ranking preset applies and the record says it
+        fields["objective"] = "ranking" if without_ratings(data) else "rating"
+    preset = OBJECTIVE_PRESETS.get(fields["objective"], {})
+    fields.update({key: value for key, value in preset.items() if key not in chosen})
     if fields["embeddings"] == "plain" and "sparse_lr" in given:  # a preset's or a file's value is no mistake
         raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
     try:

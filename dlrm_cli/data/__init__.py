@@ -7,6 +7,7 @@ splits later.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,6 +65,27 @@ def parse_data_option(
         files=files,
         columns=(columns or CsvColumns()) if kind == "csv" else None,
     )
+
+
+def implicit_csv(path: Path, columns: CsvColumns) -> bool:
+    """True for a table of interactions without ratings: no rating column was named, and its header has no
+    column called ``rating``."""
+    if columns.rating is not None:
+        return False
+    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    with contextlib.suppress(OSError, UnicodeDecodeError), path.open(encoding="utf-8") as file:
+        header = file.readline().rstrip("\r\n").split(sep)
+        return columns.rating_column not in [name.strip().strip('"') for name in header]
+    return False  # unreadable: read_table names the problem
+
+
+def without_ratings(source: DataSource) -> bool:
+    """True for CSV data of interactions without ratings (``implicit_csv``), read from the header of its
+    (first) file; False for every other source, and for a file that cannot be read (loading says why)."""
+    if not isinstance(source, FileSource) or source.kind != "csv":
+        return False
+    path = Path(source.files[0] if source.files else source.path)
+    return path.is_file() and implicit_csv(path, source.columns or CsvColumns())
 
 
 def load_dataset(source: DataSource) -> Dataset:

@@ -7,7 +7,6 @@ can cause becomes a ``DataError`` naming the file and, for a bad row, its line.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dlrm_cli.config import CsvColumns
+from dlrm_cli.data import implicit_csv
 from dlrm_cli.errors import DataError
 
 ML_GENRES_100K = [
@@ -413,18 +413,6 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
         release="csv",
         implicit=implicit,
     )
-
-
-def implicit_csv(path: Path, columns: CsvColumns) -> bool:
-    """True for a table of interactions without ratings: no rating column was named, and its header has no
-    column called ``rating``."""
-    if columns.rating is not None:
-        return False
-    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-    with contextlib.suppress(OSError, UnicodeDecodeError), path.open(encoding="utf-8") as file:
-        header = file.readline().rstrip("\r\n").split(sep)
-        return columns.rating_column not in [name.strip().strip('"') for name in header]
-    return False  # unreadable: read_table names the problem
 
 
 def _named_columns(columns: CsvColumns, implicit: bool = False) -> list[str]:
