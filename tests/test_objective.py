@@ -228,3 +228,23 @@ def test_negatives_that_borrow_their_users_features_score_as_if_they_had_them(tm
     borrowed = model(dense, kjt, logits=True, borrow=(positions, rated))
     compared = slice(None) if not leave_out else slice(0, rated)
     assert torch.allclose(borrowed[compared], full[compared], atol=1e-5)
+
+
+def test_report_refuses_a_model_without_a_rating_head_in_one_line(implicit_store, tmp_path):
+    result = Dlrm(implicit_store)("report", "clicks", "--output", str(tmp_path / "r.html"))
+    assert result.exit_code == 2 and "no rating head" in result.stderr and "evaluate --k" in result.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_serve_recommends_by_the_ranking_head(both_store):
+    """The server answers /recommend in the order recommend gives (the ranking head's)."""
+    pytest.importorskip("fastapi")
+    from test_serve import Server
+
+    printed = json.loads(Dlrm(both_store)("recommend", "--user", "4", "--top", "5", "--json").stdout)
+    server = Server(both_store).wait_ready()
+    try:
+        answer = server.post("/recommend", {"user": 4, "top": 5}).json()
+    finally:
+        assert server.stop() == 0
+    assert [entry["item"] for entry in answer["items"]] == [entry["item"] for entry in printed["items"]]
