@@ -165,7 +165,7 @@ RankingWeight = Annotated[
 
 Patience = Annotated[
     int | None,
-    _option("Stop after this many epochs without a better validation RMSE (NDCG@10 when ranking).", min=1),
+    _option("Stop after this many epochs without a better validation RMSE (NDCG@10 for --objective ranking).", min=1),
 ]
 CheckpointEvery = Annotated[int, _option("Save the run's checkpoint every N epochs.", min=1)]
 NprocPerNode = Annotated[int, _option("Train on N local processes, launched through torchrun.", DIST, min=1)]

@@ -117,8 +117,10 @@ class TrainResult:
 
 @dataclass
 class Best:
-    """The best epoch so far by validation RMSE, or by validation NDCG@10 for a model with a ranking head:
-    the checkpoint serves its weights, not the last epoch's."""
+    """The best epoch so far by validation RMSE, or by validation NDCG@10 for a model with only a ranking
+    head: the checkpoint serves its weights, not the last epoch's. A model with both heads is chosen by
+    its rating head, so that its ratings are as good as a rating-only model's; its ranking head comes
+    along (the ranking head alone peaks later: see the README's Training for ranking)."""
 
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # the validation metrics (``TrainingRun.validate``)
@@ -129,7 +131,7 @@ class Best:
         return self.metrics.get("rmse", math.inf)
 
     def beaten_by(self, metrics: dict[str, float]) -> bool:
-        if "ndcg" in metrics:
+        if "rmse" not in metrics:
             return metrics["ndcg"] > self.metrics.get("ndcg", -math.inf)
         return metrics["rmse"] < self.rmse
 

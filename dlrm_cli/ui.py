@@ -191,9 +191,10 @@ def show_training_summary(result: Any) -> None:
     console = out()
     console.print(history_table(result.history, f"Training summary — {result.name}"))
     ranked = "ndcg" in result.validation
+    chosen_by_ndcg = "rmse" not in result.validation
     took = f"trained in {result.seconds:.1f} s"
     if "rmse" in result.validation:
-        curve = "" if ranked else " " + sparkline([record["val_rmse"] for record in result.history])
+        curve = " " + sparkline([record["val_rmse"] for record in result.history])
         floor = f", noise floor {result.noise_floor['rmse']:.4f}" if result.noise_floor else ""
         console.print(
             f"Validation RMSE {result.validation['rmse']:.4f} (best epoch {result.best_epoch}){curve} "
@@ -201,13 +202,10 @@ def show_training_summary(result: Any) -> None:
         )
     if ranked:
         curve = sparkline([record["val_ndcg"] for record in result.history])
-        console.print(
-            f"Validation NDCG@10 {result.validation['ndcg']:.4f} (best epoch {result.best_epoch}, chosen by it) "
-            f"{curve}; {took}"
-        )
+        console.print(f"Validation NDCG@10 {result.validation['ndcg']:.4f} (epoch {result.best_epoch}) {curve}; {took}")
     if result.stopped_early:
         last = int(result.history[-1]["epoch"])
-        figure = "NDCG@10" if ranked else "RMSE"
+        figure = "NDCG@10" if chosen_by_ndcg else "RMSE"
         console.print(
             f"Stopped early after epoch {last}: {result.stopped_early} epochs without a better validation {figure} "
             f"(--patience {result.stopped_early})"
