@@ -190,6 +190,9 @@ class Ranking:
     rating_max: float
     items: list[RankedItem]
     user_unseen: bool
+    # ``rating``: the rating head's stars; ``score``: a model without one (--objective ranking) gives the
+    # probability that the user picks the item, against as many random items as it trained with.
+    scored_as: str = "rating"
 
     @property
     def unseen_items(self) -> list[str]:
@@ -209,8 +212,11 @@ class Ranking:
                     "rank": rank,
                     "item": entry.item,
                     "title": entry.title,
-                    "rating": entry.rating,
-                    "stars": stars(entry.rating, self.rating_max),
+                    **(
+                        {"rating": entry.rating, "stars": stars(entry.rating, self.rating_max)}
+                        if self.scored_as == "rating"
+                        else {"score": entry.rating}
+                    ),
                     "unseen_in_training": entry.unseen,
                 }
                 for rank, entry in enumerate(self.items, start=1)
@@ -357,6 +363,7 @@ def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor, by: tor
         rating_max=loaded.model.config.rating_max,
         items=ranked,
         user_unseen=bool(catalog.users.unseen_in_training(query.user_row)[0]),
+        scored_as="rating" if "rating" in loaded.model.config.heads else "score",
     )
 
 

@@ -224,15 +224,17 @@ def show_ranking(ranking: Any, title: str) -> None:
     with_titles = any(entry.title for entry in ranked)
     if with_titles:
         table.add_column("title")
-    table.add_column("rating", justify="right")
-    table.add_column("stars")
+    rated = ranking.scored_as == "rating"  # else a ranking-only model's score: no stars to show
+    table.add_column(ranking.scored_as, justify="right")
+    if rated:
+        table.add_column("stars")
     table.add_column("")
     for rank, entry in enumerate(ranked, start=1):
         cells = [str(rank), entry.item] + ([entry.title or ""] if with_titles else [])
         note = "← recommended" if rank == 1 else ""
         if entry.unseen:
             note = (note + " (unseen in training)").strip()
-        cells += [f"{entry.rating:.2f}", stars(entry.rating, ranking.rating_max), note]
+        cells += [f"{entry.rating:.2f}", *([stars(entry.rating, ranking.rating_max)] if rated else []), note]
         table.add_row(*cells, style="bold green" if rank == 1 else None)
     out().print(table)
     if ranking.user_unseen:

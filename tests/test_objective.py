@@ -171,9 +171,12 @@ def test_a_ranking_head_learns_which_items_a_user_picks(implicit_store):
     for user in range(0, USERS, 6):
         result = dlrm("recommend", "--user", str(user), "--top", "5", "--json")
         assert result.exit_code == 0, result.output
-        items = [int(entry["item"]) for entry in json.loads(result.stdout)["items"]]
-        in_group += sum(item // ITEMS_PER_GROUP == user % GROUPS for item in items)
+        entries = json.loads(result.stdout)["items"]
+        assert all(0 < entry["score"] < 1 and "stars" not in entry for entry in entries)  # no rating head
+        in_group += sum(int(entry["item"]) // ITEMS_PER_GROUP == user % GROUPS for entry in entries)
     assert in_group / (5 * len(range(0, USERS, 6))) >= 0.9
+    table = dlrm("recommend", "--user", "0", "--top", "3")
+    assert "score" in table.stdout and "★" not in table.stdout
 
 
 def test_evaluate_reports_auc_log_loss_and_ranking_metrics_for_data_without_ratings(implicit_store):

@@ -86,14 +86,11 @@ def evaluate_command(
         ui.out().print(table)
     if result.interactions is not None:
         figures = result.interactions
-        table = Table(
-            title=f"{result.checkpoint}'s ranking head on {where}",
-            caption=f"{result.count:,} held-out interactions, {figures['negatives_per_interaction']:g} "
-            "uniformly sampled negatives each",
-        )
-        for column in ("", "AUC", "log loss"):
+        table = Table(title=f"{result.checkpoint}'s ranking head on {where}")
+        for column in ("", "held-out interactions", "sampled negatives each", "AUC", "log loss"):
             table.add_column(column, justify="left" if not column else "right")
-        table.add_row("DLRM", ui.fmt(figures["auc"]), ui.fmt(figures["log_loss"]))
+        negatives = f"{figures['negatives_per_interaction']:g}, uniformly"
+        table.add_row("DLRM", f"{result.count:,}", negatives, ui.fmt(figures["auc"]), ui.fmt(figures["log_loss"]))
         ui.out().print(table)
     if result.training_overlap:
         ui.err().print(
