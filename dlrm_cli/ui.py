@@ -132,9 +132,11 @@ class RichProgress:
             rated = len(rows.unique())
             listed = f" ({len(table):,} in the side files)" if len(table) != rated else ""
             entities.append(f"{rated:,} {kind}{listed}")
+        rows = "interactions (no ratings)" if dataset.catalog.implicit else "ratings"
         self.console.print(
             f"Data: {dataset.source.kind} — {len(dataset.train):,} train, {len(dataset.validation):,} "
-            f"validation, {len(dataset.test):,} test ratings; {entities[0]} and {entities[1]} with training ratings"
+            f"validation, {len(dataset.test):,} test {rows}; {entities[0]} and {entities[1]} with training "
+            + ("interactions" if dataset.catalog.implicit else "ratings")
             + (f"; {processes} processes" if processes > 1 else "")
         )
 

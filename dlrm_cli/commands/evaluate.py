@@ -86,7 +86,7 @@ def evaluate_command(
         ui.out().print(table)
     if result.interactions is not None:
         figures = result.interactions
-        table = Table(title=f"{result.checkpoint}'s ranking head on {where}")
+        table = Table(title=f"The ranking head of {result.checkpoint} on {where}")
         for column in ("", "held-out interactions", "sampled negatives each", "AUC", "log loss"):
             table.add_column(column, justify="left" if not column else "right")
         negatives = f"{figures['negatives_per_interaction']:g}, uniformly"
@@ -98,7 +98,7 @@ def evaluate_command(
             "checkpoint trained on; the figures flatter it"
         )
     if ranking is not None:
-        _show_ranking(ranking)
+        _show_ranking(ranking, implicit)
 
 
 def _rank(
@@ -126,14 +126,15 @@ def _rank(
         return rank_evaluation(loaded, split, cutoffs, relevant, candidates, baselines, progress)
 
 
-def _show_ranking(ranking: Any) -> None:
+def _show_ranking(ranking: Any, implicit: bool) -> None:
     from rich.table import Table
 
     from dlrm_cli import ui
 
     out = ui.out()
+    held_out = "interaction" if implicit else f"rating >= {ranking.relevant:g}"
     out.print(
-        f"Ranking the {ranking.split} split: {ranking.users:,} users with a held-out rating >= {ranking.relevant:g} "
+        f"Ranking the {ranking.split} split: {ranking.users:,} users with a held-out {held_out} "
         f"({ranking.skipped:,} without one skipped)"
     )
     if ranking.sampled:
