@@ -256,3 +256,9 @@ def test_serve_recommends_by_the_ranking_head(both_store):
     finally:
         assert server.stop() == 0
     assert [entry["item"] for entry in answer["items"]] == [entry["item"] for entry in printed["items"]]
+
+
+def test_evaluate_data_on_interactions_the_model_trained_on_warns_in_their_terms(implicit_store):
+    result = Dlrm(implicit_store)("evaluate", "--data", f"csv:{implicit_store.parent / 'clicks.csv'}")
+    assert result.exit_code == 0, result.output
+    assert "AUC" in result.stdout and "interactions are (user, item) pairs the checkpoint trained on" in result.stderr

@@ -94,7 +94,8 @@ def evaluate_command(
         ui.out().print(table)
     if result.training_overlap:
         ui.err().print(
-            f"Note: {result.training_overlap:,} of these {result.count:,} ratings are (user, item) pairs the "
+            f"Note: {result.training_overlap:,} of these {result.count:,} {'interactions' if implicit else 'ratings'} "
+            "are (user, item) pairs the "
             "checkpoint trained on; the figures flatter it"
         )
     if ranking is not None:
