@@ -20,7 +20,7 @@ from dlrm_cli.data import load_dataset
 from dlrm_cli.data.catalog import EntityTable, Ratings
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.loading import LoadedModel
-from dlrm_cli.metrics import classification_metrics, error_metrics, score
+from dlrm_cli.metrics import candidate_scorer, classification_metrics, error_metrics, score, score_grid
 
 SPLITS = ("test", "validation")
 
@@ -418,7 +418,7 @@ def rank_evaluation(
     task = build_task(n_users, n_items, known, (held.user, held.item, held.rating), relevant)  # type: ignore[arg-type]
     if len(task.users) == 0:
         raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
-    fits = {"DLRM": functools.partial(_model_scorer, loaded, task)}
+    fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
     if baselines:
         fits.update({name: functools.partial(make, task) for name, make in BASELINES.items()})
     models, seconds = {}, {}
@@ -444,27 +444,6 @@ def rank_evaluation(
         models=models,
         seconds=seconds,
     )
-
-
-def score_grid(loaded: LoadedModel, user_rows: torch.Tensor, item_rows: torch.Tensor) -> torch.Tensor:
-    """The model's ranking score (``RatingDLRM.ranking_scores``) of every item row for every user row: a
-    users x items tensor."""
-    pairs_users = user_rows.repeat_interleave(len(item_rows))
-    pairs_items = item_rows.repeat(len(user_rows))
-    predicted = score(loaded.model, loaded.catalog, pairs_users, pairs_items, loaded.device, ranking=True)
-    return predicted.view(len(user_rows), len(item_rows))
-
-
-def _model_scorer(loaded: LoadedModel, task: Any) -> Any:
-    """Scores of every candidate item for a chunk of users, by the model (others: -inf)."""
-    candidates = torch.nonzero(task.candidates).squeeze(1)
-
-    def scorer(users: torch.Tensor) -> torch.Tensor:
-        out = torch.full((len(users), task.n_items), float("-inf"))
-        out[:, candidates] = score_grid(loaded, users, candidates)
-        return out
-
-    return scorer
 
 
 @dataclass(frozen=True)
@@ -552,7 +531,7 @@ def recommend_many(
     best_scores, best_items = [], []
     for start in range(0, len(rows), USERS_PER_CHUNK):
         chunk = rows[start : start + USERS_PER_CHUNK]
-        predicted = score_grid(loaded, chunk, items)
+        predicted = score_grid(loaded.model, catalog, chunk, items, loaded.device)
         if exclude_seen:
             seen = pairs_matrix(chunk, seen_users, seen_items, len(table.keys) + 1, n_items)
             predicted = predicted.masked_fill(seen, float("-inf"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from dlrm_cli.data.catalog import Catalog, Ratings
@@ -33,6 +36,31 @@ def score(
             out.append((model.ranking_scores(*inputs) if ranking else model(*inputs)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def score_grid(
+    model: torch.nn.Module, catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The ranking score (``RatingDLRM.ranking_scores``) of every item row for every user row: users x items."""
+    pairs_users = user_rows.repeat_interleave(len(item_rows))
+    pairs_items = item_rows.repeat(len(user_rows))
+    predicted = score(model, catalog, pairs_users, pairs_items, device, ranking=True)
+    return predicted.view(len(user_rows), len(item_rows))
+
+
+def candidate_scorer(
+    model: torch.nn.Module, catalog: Catalog, task: Any, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A scorer for ``dlrm_cli.ranking.rank_metrics``: the ranking scores of a ``RankingTask``'s candidate
+    items for a chunk of users (-inf for the other items)."""
+    candidates = torch.nonzero(task.candidates).squeeze(1)
+
+    def scorer(users: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(users), task.n_items), float("-inf"))
+        out[:, candidates] = score_grid(model, catalog, users, candidates, device)
+        return out
+
+    return scorer
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> float:

@@ -33,7 +33,7 @@ from dlrm_cli.data import load_dataset
 from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
 from dlrm_cli.distributed import Parallel, Shard
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
-from dlrm_cli.metrics import EVAL_BATCH, error_metrics, evaluate_split, score
+from dlrm_cli.metrics import EVAL_BATCH, candidate_scorer, error_metrics, evaluate_split
 from dlrm_cli.model import resolve_device, table_name, to_rating
 from dlrm_cli.optim import Optimizers, build_for_training
 from dlrm_cli.quiet import quiet_library_logs
@@ -683,17 +683,9 @@ def validation_ndcg(model: nn.Module, catalog: Catalog, task: Any, device: torch
     """NDCG@10 of the model's ranking head over the task's users (0 when it has none)."""
     from dlrm_cli.ranking import rank_metrics
 
-    candidates = torch.nonzero(task.candidates).squeeze(1)
-
-    def scorer(users: torch.Tensor) -> torch.Tensor:
-        out = torch.full((len(users), task.n_items), -math.inf)
-        pairs_users = users.repeat_interleave(len(candidates))
-        scores = score(model, catalog, pairs_users, candidates.repeat(len(users)), device, ranking=True)
-        out[:, candidates] = scores.view(len(users), len(candidates))
-        return out
-
     if len(task.users) == 0:
         return 0.0
+    scorer = candidate_scorer(model, catalog, task, device)
     return float(rank_metrics(task, scorer, (10,))["@10"]["ndcg"])  # type: ignore[index]
 
 
