@@ -20,7 +20,7 @@ from dlrm_cli.data import load_dataset
 from dlrm_cli.data.catalog import EntityTable, Ratings
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.loading import LoadedModel
-from dlrm_cli.metrics import candidate_scorer, classification_metrics, error_metrics, score, score_grid
+from dlrm_cli.metrics import candidate_scorer, classification_metrics, error_metrics, score, score_grid, score_heads
 
 SPLITS = ("test", "validation")
 
@@ -300,11 +300,11 @@ def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
         return []
     users = torch.cat([query.user_row.expand(len(query.item_rows)) for query in queries])
     items = torch.cat([query.item_rows for query in queries])
-    predicted = score(loaded.model, loaded.catalog, users, items, loaded.device)
     sizes = [len(query.item_rows) for query in queries]
-    orders = predicted
     if "ranking" in loaded.model.config.heads and any(query.limit is not None for query in queries):
-        orders = score(loaded.model, loaded.catalog, users, items, loaded.device, ranking=True)
+        predicted, orders = score_heads(loaded.model, loaded.catalog, users, items, loaded.device)
+    else:
+        predicted = orders = score(loaded.model, loaded.catalog, users, items, loaded.device)
     return [
         _ranking(loaded, query, part, order if query.limit is not None else part)
         for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True)

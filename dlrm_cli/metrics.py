@@ -23,19 +23,46 @@ def score(
 ) -> torch.Tensor:
     """Predicted ratings for each (user, item) pair, as a CPU tensor of size N; with ``ranking``, the scores
     that rank items (``RatingDLRM.ranking_scores``)."""
+    call = model.ranking_scores if ranking else model
+    return _in_batches(
+        model, lambda dense, kjt: (call(dense, kjt),), catalog, user_rows, item_rows, device, batch_size
+    )[0]
+
+
+def score_heads(
+    model: torch.nn.Module, catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predicted ratings and the ranking scores of each pair, from one pass of the model
+    (``RatingDLRM.rating_and_ranking``)."""
+    ratings, ranking = _in_batches(model, model.rating_and_ranking, catalog, user_rows, item_rows, device, EVAL_BATCH)
+    return ratings, ranking
+
+
+def _in_batches(
+    model: torch.nn.Module,
+    call: Callable[[torch.Tensor, Any], tuple[torch.Tensor, ...]],
+    catalog: Catalog,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """``call(dense, kjt)``'s outputs for the pairs, in batches of ``batch_size``, each as a CPU tensor of
+    size N."""
     was_training = model.training
     model.eval()
-    out = []
+    out: list[tuple[torch.Tensor, ...]] = []
     # FBGEMM's fused training kernels exist only behind autograd on CPU, so they score under no_grad;
     # everything else uses inference_mode, which skips autograd bookkeeping entirely.
     fused = getattr(model, "uses_fused_kernels", False)
     with torch.no_grad() if fused else torch.inference_mode():
         for start in range(0, user_rows.shape[0], batch_size):
             dense, kjt = catalog.batch(user_rows[start : start + batch_size], item_rows[start : start + batch_size])
-            inputs = dense.to(device), kjt.to(device)
-            out.append((model.ranking_scores(*inputs) if ranking else model(*inputs)).float().cpu())
+            out.append(tuple(part.float().cpu() for part in call(dense.to(device), kjt.to(device))))
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    if not out:
+        return [torch.empty(0), torch.empty(0)]
+    return [torch.cat(parts) for parts in zip(*out, strict=True)]
 
 
 def score_grid(

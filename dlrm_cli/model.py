@@ -165,6 +165,16 @@ class RatingDLRM(nn.Module):
             return self(dense_features, sparse_features)
         return self(dense_features, sparse_features, logits=True)[:, self.config.heads.index("ranking")]
 
+    def rating_and_ranking(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s output and ``ranking_scores``, from one pass of the model."""
+        logits = self(dense_features, sparse_features, logits=True)
+        first = to_rating(logits[:, 0], self.rating_min, self.rating_span)
+        if "ranking" not in self.config.heads:
+            return first, first
+        return first, logits[:, self.config.heads.index("ranking")]
+
     def _normalise_bags(self, embedded: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """Divide each bag's pooled sum (B x F x D, feature order) by the square root of its length: a
         scale computed from the KJT's lengths, so the tables pool plain sums (no per-value weights, whose
