@@ -70,11 +70,11 @@ def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = Non
     """The model's predictions for the ratings ``evaluate`` scores (see there for ``split`` and ``data``)."""
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    expected = None
+    expected, train = None, None
     if data is None:
         trained_on = loaded.checkpoint.run.data
         dataset = load_dataset(trained_on)
-        ratings = dataset.split(split)
+        ratings, train = dataset.split(split), dataset.train
         expected = dataset.expected.get(split)
         kind = trained_on.kind
     else:
@@ -86,16 +86,17 @@ def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = Non
     predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
     interactions = None
     if "ranking" in loaded.model.config.heads and len(ratings):
-        interactions = interaction_metrics(loaded, ratings)
+        train = train if train is not None else load_dataset(loaded.checkpoint.run.data).train
+        interactions = interaction_metrics(loaded, ratings, train)
     return Scored(kind, split, ratings, predicted, expected, overlap, interactions)
 
 
-def interaction_metrics(loaded: LoadedModel, held_out: Ratings, seed: int = 0) -> dict[str, float]:
+def interaction_metrics(loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0) -> dict[str, float]:
     """AUC and log loss of the ranking head on held-out pairs (each a positive) against as many negatives per
-    pair as the run trained with, drawn (seeded) uniformly among the items with training ratings."""
+    pair as the run trained with, drawn (seeded) uniformly among the items with ratings in ``train``."""
     negatives = int(loaded.checkpoint.run.train.negatives)
     trained = torch.zeros(len(loaded.catalog.items) + 1, dtype=torch.bool)
-    trained[load_dataset(loaded.checkpoint.run.data).train.item] = True
+    trained[train.item] = True
     pool = torch.nonzero(trained).squeeze(1)
     generator = torch.Generator().manual_seed(seed)
     drawn = pool[torch.randint(len(pool), (len(held_out) * negatives,), generator=generator)]
