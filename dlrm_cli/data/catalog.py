@@ -274,7 +274,7 @@ class Catalog:
                 picked = matrix[rows]
                 if picked.shape[1] == 1 and bool((picked >= 0).all()):
                     values.append(picked[:, 0])
-                    lengths.append(torch.ones(rows.shape[0], dtype=torch.int64))
+                    lengths.append(ones[: rows.shape[0]])
                 else:
                     mask = picked >= 0
                     values.append(picked[mask])
@@ -284,12 +284,15 @@ class Catalog:
                 bag_values, bag_lengths = bag.gather(rows, others[: rows.shape[0]] if leave_out else None)
                 values.append(bag_values)
                 lengths.append(bag_lengths)
+        keys = [name for name, _ in self.sparse_features]
         if user_side_rows is not None:  # pad the user side's lengths with the borrowing pairs' zeros
-            for index, name in enumerate(name for name, _ in self.sparse_features):
-                if name in self.user_side:
-                    lengths[index] = torch.cat((lengths[index], absent))
+            user_side = set(self.user_side)
+            lengths = [
+                torch.cat((length, absent)) if key in user_side else length
+                for key, length in zip(keys, lengths, strict=True)
+            ]
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=[name for name, _ in self.sparse_features],
+            keys=keys,
             values=torch.cat(values),
             lengths=torch.cat(lengths),
         )
