@@ -278,7 +278,8 @@ class TrainingRun:
         self.objective = Objective.of(self.model_config, settings)
         user_side = self.dataset.catalog.user_side
         features = self.model_config.feature_names
-        self.user_side = torch.tensor([index for index, name in enumerate(features) if name in user_side])
+        positions = [index for index, name in enumerate(features) if name in user_side]
+        self.user_side = torch.tensor(positions, device=self.device)
         start = self.dataset.global_mean if self.model_config.heads[0] == "rating" else 1 / (1 + settings.negatives)
         distributed.bare(self.model).start_at(start)
         self.order = torch.Generator().manual_seed(settings.seed)
@@ -354,7 +355,7 @@ class TrainingRun:
         if self.negatives is not None:  # the rated pairs first, then each user's sampled negatives
             users, items = self.negatives.extend(users, items)
             rated = ratings.shape[0]  # the negatives borrow their user's features from these pairs
-            borrow = (self.user_side.to(self.device), rated)
+            borrow = (self.user_side, rated)
         dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated)
         return train_step(
             self.model,
