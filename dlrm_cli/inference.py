@@ -94,16 +94,26 @@ def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = Non
 def interaction_metrics(loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0) -> dict[str, float]:
     """AUC and log loss of the ranking head on held-out pairs (each a positive) against as many negatives per
     pair as the run trained with, drawn (seeded) uniformly among the items with ratings in ``train``."""
+    negative_users, negative_items = seeded_negatives(loaded, held_out, train, seed)
+    model, catalog, device = loaded.model, loaded.catalog, loaded.device
+    positive = score(model, catalog, held_out.user, held_out.item, device, ranking=True)
+    negative = score(model, catalog, negative_users, negative_items, device, ranking=True)
+    negatives = len(negative_items) // max(len(held_out), 1)
+    return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
+
+
+def seeded_negatives(
+    loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (user rows, item rows) of as many negatives per held-out pair as the run trained with, drawn
+    (seeded) uniformly among the items with ratings in ``train``: each pair's user, repeated."""
     negatives = int(loaded.checkpoint.run.train.negatives)
     trained = torch.zeros(len(loaded.catalog.items) + 1, dtype=torch.bool)
     trained[train.item] = True
     pool = torch.nonzero(trained).squeeze(1)
     generator = torch.Generator().manual_seed(seed)
     drawn = pool[torch.randint(len(pool), (len(held_out) * negatives,), generator=generator)]
-    model, catalog, device = loaded.model, loaded.catalog, loaded.device
-    positive = score(model, catalog, held_out.user, held_out.item, device, ranking=True)
-    negative = score(model, catalog, held_out.user.repeat(negatives), drawn, device, ranking=True)
-    return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
+    return held_out.user.repeat(negatives), drawn
 
 
 def _training_overlap(loaded: LoadedModel, ratings: Ratings) -> int | None:

@@ -165,6 +165,11 @@ class RatingDLRM(nn.Module):
             return self(dense_features, sparse_features)
         return self(dense_features, sparse_features, logits=True)[:, self.config.heads.index("ranking")]
 
+    def head_scale(self, head: str) -> tuple[float, float]:
+        """(low, span) of a head's squashed output: the rating scale for the rating head, 0 to 1 (the
+        probability of an interaction) for the ranking head."""
+        return (self.rating_min, self.rating_span) if head == "rating" else (0.0, 1.0)
+
     def rating_and_ranking(
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

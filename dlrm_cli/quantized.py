@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlrm_cli.model import RatingDLRM
+from dlrm_cli.model import RatingDLRM, to_rating
 
 
 @torch.fx.wrap
@@ -28,13 +28,17 @@ class QuantizedServingDLRM(nn.Module):
     """The model with TorchRec's int8 embedding tables (``torchrec.quant``), over the same plain inputs.
     Loading it needs FBGEMM's int8 operators: ``import torchrec`` (or ``fbgemm_gpu``) first."""
 
-    def __init__(self, model: RatingDLRM) -> None:
+    def __init__(self, model: RatingDLRM, head: str = "") -> None:
         super().__init__()
         from torchrec.inference.modules import quantize_embeddings
 
         self.model = quantize_embeddings(copy.deepcopy(model).cpu().eval(), dtype=torch.qint8, inplace=True)
         self.keys = list(model.config.feature_names)
+        head = head or model.config.heads[0]  # the served head (see ``ServingDLRM``), the first by default
+        self.head = model.config.heads.index(head)
+        self.low, self.span = model.head_scale(head)
         self.requires_grad_(False)
 
     def forward(self, dense: torch.Tensor, ids: List[torch.Tensor], offsets: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
-        return self.model(dense, kjt_from_lists(self.keys, ids, offsets))
+        logits = self.model(dense, kjt_from_lists(self.keys, ids, offsets), logits=True)
+        return to_rating(logits[:, self.head], self.low, self.span)

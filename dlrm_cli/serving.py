@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from dlrm_cli.data import load_dataset
-from dlrm_cli.data.catalog import Catalog, EntityTable, Ratings
-from dlrm_cli.errors import DlrmError
+from dlrm_cli.data.catalog import Catalog, EntityTable
+from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.loading import LoadedModel
-from dlrm_cli.metrics import EVAL_BATCH, error_metrics, score
+from dlrm_cli.metrics import EVAL_BATCH, auc, error_metrics, score
 from dlrm_cli.model import BIAS_COLUMNS, RatingDLRM, bias_name, table_name, to_rating
 from dlrm_cli.parsing import sidecar_path, temporary_beside
 from dlrm_cli.quiet import quiet_library_logs
@@ -42,8 +42,10 @@ INPUTS = ("ids", "features")
 class ServingDLRM(nn.Module):
     """The same computation as ``RatingDLRM`` over plain tensors instead of a KeyedJaggedTensor."""
 
-    def __init__(self, model: RatingDLRM) -> None:
+    def __init__(self, model: RatingDLRM, head: str = "") -> None:
         super().__init__()
+        head = head or model.config.heads[0]
+        index = model.config.heads.index(head)
         ebc = model.dlrm.sparse_arch.embedding_bag_collection
         self.bags = nn.ModuleList(
             nn.EmbeddingBag.from_pretrained(ebc.embedding_bags[table_name(feature)].weight.detach().clone(), mode="sum")
@@ -54,11 +56,12 @@ class ServingDLRM(nn.Module):
         biased = [features.index(table.feature) for table in model.config.bias_tables]
         if biased != list(range(len(biased))):
             raise ValueError(f"the biased features must come first, got positions {biased}")
-        # An artifact serves the first head (the rating, or a ranking-only model's probability): its columns
-        # of the bias tables and its row of the output layer.
+        # An artifact serves one head (by default the first: the rating, or a ranking-only model's
+        # probability): its columns of the bias tables and its row of the output layer.
+        columns = slice(index * BIAS_COLUMNS, (index + 1) * BIAS_COLUMNS)
         self.biases = nn.ModuleList(
             nn.EmbeddingBag.from_pretrained(
-                model.biases.embedding_bags[bias_name(table.feature)].weight.detach()[:, :BIAS_COLUMNS].clone(),
+                model.biases.embedding_bags[bias_name(table.feature)].weight.detach()[:, columns].clone(),
                 mode="sum",
             )
             for table in model.config.bias_tables
@@ -67,11 +70,12 @@ class ServingDLRM(nn.Module):
         self.inter_arch = copy.deepcopy(model.dlrm.inter_arch)
         self.over_arch = copy.deepcopy(model.dlrm.over_arch)
         output = [module for module in self.over_arch.modules() if isinstance(module, nn.Linear)][-1]
-        output.weight = nn.Parameter(output.weight.detach()[:1].clone())
-        output.bias = nn.Parameter(output.bias.detach()[:1].clone())
+        output.weight = nn.Parameter(output.weight.detach()[index : index + 1].clone())
+        output.bias = nn.Parameter(output.bias.detach()[index : index + 1].clone())
         output.out_features = 1
-        self.rating_min = float(model.rating_min)
-        self.rating_span = float(model.rating_span)
+        low, span = model.head_scale(head)
+        self.rating_min = float(low)
+        self.rating_span = float(span)
         self.requires_grad_(False)
 
     def forward(self, dense: torch.Tensor, ids: list[torch.Tensor], offsets: list[torch.Tensor]) -> torch.Tensor:
@@ -201,11 +205,11 @@ def export_model(
         from dlrm_cli.quantized import QuantizedServingDLRM
 
         with quiet_library_logs():
-            scorer = torch.jit.script(torchrec.fx.symbolic_trace(QuantizedServingDLRM(model).eval()))
+            scorer = torch.jit.script(torchrec.fx.symbolic_trace(QuantizedServingDLRM(model, spec.head).eval()))
         module = IdServingDLRM(scorer, catalog).eval() if spec.inputs == "ids" else scorer
         torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra)
         return load_artifact(path, spec.format)
-    serving = float_module(model, catalog, spec.inputs)
+    serving = float_module(model, catalog, spec.inputs, spec.head)
     if spec.format == "torchscript":
         torch.jit.save(torch.jit.script(serving), str(path), _extra_files=extra)
     else:
@@ -256,28 +260,31 @@ def load_artifact(path: Path, fmt: str) -> Any:
         return torch.export.load(file).module()
 
 
-def float_module(model: RatingDLRM, catalog: Catalog, inputs: str) -> nn.Module:
-    """The float serving copy of ``model`` that takes ``inputs`` (``ids`` or ``features``)."""
-    serving: nn.Module = ServingDLRM(model.cpu()).eval()
+def float_module(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "") -> nn.Module:
+    """The float serving copy of ``model`` that takes ``inputs`` (``ids`` or ``features``) and serves ``head``
+    (by default the first)."""
+    serving: nn.Module = ServingDLRM(model.cpu(), head).eval()
     return IdServingDLRM(serving, catalog).eval() if inputs == "ids" else serving
 
 
-def float_size(model: RatingDLRM, catalog: Catalog, inputs: str) -> int:
+def float_size(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "") -> int:
     """Bytes of the float TorchScript artifact, to compare a quantized one with."""
     import io
 
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(float_module(model, catalog, inputs)), buffer)
+    torch.jit.save(torch.jit.script(float_module(model, catalog, inputs, head)), buffer)
     return len(buffer.getvalue())
 
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """What ``dlrm export`` was asked for: the file format, which inputs the artifact takes, int8 tables."""
+    """What ``dlrm export`` was asked for: the file format, which inputs the artifact takes, int8 tables, and
+    which of the model's heads it serves (empty: the first)."""
 
     format: str = "pt2"
     inputs: str = "ids"
     quantize: str | None = None
+    head: str = ""
 
 
 def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: str) -> dict[str, Any]:
@@ -297,25 +304,32 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
             for name, rows in catalog.sparse_features
         ],
     }
+    head = spec.head or model.config.heads[0]
+    low, span = model.head_scale(head)
+    # a rating head outputs ratings; a ranking head the probability of an interaction, which ranks items
+    outputs = "ratings" if head == "rating" else "scores"
     described: dict[str, Any] = {
         "checkpoint": checkpoint,
         "format": spec.format,
         "inputs": spec.inputs,
         "quantize": spec.quantize,
         "load": load,
-        "rating_range": [model.config.rating_min, model.config.rating_max],
+        "head": head,
+        "rating_range": [low, low + span],
     }
+    if head == "ranking":
+        described["scores"] = "the probability (0 to 1) that the user picks the item: rank a user's items by it"
     if spec.inputs == "features":
         return {
             **described,
-            "call": "model(dense, ids, offsets) -> ratings (float32, size B)",
+            "call": f"model(dense, ids, offsets) -> {outputs} (float32, size B)",
             **features,
             "note": "ids[f] holds feature f's embedding rows for the whole batch, concatenated; offsets[f][b] is "
             "where sample b's rows start. Export with --inputs ids for an artifact that takes raw ids.",
         }
     return {
         **described,
-        "call": "model(users, items) -> (ratings, user_known, item_known); users and items int64, size B",
+        "call": f"model(users, items) -> ({outputs}, user_known, item_known); users and items int64, size B",
         "users": _id_description(catalog.users),
         "items": _id_description(catalog.items),
         "unknown_ids": (
@@ -328,7 +342,7 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
         "features": {
             **features,
             "note": "what the ids become inside the artifact; dlrm export --inputs features writes an artifact "
-            "that takes these instead: model(dense, ids, offsets) -> ratings",
+            f"that takes these instead: model(dense, ids, offsets) -> {outputs}",
         },
     }
 
@@ -374,14 +388,21 @@ def unknown_id(table: EntityTable) -> int:
 
 @dataclass(frozen=True)
 class Quantization:
-    """What int8 tables save and cost: artifact size, and test RMSE against the float model."""
+    """What int8 tables save and cost: artifact size, and against the float model, the test RMSE of a rating
+    head or the test AUC of a ranking head (held-out pairs against seeded uniform negatives, as ``evaluate``)."""
 
     bytes: int
     float_bytes: int
-    float_rmse: float
-    int8_rmse: float
-    rmse_change: float
     ratings: int
+    float_rmse: float | None = None
+    int8_rmse: float | None = None
+    rmse_change: float | None = None
+    float_auc: float | None = None
+    int8_auc: float | None = None
+    auc_change: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -391,6 +412,7 @@ class ExportResult:
     checkpoint: str
     format: str
     inputs: str
+    head: str
     output: str
     description: str
     bytes: int
@@ -402,6 +424,8 @@ class ExportResult:
         report = asdict(self)
         if self.quantization is None:
             del report["quantization"]
+        else:
+            report["quantization"] = self.quantization.to_dict()
         return report
 
 
@@ -411,8 +435,15 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
     on ids it never saw; nothing is left at ``output`` when the check fails."""
     from dlrm_cli.quantized import QuantizedServingDLRM
 
-    catalog = loaded.catalog
-    held_out = load_dataset(loaded.checkpoint.run.data).test
+    catalog, heads = loaded.catalog, loaded.model.config.heads
+    if spec.head and spec.head not in heads:
+        raise DlrmUsageError(
+            f"checkpoint {loaded.checkpoint.name} has no {spec.head} head (its heads: {', '.join(heads)}; "
+            "train with --objective both for both): leave out --head"
+        )
+    spec = ExportSpec(spec.format, spec.inputs, spec.quantize, spec.head or heads[0])
+    data = load_dataset(loaded.checkpoint.run.data)
+    held_out = data.test
     rows = torch.arange(min(len(held_out), 1024))
     users, items = held_out.user[rows], held_out.item[rows]
     if spec.inputs == "ids" and catalog.users.has_oov and catalog.items.has_oov:
@@ -429,9 +460,9 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
         with torch.inference_mode():
             exported = artifact(*inputs)
             if spec.quantize:  # an int8 artifact must match the eager int8 model, not the float one
-                eager = QuantizedServingDLRM(loaded.model).eval()(*plain_inputs(catalog, users, items))
+                eager = QuantizedServingDLRM(loaded.model, spec.head).eval()(*plain_inputs(catalog, users, items))
             else:
-                eager = score(loaded.model, catalog, users, items, torch.device("cpu"))
+                eager = _eager(loaded, users, items, spec.head)
         if spec.inputs == "ids":
             exported, user_known, item_known = exported
             if not (
@@ -457,13 +488,21 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
         checkpoint=loaded.checkpoint.name,
         format=spec.format,
         inputs=spec.inputs,
+        head=spec.head,
         output=str(output),
         description=str(sidecar),
         bytes=size,
         parity_samples=len(users),
         max_abs_difference=difference,
-        quantization=_quantization(loaded, held_out, artifact, size, spec.inputs) if spec.quantize else None,
+        quantization=_quantization(loaded, data, artifact, size, spec) if spec.quantize else None,
     )
+
+
+def _eager(loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, head: str) -> torch.Tensor:
+    """What the float artifact must output for these pairs: the head's output on its scale."""
+    if head == "ranking":  # the ranking head's logit, squashed as the artifact squashes it (0 to 1)
+        return torch.sigmoid(score(loaded.model, loaded.catalog, users, items, torch.device("cpu"), ranking=True))
+    return score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
 
 
 def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, inputs: str) -> tuple:
@@ -473,15 +512,34 @@ def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch
     return plain_inputs(catalog, user_rows, item_rows)
 
 
-def _quantization(loaded: LoadedModel, held_out: Ratings, artifact: Any, size: int, inputs: str) -> Quantization:
-    predicted = []
-    with torch.inference_mode():
-        for start in range(0, len(held_out), EVAL_BATCH):
-            chunk = slice(start, start + EVAL_BATCH)
-            out = artifact(*_artifact_inputs(loaded.catalog, held_out.user[chunk], held_out.item[chunk], inputs))
-            predicted.append(out[0] if inputs == "ids" else out)
-    int8 = error_metrics(torch.cat(predicted), held_out.rating)["rmse"]
-    float_predicted = score(loaded.model, loaded.catalog, held_out.user, held_out.item, torch.device("cpu"))
-    float_rmse = error_metrics(float_predicted, held_out.rating)["rmse"]
-    float_bytes = float_size(loaded.model, loaded.catalog, inputs)
-    return Quantization(size, float_bytes, float_rmse, int8, int8 - float_rmse, len(held_out))
+def _quantization(loaded: LoadedModel, data: Any, artifact: Any, size: int, spec: ExportSpec) -> Quantization:
+    """The int8 artifact against the float model on the test rows."""
+    held_out, catalog = data.test, loaded.catalog
+
+    def served(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(users), EVAL_BATCH):
+                chunk = slice(start, start + EVAL_BATCH)
+                scored = artifact(*_artifact_inputs(catalog, users[chunk], items[chunk], spec.inputs))
+                out.append(scored[0] if spec.inputs == "ids" else scored)
+        return torch.cat(out) if out else torch.empty(0)
+
+    float_bytes = float_size(loaded.model, catalog, spec.inputs, spec.head)
+    if spec.head == "ranking":
+        from dlrm_cli.inference import seeded_negatives
+
+        negative_users, negative_items = seeded_negatives(loaded, held_out, data.train)
+        int8 = auc(served(held_out.user, held_out.item), served(negative_users, negative_items))
+        exact = auc(
+            *(
+                _eager(loaded, u, i, "ranking")
+                for u, i in ((held_out.user, held_out.item), (negative_users, negative_items))
+            )
+        )
+        return Quantization(size, float_bytes, len(held_out), float_auc=exact, int8_auc=int8, auc_change=int8 - exact)
+    int8_rmse = error_metrics(served(held_out.user, held_out.item), held_out.rating)["rmse"]
+    float_rmse = error_metrics(_eager(loaded, held_out.user, held_out.item, "rating"), held_out.rating)["rmse"]
+    return Quantization(
+        size, float_bytes, len(held_out), float_rmse=float_rmse, int8_rmse=int8_rmse, rmse_change=int8_rmse - float_rmse
+    )

@@ -143,6 +143,47 @@ def test_an_export_of_a_two_headed_model_serves_its_rating_head(both_store, tmp_
     assert got.tolist() == pytest.approx([expected["0"], expected["21"]], abs=1e-5)
 
 
+@pytest.mark.parametrize("quantize", [False, True])
+def test_an_export_of_the_ranking_head_ranks_a_users_items_as_recommend_does(both_store, tmp_path, quantize):
+    dlrm = Dlrm(both_store)
+    artifact = tmp_path / "ranking.pt"
+    extra = ["--quantize", "int8"] if quantize else []
+    result = dlrm("export", "--head", "ranking", "--format", "torchscript", "--output", str(artifact), *extra, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["head"] == "ranking"
+    if quantize:  # a ranking head's int8 cost is measured in AUC, not in RMSE against star ratings
+        assert set(report["quantization"]) >= {"float_auc", "int8_auc", "auc_change"}
+        assert "float_rmse" not in report["quantization"]
+        assert abs(report["quantization"]["auc_change"]) < 0.02
+    described = json.loads(artifact.with_name("ranking.pt.json").read_text())
+    assert described["head"] == "ranking" and described["rating_range"] == [0.0, 1.0]
+    if quantize:
+        import torchrec  # noqa: F401  (FBGEMM's int8 operators)
+    served = torch.jit.load(str(artifact))
+    from dlrm_cli.inference import recommend
+
+    loaded = open_model(both_store, "both")
+    recommended = [
+        entry.item for entry in recommend(loaded, "3", top=2 * ITEMS_PER_GROUP, exclude_seen=False).ranking.items
+    ]
+    scores, _, _ = served(torch.tensor([3] * len(recommended)), torch.tensor([int(item) for item in recommended]))
+    assert bool(((scores > 0) & (scores < 1)).all())  # probabilities, not stars
+    if not quantize:  # the same order as recommend, which ranks by the ranking head
+        assert scores.tolist() == sorted(scores.tolist(), reverse=True)
+
+
+def test_an_export_of_a_head_the_model_lacks_is_refused_in_one_line(implicit_store, tmp_path):
+    artifact = tmp_path / "rating.pt2"
+    result = Dlrm(implicit_store)("export", "--head", "rating", "--output", str(artifact))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: checkpoint clicks has no rating head (its heads: ranking; train with --objective both for both): "
+        "leave out --head"
+    ]
+    assert not artifact.exists() and not artifact.with_name("rating.pt2.json").exists()
+
+
 @pytest.fixture(scope="module")
 def implicit_store(grouped_csv, tmp_path_factory: pytest.TempPathFactory):
     """The grouped pairs without their stars: a CSV of user, item (clicks, views, purchases)."""

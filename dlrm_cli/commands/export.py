@@ -30,6 +30,14 @@ def export_command(
     quantize: Annotated[
         str | None, typer.Option(help="int8: quantize the embedding tables with torchrec.quant (TorchScript).")
     ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="rating or ranking: which of the model's outputs the artifact serves (ranking: the probability "
+            "of an interaction, which ranks a user's items).",
+            show_default="the model's first: rating, or ranking for a ranking-only model",
+        ),
+    ] = None,
     force: ForceOutputOption = False,
     json_output: JsonOption = False,
     store: StoreOption = DEFAULT_STORE,
@@ -48,7 +56,9 @@ def export_command(
         raise DlrmUsageError(f"--quantize takes int8, got {quantize!r}")
     if quantize and format == "pt2":
         raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
-    spec = ExportSpec(format or ("torchscript" if quantize else "pt2"), inputs, quantize)
+    if head not in (None, "rating", "ranking"):
+        raise DlrmUsageError(f"--head must be rating or ranking, got {head!r}")
+    spec = ExportSpec(format or ("torchscript" if quantize else "pt2"), inputs, quantize, head or "")
     output = output_path(output, force)
     output_path(sidecar_path(output), force)  # the file describing its inputs follows the same rule
 
@@ -61,19 +71,25 @@ def export_command(
         ui.print_json(result.to_dict())
         return
     console = ui.out()
-    console.print(
-        f"Exported {result.checkpoint} as {spec.format} taking {spec.inputs} to {output} ({result.bytes / 1e6:.1f} MB)"
-    )
+    served = result.checkpoint if result.head == "rating" else f"the ranking head of {result.checkpoint}"
+    console.print(f"Exported {served} as {spec.format} taking {spec.inputs} to {output} ({result.bytes / 1e6:.1f} MB)")
     console.print(
         f"Parity on {result.parity_samples:,} held-out pairs: max |exported - eager| = "
         f"{result.max_abs_difference:.2e} (limit {PARITY_TOLERANCE:g})"
     )
     q = result.quantization
     if q is not None:
+        if q.float_auc is not None:
+            change = (
+                f"test AUC {q.float_auc:.4f} -> {q.int8_auc:.4f} ({q.auc_change:+.4f}) on {q.ratings:,} held-out pairs"
+            )
+        else:
+            change = (
+                f"test RMSE {q.float_rmse:.4f} -> {q.int8_rmse:.4f} ({q.rmse_change:+.4f}) on {q.ratings:,} ratings"
+            )
         console.print(
             f"int8 tables: {q.bytes:,} bytes against {q.float_bytes:,} for float "
-            f"({_size_change(q.bytes, q.float_bytes)}); test RMSE {q.float_rmse:.4f} -> "
-            f"{q.int8_rmse:.4f} ({q.rmse_change:+.4f}) on {q.ratings:,} ratings"
+            f"({_size_change(q.bytes, q.float_bytes)}); {change}"
         )
     console.print(f"Inputs described in {result.description}")
 
