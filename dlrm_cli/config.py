@@ -26,6 +26,17 @@ EXPORT_FORMATS = ("torchscript", "pt2")
 BIAS_FEATURES = ("user_id", "item_id")
 OBJECTIVES = ("auto", "rating", "both", "ranking")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
+RELEVANT_RATING = 4.0  # a rating at or above this (or the scale's top, if lower) marks an item the user liked
+
+
+def relevant_rating(rating_max: float) -> float:
+    """The rating that makes a held-out item relevant (``evaluate --k``, training's validation NDCG) and a
+    rated pair a liked one (``--positives``): 4, or the scale's top if lower (data without ratings: 1, so
+    every interaction)."""
+    return min(RELEVANT_RATING, rating_max)
+
+
+POSITIVES = ("all", "liked")
 HEADS = ("rating", "ranking")
 
 
@@ -161,6 +172,7 @@ class TrainConfig:
     objective: str = "auto"
     negatives: int = 4
     negative_sampling: str = "uniform"
+    positives: str = "all"
     ranking_weight: float = 1.0
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
@@ -176,6 +188,7 @@ class TrainConfig:
             ("device", self.device, DEVICES),
             ("objective", self.objective, OBJECTIVES),
             ("negative_sampling", self.negative_sampling, NEGATIVE_SAMPLING),
+            ("positives", self.positives, POSITIVES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -378,11 +391,19 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 # --config says otherwise.
 # The ranking objective (a ranking-only model) learns from many more pairs than the rating one (each
 # rated pair and its sampled negatives) and overfits later: it trains at a higher rate that decays more
-# slowly, without the L2 penalty on the embeddings, and with 8 negatives per rated pair. Chosen on
-# validation NDCG@10 of the MovieLens 1M subset; see the README's Training for ranking. They apply unless
+# slowly, without the L2 penalty on the embeddings, with 8 negatives per rated pair, and with only the
+# pairs a user liked as positives (where there are ratings; see ``Objective``). Chosen on validation
+# NDCG@10 of the MovieLens 1M subset; see the README's Training for ranking. They apply unless
 # the command line or --config says otherwise (and after the data kind's preset).
 OBJECTIVE_PRESETS: dict[str, dict[str, object]] = {
-    "ranking": {"lr": 3e-3, "lr_gamma": 0.8, "sparse_lr": 0.1, "embedding_l2": 0.0, "negatives": 8},
+    "ranking": {
+        "lr": 3e-3,
+        "lr_gamma": 0.8,
+        "sparse_lr": 0.1,
+        "embedding_l2": 0.0,
+        "negatives": 8,
+        "positives": "liked",
+    },
 }
 
 PRESETS: dict[str, dict[str, object]] = {

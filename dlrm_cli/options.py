@@ -68,6 +68,11 @@ class NegativeSampling(StrEnum):
     popularity = "popularity"
 
 
+class Positives(StrEnum):
+    all = "all"
+    liked = "liked"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -158,10 +163,17 @@ Negatives = Annotated[int, _option("Ranking: sampled unrated items per rated pai
 NegativeSamplingOption = Annotated[
     NegativeSampling, _option("Ranking: draw negatives uniformly or by training popularity.", OPT)
 ]
+PositivesOption = Annotated[
+    Positives,
+    _option(
+        "Ranking, on data with ratings: all rated pairs are positives, or only those liked (rated 4 or more, "
+        "or the scale's top if lower).",
+        OPT,
+    ),
+]
 RankingWeight = Annotated[
     float, _option("With --objective both: the ranking loss's weight beside the rating's.", OPT, callback=positive)
 ]
-
 
 Patience = Annotated[
     int | None,

@@ -66,6 +66,24 @@ def test_both_objectives_add_the_weighted_cross_entropy_of_rated_pairs_and_negat
     assert objective.loss(logits, ratings).item() == pytest.approx(0.5 * cross_entropy, rel=1e-6)
 
 
+def _bce(logit: float, label: int) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return -math.log(p if label else 1 - p)
+
+
+def test_liked_positives_count_only_pairs_rated_at_the_threshold():
+    """Rows: a pair rated 5 (liked), one rated 2 (not), then two negatives."""
+    logits = torch.tensor([[2.0], [1.0], [-1.0], [0.5]])
+    ratings = torch.tensor([5.0, 2.0])
+    objective = Objective(heads=("ranking",), rating_min=0.0, rating_span=1.0, positives="liked", relevant=4.0)
+    expected = (_bce(2.0, 1) + _bce(-1.0, 0) + _bce(0.5, 0)) / 3  # the pair rated 2 counts neither way
+    assert objective.loss(logits, ratings).item() == pytest.approx(expected, rel=1e-6)
+    everything = Objective(heads=("ranking",), rating_min=0.0, rating_span=1.0)
+    assert everything.loss(logits, ratings).item() == pytest.approx(
+        (_bce(2.0, 1) + _bce(1.0, 1) + _bce(-1.0, 0) + _bce(0.5, 0)) / 4, rel=1e-6
+    )
+
+
 def test_negatives_are_drawn_only_among_items_with_training_ratings_and_follow_popularity():
     counts = torch.tensor([0.0, 30.0, 10.0, 0.0])
     torch.manual_seed(0)
@@ -303,3 +321,22 @@ def test_evaluate_data_on_interactions_the_model_trained_on_warns_in_their_terms
     result = Dlrm(implicit_store)("evaluate", "--data", f"csv:{implicit_store.parent / 'clicks.csv'}")
     assert result.exit_code == 0, result.output
     assert "AUC" in result.stdout and "interactions are (user, item) pairs the checkpoint trained on" in result.stderr
+
+
+def test_ranking_relevance_defaults_to_the_top_of_a_scale_that_ends_below_4(tmp_path):
+    """On a 1-3 scale, evaluate --k and training's validation NDCG count ratings of 3 as relevant (4 would
+    leave no relevant item, and every user skipped)."""
+    rng = np.random.default_rng(1)
+    lines = ["user,item,rating"]
+    for user in range(40):
+        for item in rng.choice(30, size=10, replace=False):
+            lines.append(f"{user},{item},{1 + (user + int(item)) % 3}")
+    path = tmp_path / "three.csv"
+    path.write_text("\n".join(lines) + "\n")
+    dlrm = Dlrm(tmp_path / "store")
+    trained = dlrm("train", "--data", f"csv:{path}", "--objective", "both", "--name", "three", *TRAIN[:2])
+    assert trained.exit_code == 0, trained.output
+    meta = json.loads((tmp_path / "store" / "three" / "meta.json").read_text())
+    assert meta["model"]["rating_max"] == 3.0 and meta["history"][0]["val_ndcg"] > 0
+    ranking = json.loads(dlrm("evaluate", "--k", "5", "--no-baselines", "--json").stdout)["ranking"]
+    assert ranking["relevant"] == 3.0 and ranking["users"] > 0

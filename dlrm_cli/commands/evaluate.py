@@ -30,7 +30,7 @@ def evaluate_command(
         float | None,
         typer.Option(
             help="With --k: a held-out rating at or above this makes its item relevant.",
-            show_default="4; every held-out interaction for data without ratings",
+            show_default="4, or the scale's top if lower: for data without ratings, every held-out interaction",
         ),
     ] = None,
     candidates: Annotated[
@@ -48,6 +48,7 @@ def evaluate_command(
     """Report MSE, RMSE and MAE beside the global-mean baseline and the noise floor; with --k, top-K
     ranking metrics beside ranking baselines."""
     from dlrm_cli import ui
+    from dlrm_cli.config import relevant_rating
     from dlrm_cli.errors import DlrmUsageError
     from dlrm_cli.inference import SPLITS, evaluate, source_to_score
     from dlrm_cli.loading import open_model
@@ -66,7 +67,7 @@ def evaluate_command(
     result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None)
     ranking = None
     if cutoffs is not None:
-        threshold = relevant if relevant is not None else loaded.catalog.rating_max if implicit else 4.0
+        threshold = relevant if relevant is not None else relevant_rating(loaded.catalog.rating_max)
         ranking = _rank(loaded, split, cutoffs, threshold, candidates, baselines)
     if json_output:
         ui.print_json({**result.to_dict(), **({"ranking": ranking.to_dict()} if ranking else {})})

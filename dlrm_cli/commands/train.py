@@ -51,6 +51,7 @@ def train_command(
     objective: o.ObjectiveOption = o.ObjectiveChoice(T.objective),
     negatives: o.Negatives = T.negatives,
     negative_sampling: o.NegativeSamplingOption = o.NegativeSampling(T.negative_sampling),
+    positives: o.PositivesOption = o.Positives(T.positives),
     ranking_weight: o.RankingWeight = T.ranking_weight,
     patience: o.Patience = T.patience,
     checkpoint_every: o.CheckpointEvery = T.checkpoint_every,
