@@ -190,6 +190,7 @@ class RankedItem:
     title: str | None
     rating: float
     unseen: bool
+    score: float | None = None  # a two-headed model's recommendations: the ranking head's probability
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ class Ranking:
                         if self.scored_as == "rating"
                         else {"score": entry.rating}
                     ),
+                    **({"score": entry.score} if entry.score is not None else {}),
                     "unseen_in_training": entry.unseen,
                 }
                 for rank, entry in enumerate(self.items, start=1)
@@ -312,12 +314,14 @@ def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
     users = torch.cat([query.user_row.expand(len(query.item_rows)) for query in queries])
     items = torch.cat([query.item_rows for query in queries])
     sizes = [len(query.item_rows) for query in queries]
-    if "ranking" in loaded.model.config.heads and any(query.limit is not None for query in queries):
+    heads = loaded.model.config.heads
+    if "ranking" in heads and any(query.limit is not None for query in queries):
         predicted, orders = score_heads(loaded.model, loaded.catalog, users, items, loaded.device)
     else:
         predicted = orders = score(loaded.model, loaded.catalog, users, items, loaded.device)
+    two_heads = "rating" in heads and "ranking" in heads  # whose recommendations show both
     return [
-        _ranking(loaded, query, part, order if query.limit is not None else part)
+        _ranking(loaded, query, part, order if query.limit is not None else part, two_heads and query.limit is not None)
         for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True)
     ]
 
@@ -352,9 +356,12 @@ def entity_rows(table: EntityTable, ids: list[str]) -> torch.Tensor:
     return rows
 
 
-def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor, by: torch.Tensor) -> Ranking:
+def _ranking(
+    loaded: LoadedModel, query: Query, predicted: torch.Tensor, by: torch.Tensor, with_scores: bool = False
+) -> Ranking:
     """A query's items with their predicted ratings, sorted best first by ``by``: the predicted ratings for
-    predict, the ranking head's scores (where the model has one) for recommend."""
+    predict, the ranking head's scores (where the model has one) for recommend; ``with_scores``: ``by`` is
+    a ranking head's logits beside a rating head, and each item shows its probability too."""
     catalog = loaded.catalog
     order = torch.argsort(by, descending=True, stable=True)[: query.limit]
     rows = query.item_rows[order]
@@ -364,9 +371,12 @@ def _ranking(loaded: LoadedModel, query: Query, predicted: torch.Tensor, by: tor
         names = [query.items[i] for i in order.tolist()]
     else:
         names = [str(k) for k in catalog.items.keys[rows.numpy()]]
+    scores = torch.sigmoid(by[order]).tolist() if with_scores else [None] * len(order)
     ranked = [
-        RankedItem(name, (titles[row] or None) if titles else None, float(value), flag)
-        for name, row, value, flag in zip(names, rows.tolist(), predicted[order].tolist(), unseen, strict=True)
+        RankedItem(name, (titles[row] or None) if titles else None, float(value), flag, score)
+        for name, row, value, flag, score in zip(
+            names, rows.tolist(), predicted[order].tolist(), unseen, scores, strict=True
+        )
     ]
     return Ranking(
         checkpoint=loaded.checkpoint.name,
@@ -552,6 +562,8 @@ def recommend_many(
         if progress is not None:
             progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
     scores = torch.cat(best_scores) if best_scores else torch.empty(0, top)
+    if "ranking" in loaded.model.config.heads:  # the ranking head's logits, as the probability recommend shows
+        scores = torch.sigmoid(scores)
     chosen = torch.cat(best_items) if best_items else torch.empty(0, top, dtype=torch.long)
     keys = catalog.items.keys
     titles = catalog.items.titles

@@ -230,13 +230,17 @@ def show_ranking(ranking: Any, title: str) -> None:
     table.add_column(ranking.scored_as, justify="right")
     if rated:
         table.add_column("stars")
+    scored = any(entry.score is not None for entry in ranked)  # a two-headed model's order, shown
+    if scored:
+        table.add_column("score", justify="right")
     table.add_column("")
     for rank, entry in enumerate(ranked, start=1):
         cells = [str(rank), entry.item] + ([entry.title or ""] if with_titles else [])
         note = "← recommended" if rank == 1 else ""
         if entry.unseen:
             note = (note + " (unseen in training)").strip()
-        cells += [f"{entry.rating:.2f}", *([stars(entry.rating, ranking.rating_max)] if rated else []), note]
+        cells += [f"{entry.rating:.2f}", *([stars(entry.rating, ranking.rating_max)] if rated else [])]
+        cells += [*([f"{entry.score:.2f}"] if scored else []), note]
         table.add_row(*cells, style="bold green" if rank == 1 else None)
     out().print(table)
     if ranking.user_unseen:

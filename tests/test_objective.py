@@ -3,6 +3,7 @@ recommend and evaluate --k rank by, while predict and evaluate keep the rating h
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -136,6 +137,11 @@ def test_predict_orders_by_the_rating_head_and_recommend_by_the_ranking_head(bot
     ratings = [entry.rating for entry in recommended]
     assert all(1.0 <= rating <= 5.0 for rating in ratings)  # stars from the rating head...
     assert ratings != sorted(ratings, reverse=True)  # ...in the ranking head's order, which differs
+    scores = [entry.score for entry in recommended]  # the order shown: the ranking head's probabilities
+    assert all(0.0 < score < 1.0 for score in scores) and scores == sorted(scores, reverse=True)
+    assert all(entry.score is None for entry in rank_items(loaded, "1", items).items)
+    document = json.loads(Dlrm(both_store)("recommend", "--user", "1", "--top", "3", "--json").stdout)
+    assert all({"rating", "stars", "score"} <= set(entry) for entry in document["items"])
 
 
 def test_evaluate_reports_the_rating_head_and_ranks_with_the_ranking_head(both_store):
@@ -340,3 +346,15 @@ def test_ranking_relevance_defaults_to_the_top_of_a_scale_that_ends_below_4(tmp_
     assert meta["model"]["rating_max"] == 3.0 and meta["history"][0]["val_ndcg"] > 0
     ranking = json.loads(dlrm("evaluate", "--k", "5", "--no-baselines", "--json").stdout)["ranking"]
     assert ranking["relevant"] == 3.0 and ranking["users"] > 0
+
+
+def test_recommendations_for_every_user_carry_the_probability_that_recommend_shows(implicit_store, tmp_path):
+    dlrm = Dlrm(implicit_store)
+    output = tmp_path / "recs.csv"
+    result = dlrm("recommend", "--all-users", "--top", "3", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    with output.open(newline="") as file:
+        first = next(row for row in csv.DictReader(file) if row["user"] == "0" and row["rank"] == "1")
+    single = json.loads(dlrm("recommend", "--user", "0", "--top", "3", "--json").stdout)["items"][0]
+    assert first["item"] == single["item"]
+    assert float(first["score"]) == pytest.approx(single["score"], abs=1e-5)
