@@ -175,6 +175,7 @@ RankingWeight = Annotated[
     float, _option("With --objective both: the ranking loss's weight beside the rating's.", OPT, callback=positive)
 ]
 
+
 Patience = Annotated[
     int | None,
     _option("Stop after this many epochs without a better validation RMSE (NDCG@10 for --objective ranking).", min=1),
