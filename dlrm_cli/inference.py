@@ -98,7 +98,7 @@ def interaction_metrics(loaded: LoadedModel, held_out: Ratings, train: Ratings, 
     model, catalog, device = loaded.model, loaded.catalog, loaded.device
     positive = score(model, catalog, held_out.user, held_out.item, device, ranking=True)
     negative = score(model, catalog, negative_users, negative_items, device, ranking=True)
-    negatives = len(negative_items) // max(len(held_out), 1)
+    negatives = int(loaded.checkpoint.run.train.negatives)
     return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
 
 

@@ -500,8 +500,9 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
 
 def _eager(loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, head: str) -> torch.Tensor:
     """What the float artifact must output for these pairs: the head's output on its scale."""
-    if head == "ranking":  # the ranking head's logit, squashed as the artifact squashes it (0 to 1)
-        return torch.sigmoid(score(loaded.model, loaded.catalog, users, items, torch.device("cpu"), ranking=True))
+    if head == "ranking":  # the ranking head's logit, squashed onto its scale as the artifact squashes it
+        logits = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"), ranking=True)
+        return to_rating(logits, *loaded.model.head_scale(head))
     return score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
 
 

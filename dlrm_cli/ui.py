@@ -132,12 +132,12 @@ class RichProgress:
             rated = len(rows.unique())
             listed = f" ({len(table):,} in the side files)" if len(table) != rated else ""
             entities.append(f"{rated:,} {kind}{listed}")
-        rows = "interactions (no ratings)" if dataset.catalog.implicit else "ratings"
+        rows = "interactions" if dataset.catalog.implicit else "ratings"
+        unrated = " (no ratings)" if dataset.catalog.implicit else ""
         self.console.print(
             f"Data: {dataset.source.kind} — {len(dataset.train):,} train, {len(dataset.validation):,} "
-            f"validation, {len(dataset.test):,} test {rows}; {entities[0]} and {entities[1]} with training "
-            + ("interactions" if dataset.catalog.implicit else "ratings")
-            + (f"; {processes} processes" if processes > 1 else "")
+            f"validation, {len(dataset.test):,} test {rows}{unrated}; {entities[0]} and {entities[1]} with "
+            f"training {rows}" + (f"; {processes} processes" if processes > 1 else "")
         )
 
     def resumed(self, name: str, epoch: int) -> None:
