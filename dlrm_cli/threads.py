@@ -10,11 +10,21 @@ spinning is what makes two threads fast (on the 2-core machine here, turning it 
 work between them). Beside another busy process it is a disaster: a thread spins on a barrier while its
 partner waits for a core, and two training runs side by side did 0.02x the work of one alone. No fixed
 setting is right in both cases, so ``ThreadGovernor`` times a small probe of matrix products at each
-thread count in ``1, 2, 4, ..., available`` and keeps the fastest. It watches the training steps, and
-tries again when their times drift, or when a while has passed (doubling the while each time the same
-count wins, up to ``max_hold_seconds``). A count that is clearly losing (more than twice the best time so
-far) is given up after one run of the probe. Trials never run training steps, so a run alone computes
-exactly what it would at a fixed count.
+thread count in ``1, 2, 4, ..., available`` and keeps the fewest threads that more would not clearly beat:
+more threads must do the probe at least ``min_efficiency`` (75%) of proportionally faster (1.5x for twice
+the threads). Alone, two threads do it 1.95x faster here; beside another run whose threads spin, 1.3x
+or worse, and two runs that each settled on two threads (their first trials ran before the other had
+started) would otherwise each keep confirming that choice. The counts are timed in turns (1, 2, 1, 2, ...),
+so that a neighbour's passing burst of work, such as its own trial, falls on all of them alike; more
+threads are judged by their slowest run, one thread by its median.
+
+It watches the training steps, and tries again when their times have drifted for ``settle_seconds`` (half
+a second: a neighbour's trial, a few tens of milliseconds, does not set off one here), or when a while of
+steps has passed since the last trial (a second, doubling each time the same count wins, up to
+``max_hold_seconds``): the first trial often runs before the steps do, while a neighbour is still loading
+its data. A count above one thread that is clearly losing (more than twice the best time so far) is given
+up after one run of the probe. Trials never
+run training steps, so a run alone computes exactly what it would at a fixed count.
 """
 
 from __future__ import annotations
@@ -120,10 +130,12 @@ class ThreadGovernor:
         clock: Callable[[], float] = time.perf_counter,
         probe_repeats: int = 3,
         watch_steps: int = 5,
-        hold_seconds: float = 5.0,
+        hold_seconds: float = 1.0,
         max_hold_seconds: float = 40.0,
         drift: float = 1.5,
         give_up: float = 2.0,
+        min_efficiency: float = 0.75,
+        settle_seconds: float = 0.5,
     ) -> None:
         if most < 1:
             raise ValueError(f"most must be >= 1, got {most}")
@@ -131,6 +143,7 @@ class ThreadGovernor:
         self._set_threads, self._clock = set_threads, clock
         self._probe = probe
         self.probe_repeats, self.drift, self.give_up = probe_repeats, drift, give_up
+        self.min_efficiency, self.settle_seconds = min_efficiency, settle_seconds
         self._base_hold, self._max_hold = hold_seconds, max_hold_seconds
         self._hold = hold_seconds
         self.threads = 0
@@ -139,6 +152,7 @@ class ThreadGovernor:
         self._recent: deque[float] = deque(maxlen=watch_steps)
         self._reference: float | None = None  # seconds per sample of the steps after the last trial
         self._until = math.inf
+        self._drifting_since: float | None = None  # when the steps' times first drifted from the reference
         if len(self.candidates) == 1:
             self._use(most)
             self.choice = most
@@ -165,40 +179,54 @@ class ThreadGovernor:
         if len(self._recent) < (self._recent.maxlen or 1):
             return
         typical = statistics.median(self._recent)
+        now = self._clock()
         if self._reference is None:  # the steps right after a trial set what normal looks like
             self._reference = typical
+            self._until = now + self._hold  # the while before the next trial starts with the steps
             return
         if typical > self.drift * self._reference or typical * self.drift < self._reference:
-            self._hold = self._base_hold  # conditions changed: measure again now
-            self.trial()
-        elif self._clock() >= self._until:
+            if self._drifting_since is None:
+                self._drifting_since = now
+            elif now - self._drifting_since >= self.settle_seconds:
+                self._hold = self._base_hold  # conditions changed, and stayed changed: measure again now
+                self.trial()
+            return
+        self._drifting_since = None
+        if now >= self._until:
             self.trial()
 
     def trial(self) -> int:
-        """Time the probe at each candidate count (a clearly losing count after one run) and keep the
-        fastest; returns it."""
+        """Time the probe at each candidate count, in turns (a clearly losing count after one run), and keep
+        the fewest threads that more do not clearly beat (see the module's docstring); returns that count."""
         self.trials += 1
         probe = self._probe or matmul_probe()
         self._probe = probe
-        results: dict[int, float] = {}
-        for count in self.candidates:
-            self._use(count)
-            probe()  # the first run at a new count pays for the switch
-            times: list[float] = []
-            for _ in range(self.probe_repeats):
+        times: dict[int, list[float]] = {count: [] for count in self.candidates}
+        for _ in range(self.probe_repeats):
+            for count, runs in times.items():
+                best = min((min(other) for other in times.values() if other), default=math.inf)
+                if count != self.candidates[0] and runs and runs[-1] > self.give_up * best:
+                    continue  # clearly losing (spinning threads): given up; one thread costs little to time
+                self._use(count)
+                probe()  # the first run at a new count pays for the switch
                 start = self._clock()
                 probe()
-                times.append(self._clock() - start)
-                if times[-1] > self.give_up * min(results.values(), default=math.inf):
-                    break
-            results[count] = statistics.median(times)
-        winner = min(results, key=results.__getitem__)
+                runs.append(self._clock() - start)
+        # More threads are judged by their slowest run: a probe lasts milliseconds, and one of them can fall in
+        # a gap of a neighbour's work that the steps, much longer, would not find.
+        fewest = self.candidates[0]
+        results = {count: statistics.median(runs) if count == fewest else max(runs) for count, runs in times.items()}
+        winner = fewest
+        for count in self.candidates[1:]:
+            if results[winner] / results[count] >= self.min_efficiency * count / winner:
+                winner = count
         self._hold = min(2 * self._hold, self._max_hold) if winner == self.choice else self._base_hold
         self.choice = winner
         self._use(winner)
         self._recent.clear()
         self._reference = None
-        self._until = self._clock() + self._hold
+        self._drifting_since = None
+        self._until = math.inf  # set when the steps after this trial have been timed
         return winner
 
     def _use(self, threads: int) -> None:

@@ -113,6 +113,54 @@ def test_it_checks_again_less_often_while_the_answer_stays_the_same():
     assert holds == [5.0, 10.0, 20.0, 40.0, 40.0, 40.0]
 
 
+def test_it_times_the_counts_in_turns():
+    machine = Machine(lambda n: 0.010 / n)
+    governed(machine)
+    # each turn: a run that pays for the switch, then a timed one; so a neighbour's burst hits every count
+    assert machine.probes == [1, 1, 2, 2] * 3
+
+
+def test_two_threads_must_be_clearly_faster_than_one():
+    # beside a neighbour whose two threads spin, each run's two threads are only 1.3x faster than one: both
+    # runs keeping two threads is the collapse, so one thread it is
+    machine = Machine(lambda n: 0.0079 if n == 1 else 0.0060)
+    assert governed(machine).choice == 1
+    machine = Machine(lambda n: 0.0039 if n == 1 else 0.0020)  # alone here: 1.95x
+    assert governed(machine).choice == 2
+
+
+def test_one_lucky_run_of_two_threads_does_not_win():
+    runs = iter([0.004, 0.002, 0.004, 0.006, 0.004, 0.002] * 2)  # 1, 2, 1, 2, 1, 2 (and their switch runs)
+    machine = Machine(lambda n: next(runs))
+    governor = ThreadGovernor(2, machine.set_threads, probe=machine.probe, clock=machine.clock)
+    assert governor.choice == 1  # a slow run of two threads: a neighbour's work, which longer steps would meet
+
+
+def test_a_passing_burst_does_not_set_off_a_trial_but_a_lasting_change_does():
+    slow = {"now": False}
+    machine = Machine(lambda n: (0.040 if slow["now"] else 0.010) / n)
+    governor = governed(machine)
+    machine.run(governor, 20)
+    slow["now"] = True  # a neighbour's trial: a few steps, well under settle_seconds
+    machine.run(governor, 8)
+    slow["now"] = False
+    machine.run(governor, 20)
+    assert governor.trials == 1
+    slow["now"] = True  # it lasts
+    machine.run(governor, 40)
+    assert governor.trials == 2
+
+
+def test_the_wait_before_the_next_trial_starts_with_the_steps():
+    machine = Machine(lambda n: 0.010 / n)
+    governor = ThreadGovernor(2, machine.set_threads, probe=machine.probe, clock=machine.clock, hold_seconds=1.0)
+    machine.now += 30.0  # the first trial ran before the data was loaded
+    machine.run(governor, 50)  # 0.25 s of steps
+    assert governor.trials == 1
+    machine.run(governor, 400)  # past a second of steps: check again, where the steps now run
+    assert governor.trials == 2
+
+
 def test_one_cpu_needs_no_trials():
     machine = Machine(lambda n: 0.010)
     governor = governed(machine, most=1)
