@@ -75,8 +75,9 @@ def test_benchmark_smoke_json(dlrm):
     for model in ("default", "movielens", "seed"):
         assert all(figures["train_samples_per_s"] > 0 for figures in report["train"][model].values())
         assert report["train"][model]["fused"]["ceiling_samples_per_s"] > 0
-    assert set(report["train"]["seed"]) == set(report["train"]["default"]) == {"fused", "plain_ebc", "reference"}
-    # the model MovieLens data trains, with its bags and without: the reference has no bags to compare
+    paths = {"fused", "plain_ebc", "reference", "batched"}
+    assert set(report["train"]["seed"]) == set(report["train"]["default"]) == paths
+    # the model MovieLens data trains, with its bags and without: the references have no bags to compare
     assert set(report["train"]["movielens"]) == {"fused", "plain_ebc", "fused_without_bags"}
     features = {t["feature"] for t in report["settings"]["tables"]["movielens"]}
     assert {"user_id", "item_id"} <= features
@@ -91,7 +92,7 @@ def test_benchmark_smoke_json(dlrm):
     assert set(report["ratios"]) == {
         "mlp_over_matmul",
         *(f"{model}_fused_{ratio}" for model in ("default", "seed") for ratio in
-          ("over_plain_ebc", "over_reference", "share_of_ceiling")),
+          ("over_plain_ebc", "over_reference", "over_batched", "share_of_ceiling")),
         *(f"movielens_fused_{ratio}" for ratio in ("over_plain_ebc", "over_fused_without_bags", "share_of_ceiling")),
     }  # fmt: skip
 
@@ -114,6 +115,7 @@ def test_benchmark_table_and_bad_paths(dlrm):
     assert result.exit_code == 0, result.output
     assert "Training, default model" in result.stdout and "Training, seed model" in result.stdout
     assert "of this model's matmul-bound ceiling" in result.stdout and "Evaluate: 500 ratings" in result.stdout
-    assert_error(dlrm("benchmark", "--paths", "fused,gpu"), 2, "--paths takes fused, plain_ebc, reference; got 'gpu'")
+    paths_error = "--paths takes fused, plain_ebc, reference, batched; got 'gpu'"
+    assert_error(dlrm("benchmark", "--paths", "fused,gpu"), 2, paths_error)
     assert_error(dlrm("benchmark", "--model", "big"), 2, "--model takes default, movielens, seed; got 'big'")
     assert_error(dlrm("benchmark", "--concurrent", "1"), 2, "--concurrent takes 0 (skip) or 2 or more processes; got 1")

@@ -19,9 +19,14 @@ def benchmark_command(
     eval_ratings: Annotated[
         int, typer.Option(min=1, max=100_000_000, help="Ratings scored for evaluate throughput.")
     ] = 1_000_000,
-    paths: Annotated[str, typer.Option(help="Training paths to measure: fused,plain_ebc,reference.")] = (
-        "fused,plain_ebc,reference"
-    ),
+    paths: Annotated[
+        str,
+        typer.Option(
+            help="Training paths to measure: fused (dlrm's), plain_ebc (dlrm with TorchRec's plain tables), "
+            "reference (a hand-written script with a per-sample DataLoader) and batched (that script with "
+            "its batches cut from tensors)."
+        ),
+    ] = "fused,plain_ebc,reference,batched",
     model: Annotated[
         str,
         typer.Option(
@@ -41,7 +46,7 @@ def benchmark_command(
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Measure training samples/s (dlrm fused, plain EBC, hand-written reference) for the default and the
+    """Measure training samples/s (dlrm fused, plain EBC, two hand-written references) for the default and the
     seed example's model, several training processes at once against one alone, inference latency,
     evaluate throughput and MLP GFLOP/s against a large matmul."""
     from dlrm_cli.parsing import parse_id_list
