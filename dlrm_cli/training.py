@@ -34,7 +34,7 @@ from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
 from dlrm_cli.distributed import Parallel, Shard
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
 from dlrm_cli.metrics import EVAL_BATCH, candidate_scorer, error_metrics, evaluate_split
-from dlrm_cli.model import resolve_device, table_name, to_rating
+from dlrm_cli.model import build_model, resolve_device, table_name, to_rating
 from dlrm_cli.optim import Optimizers, build_for_training
 from dlrm_cli.quiet import quiet_library_logs
 from dlrm_cli.request import TrainRequest
@@ -201,6 +201,7 @@ class TrainingRun:
         self.governor: ThreadGovernor | None = None  # None when the thread count is fixed
         self.published = request.resume is not None  # whether the checkpoint self.name is this run's
         self.claimed: str | None = None
+        self.gathered: list[dict[str, torch.Tensor] | None] = []  # this epoch's whole weights, if validation took them
         self._stop_requested: Callable[[], int | None] = _nothing
         self._signals: StopOnSignal | None = None
 
@@ -235,10 +236,6 @@ class TrainingRun:
             self.settings = replace(self.settings, objective=self.settings.objective_for(self.dataset.catalog.implicit))
         except ValueError as error:
             raise DlrmUsageError(str(error)) from None
-        if self.settings.objective != "rating" and self.parallel.active:
-            raise DlrmUsageError(
-                f"--objective {self.settings.objective} trains in one process only for now; run it without torchrun"
-            )
         self.negatives = NegativeSampler.for_run(self.dataset, self.settings)
         self.ranking_task = validation_ranking_task(self.dataset) if self.negatives is not None else None
         self.observer.data_loaded(self.dataset, self.parallel.world)
@@ -413,12 +410,29 @@ class TrainingRun:
             else:
                 metrics = _validate_shared(self.model, self.dataset, self.device, self.parallel)
         if self.ranking_task is not None:
-            metrics["ndcg"] = validation_ndcg(self.model, self.dataset.catalog, self.ranking_task, self.device)
+            metrics["ndcg"] = self._validation_ndcg()
         return metrics
+
+    def _validation_ndcg(self) -> float:
+        """NDCG@10 of the ranking head on the validation users. With several ranks, rank 0 ranks them with
+        the whole model (gathered once for the epoch: ``_epoch_done`` keeps the copy) and shares the figure,
+        so that every rank keeps the same best epoch and stops at the same one."""
+        catalog, task = self.dataset.catalog, self.ranking_task
+        if not self.parallel.active:
+            return validation_ndcg(self.model, catalog, task, self.device)
+        weights = self._weights()  # a collective: every rank calls it (None off rank 0)
+        self.gathered = [weights]
+        value = torch.zeros(1, dtype=torch.float64)
+        if weights is not None:
+            whole = build_model(self.model_config)
+            whole.load_state_dict(weights)
+            value[0] = validation_ndcg(whole.eval(), catalog, task, torch.device("cpu"))
+        return float(self.parallel.sum(value))
 
     def _epoch_done(self, record: dict[str, float], validation: dict[str, float]) -> None:
         self.history.append(record)
-        weights = self._weights()  # a collective when distributed: every rank calls it
+        # whole weights (a collective when distributed), unless validation gathered them for this epoch
+        weights = self.gathered.pop() if self.gathered else self._weights()
         if self.best.beaten_by(validation):
             self.best = Best(int(record["epoch"]), validation, weights)
         self.observer.epoch_done(record)

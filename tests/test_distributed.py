@@ -50,6 +50,27 @@ def test_two_processes_train_a_checkpoint_that_one_process_evaluates(tmp_path):
     assert meta["complete"] and meta["processes"] == 2
 
 
+def test_two_processes_train_both_heads_and_choose_by_the_whole_models_ranking(tmp_path):
+    store = tmp_path / "store"
+    two = _dlrm(
+        store, "train", *TINY, "--epochs", "2", "--objective", "both", "--name", "both", "--nproc-per-node", "2"
+    )
+    assert two.returncode == 0, two.stderr
+    assert "Traceback" not in two.stderr
+    meta = json.loads((store / "both" / "meta.json").read_text())
+    assert meta["processes"] == 2 and [record["epoch"] for record in meta["history"]] == [1, 2]
+    assert all("val_rmse" in record and "val_ndcg" in record for record in meta["history"])
+    # rank 0 ranked the validation users with the whole model, gathered from both ranks' shards: the figure
+    # it recorded is the one a single process gets from the checkpoint
+    best = meta["history"][meta["best_epoch"] - 1]
+    result = Dlrm(store)(
+        "evaluate", "--checkpoint", "both", "--split", "validation", "--k", "10", "--no-baselines", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)["ranking"]
+    assert ranking["models"]["DLRM"]["@10"]["ndcg"] == pytest.approx(best["val_ndcg"], abs=1e-3)
+
+
 def test_resume_with_a_different_number_of_processes(tmp_path):
     store = tmp_path / "store"
     first = _dlrm(store, "train", *TINY, "--epochs", "1", "--name", "grow", "--nproc-per-node", "2")
