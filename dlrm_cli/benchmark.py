@@ -116,6 +116,20 @@ def _data(model: str, settings: BenchmarkSettings) -> Dataset:
         raise DlrmUsageError(str(error)) from None
 
 
+def _next_rows(count: int, batch_size: int) -> Callable[[], torch.Tensor]:
+    """A function that returns the next batch of rows of a random order of ``count`` rows, round and round."""
+    order = torch.randperm(count)
+    position = 0
+
+    def rows() -> torch.Tensor:
+        nonlocal position
+        start = position % (count - batch_size)
+        position += batch_size
+        return order[start : start + batch_size]
+
+    return rows
+
+
 def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: BenchmarkSettings) -> Callable[[], int]:
     """One training step of dlrm as ``dlrm train`` runs it (thread count chosen the same way); returns
     the number of samples it trained on."""
@@ -124,13 +138,10 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
     config = model_config_for(data, train_config)
     model, optimizers = build_for_training(config, train_config, torch.device("cpu"))
     train, catalog = data.train, data.catalog
-    order = torch.randperm(len(train))
-    position = [0]
+    next_rows = _next_rows(len(train), settings.batch_size)
 
     def step() -> int:
-        start = position[0] % (len(train) - settings.batch_size)
-        rows = order[start : start + settings.batch_size]
-        position[0] += settings.batch_size
+        rows = next_rows()
         dense, kjt = catalog.batch(train.user[rows], train.item[rows], leave_out=True)
         train_step(model, optimizers, dense, kjt, train.rating[rows], train_config.embedding_l2).item()
         return settings.batch_size
@@ -296,14 +307,10 @@ def _batched_train_rate(data: Dataset, train_config: TrainConfig, settings: Benc
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     train, catalog = data.train, data.catalog
     category = catalog.items.sparse["category"][:, 0]
-    order = torch.randperm(len(train))
-    position = 0
+    next_rows = _next_rows(len(train), settings.batch_size)
 
     def step() -> int:
-        nonlocal position
-        start = position % (len(train) - settings.batch_size)
-        position += settings.batch_size
-        rows = order[start : start + settings.batch_size]
+        rows = next_rows()
         users, items = train.user[rows], train.item[rows]
         dense = torch.cat((catalog.users.dense[users], catalog.items.dense[items]), dim=1)
         sparse = torch.stack((users, items, category[items]), dim=1)

@@ -23,8 +23,8 @@ a second: a neighbour's trial, a few tens of milliseconds, does not set off one 
 steps has passed since the last trial (a second, doubling each time the same count wins, up to
 ``max_hold_seconds``): the first trial often runs before the steps do, while a neighbour is still loading
 its data. A count above one thread that is clearly losing (more than twice the best time so far) is given
-up after one run of the probe. Trials never
-run training steps, so a run alone computes exactly what it would at a fixed count.
+up after one run of the probe. Trials never run training steps, so a run alone computes exactly what it
+would at a fixed count.
 """
 
 from __future__ import annotations
@@ -201,11 +201,12 @@ class ThreadGovernor:
         self.trials += 1
         probe = self._probe or matmul_probe()
         self._probe = probe
+        fewest = self.candidates[0]
         times: dict[int, list[float]] = {count: [] for count in self.candidates}
         for _ in range(self.probe_repeats):
             for count, runs in times.items():
                 best = min((min(other) for other in times.values() if other), default=math.inf)
-                if count != self.candidates[0] and runs and runs[-1] > self.give_up * best:
+                if count != fewest and runs and runs[-1] > self.give_up * best:
                     continue  # clearly losing (spinning threads): given up; one thread costs little to time
                 self._use(count)
                 probe()  # the first run at a new count pays for the switch
@@ -214,7 +215,6 @@ class ThreadGovernor:
                 runs.append(self._clock() - start)
         # More threads are judged by their slowest run: a probe lasts milliseconds, and one of them can fall in
         # a gap of a neighbour's work that the steps, much longer, would not find.
-        fewest = self.candidates[0]
         results = {count: statistics.median(runs) if count == fewest else max(runs) for count, runs in times.items()}
         winner = fewest
         for count in self.candidates[1:]:

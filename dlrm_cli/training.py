@@ -201,7 +201,6 @@ class TrainingRun:
         self.governor: ThreadGovernor | None = None  # None when the thread count is fixed
         self.published = request.resume is not None  # whether the checkpoint self.name is this run's
         self.claimed: str | None = None
-        self.gathered: list[dict[str, torch.Tensor] | None] = []  # this epoch's whole weights, if validation took them
         self._stop_requested: Callable[[], int | None] = _nothing
         self._signals: StopOnSignal | None = None
 
@@ -335,7 +334,8 @@ class TrainingRun:
             self.observer.batch_done(loss)
         self.optimizers.epoch_done()
         train_seconds = time.perf_counter() - started
-        validation = self.validate()
+        weights = self._weights()  # the epoch's whole weights: a collective when distributed (None off rank 0)
+        validation = self.validate(weights)
         record = {
             "epoch": epoch,
             "train_loss": float(self.parallel.sum(loss_sum)) / self.rows_per_epoch,
@@ -344,7 +344,7 @@ class TrainingRun:
             "samples_per_s": self.rows_per_epoch / train_seconds,
             "seconds": time.perf_counter() - started,
         }
-        self._epoch_done(record, validation)
+        self._epoch_done(record, validation, weights)
         return record
 
     def _step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> float:
@@ -400,9 +400,10 @@ class TrainingRun:
             code,
         )
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, weights: dict[str, torch.Tensor] | None) -> dict[str, float]:
         """MSE, RMSE and MAE on the validation rows (with several ranks, each scores a share); with a
-        ranking head, also NDCG@10 (``ndcg``) over the validation users' full rankings."""
+        ranking head, also NDCG@10 (``ndcg``) over the validation users' full rankings. ``weights``: the
+        whole model (``_weights``), which ranks the users when the run has several ranks."""
         metrics: dict[str, float] = {}
         if "rating" in self.model_config.heads:
             if not self.parallel.active:
@@ -410,18 +411,16 @@ class TrainingRun:
             else:
                 metrics = _validate_shared(self.model, self.dataset, self.device, self.parallel)
         if self.ranking_task is not None:
-            metrics["ndcg"] = self._validation_ndcg()
+            metrics["ndcg"] = self._validation_ndcg(weights)
         return metrics
 
-    def _validation_ndcg(self) -> float:
+    def _validation_ndcg(self, weights: dict[str, torch.Tensor] | None) -> float:
         """NDCG@10 of the ranking head on the validation users. With several ranks, rank 0 ranks them with
-        the whole model (gathered once for the epoch: ``_epoch_done`` keeps the copy) and shares the figure,
-        so that every rank keeps the same best epoch and stops at the same one."""
+        the whole model (``weights``, gathered from the shards) and shares the figure, so that every rank
+        keeps the same best epoch and stops at the same one."""
         catalog, task = self.dataset.catalog, self.ranking_task
         if not self.parallel.active:
             return validation_ndcg(self.model, catalog, task, self.device)
-        weights = self._weights()  # a collective: every rank calls it (None off rank 0)
-        self.gathered = [weights]
         value = torch.zeros(1, dtype=torch.float64)
         if weights is not None:
             whole = build_model(self.model_config)
@@ -429,10 +428,10 @@ class TrainingRun:
             value[0] = validation_ndcg(whole.eval(), catalog, task, torch.device("cpu"))
         return float(self.parallel.sum(value))
 
-    def _epoch_done(self, record: dict[str, float], validation: dict[str, float]) -> None:
+    def _epoch_done(
+        self, record: dict[str, float], validation: dict[str, float], weights: dict[str, torch.Tensor] | None
+    ) -> None:
         self.history.append(record)
-        # whole weights (a collective when distributed), unless validation gathered them for this epoch
-        weights = self.gathered.pop() if self.gathered else self._weights()
         if self.best.beaten_by(validation):
             self.best = Best(int(record["epoch"]), validation, weights)
         self.observer.epoch_done(record)
