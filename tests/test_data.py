@@ -10,10 +10,11 @@ import pytest
 from conftest import assert_error, snapshot
 from fixtures import write_generic_csv, write_ml1m, write_ml100k, write_ml_latest
 
-from dlrm_cli.config import CsvColumns
+from dlrm_cli.config import CsvColumns, SyntheticSpec
 from dlrm_cli.data import load_dataset, load_raw, parse_data_option
 from dlrm_cli.data.features import split_rows
 from dlrm_cli.data.readers import read_movielens
+from dlrm_cli.data.synthetic import draw, expected_clipped, generate
 from dlrm_cli.errors import DataError, DlrmUsageError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m-subset"
@@ -281,3 +282,21 @@ def test_split_seed_keeps_the_split_while_seed_changes_the_model(dlrm, tmp_path)
     printed = dlrm("train", "--data", f"movielens:{folder}", "--seed", "3", "--split-seed", "0", "--print-config")
     assert "seed = 3\n" in printed.stdout and "split-seed = 0\n" in printed.stdout
     assert_error(dlrm("train", "--split-seed", "1"), 2, "--split-seed applies to movielens: and csv: data")
+
+
+def test_synthetic_truth_is_what_the_built_in_ratings_are_drawn_from():
+    """benchmarks/synthetic_floor.py samples the posterior of the generator's hidden parameters: they must be
+    the ones the ratings come from, and the splits the ones dlrm trains and validates on."""
+    spec = SyntheticSpec(users=300, items=200, ratings=30_000, seed=3)
+    draws, dataset = draw(spec), generate(spec)
+    splits = draws.splits(spec)
+    for name in ("train", "validation", "test"):
+        rows = splits[name]
+        part = dataset.split(name)
+        assert part.user.tolist() == draws.truth.user[rows].tolist()
+        assert part.item.tolist() == draws.truth.item[rows].tolist()
+        assert np.allclose(part.rating.numpy(), draws.rating[rows], atol=1e-6)
+        expected = expected_clipped(draws.truth.mean[rows], spec.noise, 0.0, 5.0)
+        assert np.allclose(dataset.expected[name].numpy(), expected, atol=1e-5)
+    inside = (draws.rating > 0) & (draws.rating < 5)  # unclipped: rating - mean is the noise alone
+    assert np.std(draws.rating[inside] - draws.truth.mean[inside]) == pytest.approx(spec.noise, rel=0.05)

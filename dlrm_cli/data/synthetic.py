@@ -9,6 +9,7 @@ rating, E[clip(mu + noise)], is known exactly, and with it the RMSE a perfect mo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ USER_DENSE = [
     "purchases_last_year",
     "discount_usage_rate",
 ]
+GLOBAL_MEAN = 3.2  # the expected rating before biases, tastes and feature effects
 ITEM_DENSE = ["price", "popularity", "avg_review_length", "days_since_release", "discount_pct", "stock_level"]
 CATEGORY_NAMES = [
     "books", "electronics", "garden", "toys", "kitchen", "music", "films", "sports", "fashion", "beauty",
@@ -52,23 +54,71 @@ def _normal_cdf(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + torch.special.erf(torch.from_numpy(x / math.sqrt(2))).numpy())
 
 
-def generate(spec: SyntheticSpec) -> Dataset:
-    """Generate the data set for ``spec``; the same spec always gives the same data."""
+@dataclass(frozen=True)
+class Truth:
+    """The generator's hidden parameters, which no model sees: each rating's user and item, their biases and
+    latent factors (an item's factors include its category's offset), and the effect of the observable
+    features on each rating. ``mean`` is each rating's expected value before noise and clipping."""
+
+    user: np.ndarray
+    item: np.ndarray
+    category: np.ndarray  # of each item
+    user_bias: np.ndarray
+    item_bias: np.ndarray
+    category_bias: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    category_factors: np.ndarray
+    feature_effect: np.ndarray  # of each rating
+
+    @property
+    def mean(self) -> np.ndarray:
+        user, item = self.user, self.item
+        return (
+            GLOBAL_MEAN
+            + self.user_bias[user]
+            + self.item_bias[item]
+            + self.category_bias[self.category[item]]
+            + np.einsum("nk,nk->n", self.user_factors[user], self.item_factors[item])
+            + self.feature_effect
+        )
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Everything the generator draws for a spec: the observable features, the hidden truth, the ratings
+    and the order that splits them (test rows first, then validation, then training)."""
+
+    user_raw: np.ndarray
+    item_raw: np.ndarray
+    truth: Truth
+    rating: np.ndarray
+    order: np.ndarray
+
+    def splits(self, spec: SyntheticSpec) -> dict[str, np.ndarray]:
+        n_test = max(1, int(spec.ratings * spec.test_fraction))
+        n_val = max(1, int(spec.ratings * spec.validation_fraction))
+        order = self.order
+        return {"train": order[n_test + n_val :], "validation": order[n_test : n_test + n_val], "test": order[:n_test]}
+
+
+def draw(spec: SyntheticSpec) -> Draws:
+    """The random draws behind ``generate(spec)``; the same spec always gives the same draws."""
     rng = np.random.default_rng(spec.seed)  # the order of the draws below is part of the data set
     user_raw = _user_features(rng, spec.users)
     category, item_raw = _item_features(rng, spec)
-    user, item, mu = _who_rates_what(rng, spec, user_raw, item_raw, category)
-    rating = np.clip(mu + rng.normal(0, spec.noise, spec.ratings), 0.0, 5.0)
-    expected = torch.from_numpy(expected_clipped(mu, spec.noise, 0.0, 5.0)).float()
+    truth = _who_rates_what(rng, spec, user_raw, item_raw, category)
+    rating = np.clip(truth.mean + rng.normal(0, spec.noise, spec.ratings), 0.0, 5.0)
+    return Draws(user_raw, item_raw, truth, rating, rng.permutation(spec.ratings))
 
-    order = rng.permutation(spec.ratings)
-    n_test = max(1, int(spec.ratings * spec.test_fraction))
-    n_val = max(1, int(spec.ratings * spec.validation_fraction))
-    splits = {
-        "train": torch.from_numpy(order[n_test + n_val :]),
-        "validation": torch.from_numpy(order[n_test : n_test + n_val]),
-        "test": torch.from_numpy(order[:n_test]),
-    }
+
+def generate(spec: SyntheticSpec) -> Dataset:
+    """Generate the data set for ``spec``; the same spec always gives the same data."""
+    draws = draw(spec)
+    truth, user_raw, item_raw = draws.truth, draws.user_raw, draws.item_raw
+    user, item, category = truth.user, truth.item, truth.category
+    expected = torch.from_numpy(expected_clipped(truth.mean, spec.noise, 0.0, 5.0)).float()
+    splits = {name: torch.from_numpy(rows) for name, rows in draws.splits(spec).items()}
     # Dense features enter the model standardised with statistics of the training rows' entities.
     train_rows = splits["train"].numpy()
     users = _entities("user", _normalise_log(user_raw, np.unique(user[train_rows])), USER_DENSE)
@@ -77,7 +127,8 @@ def generate(spec: SyntheticSpec) -> Dataset:
     items.sparse = {"category": torch.from_numpy(category).long().unsqueeze(1)}
     items.sparse_sizes = {"category": spec.categories}
     items.titles = [f"item {idx} ({name}, ${item_raw[idx, 0]:.2f})" for idx, name in enumerate(names)]
-    everything = Ratings(torch.from_numpy(user).long(), torch.from_numpy(item).long(), torch.from_numpy(rating).float())
+    rating = torch.from_numpy(draws.rating).float()
+    everything = Ratings(torch.from_numpy(user).long(), torch.from_numpy(item).long(), rating)
     return Dataset(
         catalog=Catalog(users=users, items=items, rating_min=0.0, rating_max=5.0),
         train=everything.subset(splits["train"]),
@@ -115,34 +166,41 @@ def _item_features(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.nd
 
 def _who_rates_what(
     rng: np.random.Generator, spec: SyntheticSpec, user_raw: np.ndarray, item_raw: np.ndarray, category: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The user and item of each rating (active users and popular items more often), and its expected
-    value before noise: biases, latent tastes and effects of the observable features."""
+) -> Truth:
+    """The user and item of each rating (active users and popular items more often), and the hidden
+    parameters of its expected value before noise: biases, latent tastes and effects of the observable features."""
     n_users, n_items, k = spec.users, spec.items, spec.factors
     user_bias = rng.normal(0, 0.3, n_users)
     item_bias = rng.normal(0, 0.3, n_items)
     category_bias = rng.normal(0, 0.25, spec.categories)
     user_factors = rng.normal(0, 0.4, (n_users, k))
-    item_factors = rng.normal(0, 0.3, (n_items, k)) + rng.normal(0, 0.3, (spec.categories, k))[category]
+    item_own = rng.normal(0, 0.3, (n_items, k))
+    category_factors = rng.normal(0, 0.3, (spec.categories, k))
     user_weight = rng.pareto(2.0, n_users) + 0.5
     item_weight = np.exp(0.8 * item_raw[:, 1])
     user = rng.choice(n_users, spec.ratings, p=user_weight / user_weight.sum())
     item = rng.choice(n_items, spec.ratings, p=item_weight / item_weight.sum())
     u, i = _standardise(user_raw), _standardise(item_raw)
-    mu = (
-        3.2
-        + user_bias[user]
-        + item_bias[item]
-        + category_bias[category[item]]
-        + np.einsum("nk,nk->n", user_factors[user], item_factors[item])
-        + 0.30 * i[item, 1]  # popular items please
+    feature_effect = (
+        0.30 * i[item, 1]  # popular items please
         - 0.40 * u[user, 6] * i[item, 0]  # discount hunters dislike expensive items
         + 0.20 * u[user, 1]  # long-standing users are more generous
         - 0.15 * i[item, 3]  # old items disappoint a little
         + 0.25 * np.tanh(u[user, 3])  # engaged users rate higher
         - 0.004 * (user_raw[user, 0] - 44) * i[item, 1]  # older users care less for what is popular
     )
-    return user, item, mu
+    return Truth(
+        user=user,
+        item=item,
+        category=category,
+        user_bias=user_bias,
+        item_bias=item_bias,
+        category_bias=category_bias,
+        user_factors=user_factors,
+        item_factors=item_own + category_factors[category],
+        category_factors=category_factors,
+        feature_effect=feature_effect,
+    )
 
 
 def _entities(kind: str, dense: np.ndarray, names: list[str]) -> EntityTable:
