@@ -207,9 +207,16 @@ class RatingDLRM(nn.Module):
 
 def _borrowed(embedded: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:
     """``embedded`` (B x F x D) with the features at ``positions`` of every pair after the first ``rows``
-    taken from pair ``index % rows``."""
-    source = torch.arange(embedded.shape[0], device=embedded.device) % rows
-    return embedded.index_copy(1, positions, embedded[:, positions][source])
+    taken from pair ``index % rows``. The copies are made by ``repeat``, whose backward adds them up in a fixed
+    order: gathering them by index instead (``embedded[:, positions][index % rows]``) has a backward that
+    accumulates with ``index_put_``, which on CPU adds in whatever order the threads get there, so that two
+    runs with two threads drifted apart in the last bits, and then further (and it was 5x slower)."""
+    copies, left = divmod(embedded.shape[0], rows)
+    own = embedded[:rows].index_select(1, positions)
+    taken = own.repeat(copies, 1, 1)
+    if left:
+        taken = torch.cat((taken, own[:left]))
+    return embedded.index_copy(1, positions, taken)
 
 
 def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:
