@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from movielens_accuracy import run_peer, timed  # beside this script
 
 from dlrm_cli.config import SyntheticSpec
 from dlrm_cli.data.synthetic import Draws, draw, expected_clipped
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class Posterior:
@@ -51,12 +49,8 @@ class Posterior:
         self.spec, self.truth = spec, truth
         self.train, self.val = splits["train"], splits["validation"]
         self.rating = draws.rating[self.train]
-        base = truth.mean - (  # told: the global mean, category biases and feature effects
-            truth.user_bias[truth.user]
-            + truth.item_bias[truth.item]
-            + np.einsum("nk,nk->n", truth.user_factors[truth.user], truth.item_factors[truth.item])
-        )
-        self.base_train, self.base_val = base[self.train], base[self.val]
+        told = truth.shared_effect  # the global mean, category biases and feature effects
+        self.told_train, self.told_val = told[self.train], told[self.val]
         self.rng = np.random.default_rng(seed)
         k = spec.factors
         # the generator's priors: biases N(0, 0.3^2); user factors N(0, 0.4^2); an item's factors N(its
@@ -87,12 +81,16 @@ class Posterior:
         cholesky = np.linalg.cholesky(gram)
         return mean + np.linalg.solve(np.transpose(cholesky, (0, 2, 1)), noise[..., None])[..., 0]
 
+    def _mean(self, told: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """mu of the ``rows`` (of all ratings) under the current draw; ``told``: their shared effects."""
+        users, items = self.truth.user[rows], self.truth.item[rows]
+        own = np.einsum("nk,nk->n", self.users[users, 1:], self.items[items, 1:])
+        return told + self.users[users, 0] + self.items[items, 0] + own
+
     def _uncensored(self) -> np.ndarray:
         """The training ratings, with each one clipped at 0 or 5 replaced by a draw of its unclipped value."""
-        truth, rows, sigma = self.truth, self.train, self.spec.noise
-        users, items = truth.user[rows], truth.item[rows]
-        mean = self.base_train + self.users[users, 0] + self.items[items, 0]
-        mean += np.einsum("nk,nk->n", self.users[users, 1:], self.items[items, 1:])
+        sigma = self.spec.noise
+        mean = self._mean(self.told_train, self.train)
         values = self.rating.copy()
         for clipped, low, high in ((self.rating <= 0.0, -np.inf, 0.0), (self.rating >= 5.0, 5.0, np.inf)):
             centre = torch.from_numpy(mean[clipped])
@@ -109,7 +107,7 @@ class Posterior:
         users, items = truth.user[self.train], truth.item[self.train]
         total, samples = np.zeros(len(self.val)), 0
         for sweep in range(sweeps):
-            residual = self._uncensored() - self.base_train
+            residual = self._uncensored() - self.told_train
             prior = np.zeros((spec.users, spec.factors + 1))
             self.users = self._draw(users, spec.users, self.items, items, residual, self.user_precision, prior)
             if estimate_items:
@@ -117,10 +115,7 @@ class Posterior:
                     items, spec.items, self.users, users, residual, self.item_precision, self.item_prior_mean
                 )
             if sweep >= sweeps // 3:
-                u, i = truth.user[self.val], truth.item[self.val]
-                mean = self.base_val + self.users[u, 0] + self.items[i, 0]
-                mean += np.einsum("nk,nk->n", self.users[u, 1:], self.items[i, 1:])
-                total += expected_clipped(mean, spec.noise, 0.0, 5.0)
+                total += expected_clipped(self._mean(self.told_val, self.val), spec.noise, 0.0, 5.0)
                 samples += 1
         return total / samples
 
@@ -132,34 +127,20 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
 def run_dlrm(folder: Path) -> dict[str, float]:
     store = folder / "store"
     env = {**os.environ, "DLRM_CHECKPOINT_DIR": str(store)}
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "dlrm_cli", "train", "--name", "default"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"dlrm train failed:\n{done.stderr[-2000:]}")
+    _, seconds = timed([sys.executable, "-m", "dlrm_cli", "train", "--name", "default"], env)
     meta = json.loads((store / "default" / "meta.json").read_text())
-    return {
-        "rmse": meta["metrics"]["validation"]["rmse"],
-        "last": meta["history"][-1]["val_rmse"],
-        "seconds": time.perf_counter() - started,
-    }
+    return {"rmse": meta["metrics"]["validation"]["rmse"], "last": meta["history"][-1]["val_rmse"], "seconds": seconds}
 
 
 def run_myfm(draws: Draws, spec: SyntheticSpec, folder: Path) -> dict[str, float] | None:
-    python = ROOT / ".venv-myfm" / "bin" / "python"
-    if not python.exists():
-        return None
+    """myFM's Bayesian MF through the accuracy benchmark's peer runner, which scores its split's "test" rows:
+    here the validation rows."""
     truth, splits = draws.truth, draws.splits(spec)
     columns = {"user": truth.user, "item": truth.item, "rating": draws.rating}
     path = folder / "split.npz"
-    parts = (("train", splits["train"]), ("test", splits["validation"]))  # the peer scores its "test" rows
+    parts = (("train", splits["train"]), ("test", splits["validation"]))
     np.savez(path, **{f"{part}_{name}": values[rows] for part, rows in parts for name, values in columns.items()})
-    started = time.perf_counter()
-    command = [str(python), str(ROOT / "benchmarks" / "peers.py"), "myfm-mf", str(path), "0"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"myFM failed:\n{done.stderr[-2000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "seconds": time.perf_counter() - started}
+    return run_peer("myfm-mf", path, 0)
 
 
 def main() -> int:
@@ -170,8 +151,9 @@ def main() -> int:
     args = parser.parse_args()
     spec = SyntheticSpec()
     draws = draw(spec)
-    actual = draws.rating[draws.splits(spec)["validation"]]
-    floor = rmse(expected_clipped(draws.truth.mean[draws.splits(spec)["validation"]], spec.noise, 0, 5), actual)
+    validation = draws.splits(spec)["validation"]
+    actual = draws.rating[validation]
+    floor = rmse(expected_clipped(draws.truth.mean[validation], spec.noise, 0, 5), actual)
     rows = []
     for label, estimate_items in (
         ("Bayes-optimal, told every item's parameters (estimates the users')", False),

@@ -72,9 +72,15 @@ class Truth:
     feature_effect: np.ndarray  # of each rating
 
     @property
+    def shared_effect(self) -> np.ndarray:
+        """The part of each rating's mean that is no single user's or item's own: the global mean, the item's
+        category's bias and the feature effects."""
+        return GLOBAL_MEAN + self.category_bias[self.category[self.item]] + self.feature_effect
+
+    @property
     def mean(self) -> np.ndarray:
         user, item = self.user, self.item
-        return (
+        return (  # summed in the order the data set was first drawn with (floats round by order)
             GLOBAL_MEAN
             + self.user_bias[user]
             + self.item_bias[item]
