@@ -426,17 +426,11 @@ def rank_evaluation(
 ) -> RankingEvaluation:
     """Rank every candidate item for each held-out user of ``split`` with the model and, with
     ``baselines``, with most-popular, PureSVD and EASE; ``progress(name, done, total)`` hears the way."""
-    from dlrm_cli.ranking import BASELINES, build_task, rank_metrics
+    from dlrm_cli.ranking import BASELINES, held_out_task, rank_metrics
 
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    dataset = load_dataset(loaded.checkpoint.run.data)
-    parts = [dataset.train] if split == "validation" else [dataset.train, dataset.validation]
-    known = tuple(torch.cat([getattr(part, name) for part in parts]) for name in ("user", "item", "rating"))
-    held = dataset.split(split)
-    catalog = loaded.catalog
-    n_users, n_items = len(catalog.users) + 1, len(catalog.items) + 1
-    task = build_task(n_users, n_items, known, (held.user, held.item, held.rating), relevant)  # type: ignore[arg-type]
+    task = held_out_task(load_dataset(loaded.checkpoint.run.data), split, relevant)
     if len(task.users) == 0:
         raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
     fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}

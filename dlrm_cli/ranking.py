@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -109,6 +110,16 @@ def build_task(
         skipped=len(torch.unique(held_users)) - len(users),
         threshold=threshold,
     )
+
+
+def held_out_task(dataset: Any, split: str, relevant: float) -> RankingTask:
+    """The task of a data set's ``validation`` or ``test`` rows: known pairs are the rows before it (the
+    training rows; for the test rows, the training and validation rows), as ``evaluate --k`` ranks them."""
+    parts = [dataset.train] if split == "validation" else [dataset.train, dataset.validation]
+    known = tuple(torch.cat([getattr(part, name) for part in parts]) for name in ("user", "item", "rating"))
+    held = dataset.split(split)
+    n_users, n_items = len(dataset.catalog.users) + 1, len(dataset.catalog.items) + 1
+    return build_task(n_users, n_items, known, (held.user, held.item, held.rating), relevant)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -686,17 +686,9 @@ VALIDATION_RANKING_USERS = 1000  # users whose full rankings score each epoch of
 def validation_ranking_task(dataset: Dataset) -> Any:
     """The validation users' ranking task (see ``dlrm_cli.ranking``), at most ``VALIDATION_RANKING_USERS``
     of them, chosen at random once: known pairs are the training rows, relevant ones the validation rows."""
-    from dlrm_cli.ranking import build_task
+    from dlrm_cli.ranking import held_out_task
 
-    train, held, catalog = dataset.train, dataset.validation, dataset.catalog
-    threshold = relevant_rating(catalog.rating_max)
-    task = build_task(
-        len(catalog.users) + 1,
-        len(catalog.items) + 1,
-        (train.user, train.item, train.rating),
-        (held.user, held.item, held.rating),
-        threshold,
-    )
+    task = held_out_task(dataset, "validation", relevant_rating(dataset.catalog.rating_max))
     if len(task.users) > VALIDATION_RANKING_USERS:
         chosen = torch.randperm(len(task.users), generator=torch.Generator().manual_seed(0))
         task = replace(task, users=task.users[chosen[:VALIDATION_RANKING_USERS]].sort().values)

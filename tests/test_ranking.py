@@ -10,7 +10,9 @@ import pytest
 import torch
 from conftest import assert_error
 
-from dlrm_cli.ranking import BASELINES, build_task, rank_metrics
+from dlrm_cli.config import SyntheticSpec
+from dlrm_cli.data.synthetic import generate
+from dlrm_cli.ranking import BASELINES, build_task, held_out_task, rank_metrics
 
 
 def _task(known: list[tuple[int, int]], held: list[tuple[int, int, float]], users: int = 3, items: int = 6):
@@ -98,6 +100,25 @@ def test_agrees_with_an_implementation_written_from_the_definitions(seed):
         for name in ("ndcg", "recall", "precision", "hit_rate", "map"):
             assert result[f"@{k}"][name] == pytest.approx(expected[name]), (k, name)
         assert result["mrr"] == pytest.approx(expected["mrr"])
+
+
+def test_a_split_is_ranked_against_the_rows_before_it():
+    """Validation rows are ranked against the training rows; test rows against training and validation rows
+    (what ``evaluate --k``, the training's validation and the ranking benchmark all use)."""
+    dataset = generate(SyntheticSpec(users=60, items=40, ratings=2_000, seed=1))
+    train, validation, test = dataset.train, dataset.validation, dataset.test
+    assert len(validation) and len(test)
+    for split, before in (("validation", [train]), ("test", [train, validation])):
+        task = held_out_task(dataset, split, 4.0)
+        held = dataset.split(split)
+        assert task.known_users.tolist() == torch.cat([part.user for part in before]).tolist()
+        assert task.known_items.tolist() == torch.cat([part.item for part in before]).tolist()
+        liked = held.rating >= 4.0
+        assert task.relevant_users.tolist() == held.user[liked].tolist()
+        assert task.relevant_items.tolist() == held.item[liked].tolist()
+        assert task.users.tolist() == sorted(set(held.user[liked].tolist()))
+        assert task.skipped == len(set(held.user.tolist())) - len(task.users)
+        assert (task.n_users, task.n_items) == (len(dataset.catalog.users) + 1, len(dataset.catalog.items) + 1)
 
 
 def test_baselines_rank_and_sampled_mode_keeps_the_relevant_items():
