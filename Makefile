@@ -35,8 +35,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The accuracy benchmark's peers, each in its own environment: myFM, and scikit-surprise (which needs numpy<2).
-peers: .venv-myfm/.installed .venv-surprise/.installed
+# The benchmarks' peers, each in its own environment: myFM, scikit-surprise (which needs numpy<2), and
+# implicit (iALS, for the ranking benchmark).
+peers: .venv-myfm/.installed .venv-surprise/.installed .venv-implicit/.installed
 
 .venv-myfm/.installed:
 	$(PYTHON) -m venv .venv-myfm
@@ -48,5 +49,10 @@ peers: .venv-myfm/.installed .venv-surprise/.installed
 	.venv-surprise/bin/python -m pip install -q --disable-pip-version-check "numpy<2" "pandas<3" scikit-surprise==1.1.5
 	touch $@
 
+.venv-implicit/.installed:
+	$(PYTHON) -m venv .venv-implicit
+	.venv-implicit/bin/python -m pip install -q --disable-pip-version-check implicit==0.7.3
+	touch $@
+
 clean:
-	rm -rf $(VENV) .venv-myfm .venv-surprise .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-myfm .venv-surprise .venv-implicit .pytest_cache .ruff_cache
