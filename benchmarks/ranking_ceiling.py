@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from movielens_accuracy import DEFAULT_DATA, ROOT, timed  # beside this script
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-1m-subset"
 IMPLICIT = ROOT / ".venv-implicit" / "bin" / "python"
 EASE_GRID = (100, 200, 500, 1000, 2000, 4000)  # λ
 SVD_GRID = (16, 24, 32, 50, 64, 128)  # rank
@@ -63,9 +61,7 @@ def ials_scorer(task, factors: int, regularisation: float, folder: Path) -> Call
     )
     command = [str(IMPLICIT), str(ROOT / "benchmarks" / "ranking_peers.py"), "ials", str(rows), str(out)]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # implicit parallelises itself
-    done = subprocess.run([*command, str(factors), str(regularisation)], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"iALS failed:\n{done.stderr[-2000:]}")
+    timed([*command, str(factors), str(regularisation)], env)
     with np.load(out) as fitted:
         users, items = torch.from_numpy(fitted["users"]).float(), torch.from_numpy(fitted["items"]).float()
     return lambda chunk: users[chunk] @ items.T
@@ -98,11 +94,7 @@ def dlrm_rows(data: Path, seeds: int, splits) -> list[str]:
             name = f"rank{seed}"
             command = [sys.executable, "-m", "dlrm_cli", "train", "--data", f"movielens:{data}", "--store", store,
                        "--objective", "ranking", "--seed", str(seed), "--split-seed", "0", "--name", name]  # fmt: skip
-            started = time.perf_counter()
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"dlrm train failed:\n{done.stderr[-2000:]}")
-            seconds = time.perf_counter() - started
+            _, seconds = timed(command, {**os.environ})
             loaded = open_model(store, name)
             figures = []
             for split in ("validation", "test"):

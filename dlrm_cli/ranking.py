@@ -24,9 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from dlrm_cli.data.catalog import Dataset
 
 COLD_RATINGS = 5
 USER_CHUNK = 256
@@ -112,7 +115,7 @@ def build_task(
     )
 
 
-def held_out_task(dataset: Any, split: str, relevant: float) -> RankingTask:
+def held_out_task(dataset: Dataset, split: str, relevant: float) -> RankingTask:
     """The task of a data set's ``validation`` or ``test`` rows: known pairs are the rows before it (the
     training rows; for the test rows, the training and validation rows), as ``evaluate --k`` ranks them."""
     parts = [dataset.train] if split == "validation" else [dataset.train, dataset.validation]
