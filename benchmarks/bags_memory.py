@@ -18,8 +18,8 @@ import torch
 from dlrm_cli.config import SyntheticSpec, TrainConfig
 from dlrm_cli.data.catalog import with_bags
 from dlrm_cli.data.synthetic import generate
-from dlrm_cli.optim import build_for_training
-from dlrm_cli.training import model_config_for, train_step
+from dlrm_cli.model.optim import build_for_training
+from dlrm_cli.training.run import model_config_for, train_step
 
 
 def peak_gib() -> float:

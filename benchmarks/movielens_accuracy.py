@@ -80,8 +80,8 @@ def run_dlrm(data: Path, seed: int, store: Path, env: dict[str, str]) -> dict[st
 def averaged(store: Path, seeds: int, runs: list[dict[str, float]]) -> dict[str, float]:
     """The seeds' models as one: each test rating predicted as the mean of their predictions (the averaging a
     Bayesian model does over its posterior samples, here over a few independently trained models)."""
-    from dlrm_cli.inference import score_ratings
-    from dlrm_cli.loading import open_model
+    from dlrm_cli.scoring.evaluation import score_ratings
+    from dlrm_cli.store.loading import open_model
 
     started = time.perf_counter()
     predictions = []

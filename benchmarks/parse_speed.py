@@ -20,7 +20,7 @@ def main() -> int:
     folder = Path(sys.argv[1])
     with tempfile.TemporaryDirectory() as cache:
         os.environ["DLRM_CACHE_DIR"] = cache
-        from dlrm_cli.data import load_dataset, load_raw, parse_data_option
+        from dlrm_cli.data.sources import load_dataset, load_raw, parse_data_option
 
         source = parse_data_option(f"movielens:{folder}")
         for label in ("parse (cold cache)", "cached (second run)"):

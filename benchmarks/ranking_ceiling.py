@@ -38,14 +38,14 @@ IALS_GRID = ((32, 3), (64, 20), (96, 20), (128, 30), (256, 30))  # (factors, L2)
 
 
 def ndcg(task, scorer: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    from dlrm_cli.ranking import rank_metrics
+    from dlrm_cli.scoring.ranking import rank_metrics
 
     return float(rank_metrics(task, scorer, (10,))["@10"]["ndcg"])
 
 
 def tasks(dataset) -> dict[str, object]:
     """The validation and test tasks, as `dlrm evaluate --k` builds them (every user with a relevant rating)."""
-    from dlrm_cli.ranking import held_out_task
+    from dlrm_cli.scoring.ranking import held_out_task
 
     return {split: held_out_task(dataset, split, 4.0) for split in ("validation", "test")}
 
@@ -85,8 +85,8 @@ def grid_rows(label: str, settings, fit, splits) -> tuple[str, float]:
 
 
 def dlrm_rows(data: Path, seeds: int, splits) -> list[str]:
-    from dlrm_cli.loading import open_model
-    from dlrm_cli.metrics import candidate_scorer
+    from dlrm_cli.scoring.metrics import candidate_scorer
+    from dlrm_cli.store.loading import open_model
 
     rows, scorers = [], {"validation": [], "test": []}
     with tempfile.TemporaryDirectory() as store:
@@ -123,8 +123,8 @@ def main() -> int:
     if not (data / "ratings.dat").is_file():
         print(f"no MovieLens ratings.dat in {data}", file=sys.stderr)
         return 2
-    from dlrm_cli.data import load_dataset, parse_data_option
-    from dlrm_cli.ranking import ease, pure_svd
+    from dlrm_cli.data.sources import load_dataset, parse_data_option
+    from dlrm_cli.scoring.ranking import ease, pure_svd
 
     splits = tasks(load_dataset(parse_data_option(f"movielens:{data}")))
     columns = "setting chosen on validation | validation NDCG@10 | test NDCG@10 | best test over the grid | time"

@@ -9,7 +9,7 @@ __version__ = "0.4.0"
 
 # Checkpoints record the format they were written in. This version writes format 4 (the model's heads: a
 # rating, a ranking logit or both) and reads formats 1 to 3 too, converting them on load
-# (``dlrm_cli.store.upgrade_meta``); it refuses any other.
+# (``dlrm_cli.store.checkpoints.upgrade_meta``); it refuses any other.
 CHECKPOINT_FORMAT = 4
 READABLE_FORMATS = (1, 2, 3, 4)
 

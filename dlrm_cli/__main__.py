@@ -1,4 +1,4 @@
-from dlrm_cli.cli import main
+from dlrm_cli.cli.main import main
 
 if __name__ == "__main__":
     main()

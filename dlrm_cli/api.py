@@ -9,7 +9,7 @@ Example::
     model.recommend(42, top=10).ranking.items  # the 10 best items the user has not rated
     model.score([42, 42], [101, 102])          # tensor([3.97, 4.31]): ratings in the order asked
 
-The command line and ``dlrm serve`` answer through the same functions (``dlrm_cli.inference``).
+The command line and ``dlrm serve`` answer through the same functions (``dlrm_cli.scoring.inference``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
-from dlrm_cli.inference import (
+from dlrm_cli.config import DEFAULT_STORE, STORE_ENV
+from dlrm_cli.scoring.metrics import score
+from dlrm_cli.scoring.recommending import (
     Query,
     Ranking,
     Recommendation,
@@ -35,9 +37,7 @@ from dlrm_cli.inference import (
     recommend,
     recommend_query,
 )
-from dlrm_cli.loading import LoadedModel, open_model
-from dlrm_cli.metrics import score
-from dlrm_cli.options import DEFAULT_STORE, STORE_ENV
+from dlrm_cli.store.loading import LoadedModel, open_model
 
 Id = int | str
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+DEFAULT_STORE = Path("checkpoints")  # the checkpoint store when neither --store nor $DLRM_CHECKPOINT_DIR is given
+STORE_ENV = "DLRM_CHECKPOINT_DIR"
 DEFAULT_SPLIT = "random:0.1"
 DEFAULT_VALIDATION = 0.05
 EMBEDDINGS = ("fused", "plain")

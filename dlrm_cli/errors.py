@@ -1,6 +1,6 @@
 """The exceptions users can cause, and the one policy that maps them to exit codes.
 
-Core code raises these; only the CLI layer (``dlrm_cli.cli``) turns them into one ``Error: ...`` line on
+Core code raises these; only the CLI layer (``dlrm_cli.cli.main``) turns them into one ``Error: ...`` line on
 stderr and the exit code below. Nothing else prints errors or calls ``sys.exit``.
 
 =====  ==========================================================================================

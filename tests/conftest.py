@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dlrm_cli.cli import app
+from dlrm_cli.cli.main import app
 
 # A small synthetic set and model: the suite must run in minutes on 2 CPU cores.
 TINY = ["--users", "200", "--items", "150", "--ratings", "6000", "--embedding-dim", "16", "--batch-size", "128"]
@@ -57,7 +57,7 @@ def trained(trained_store: Path, tmp_path: Path) -> Dlrm:
 def tiny_request(store: Path, name: str | None = "core", **train: object):
     """A request for the TINY run through the core API, with ``train`` settings changed."""
     from dlrm_cli.config import RunConfig, SyntheticSpec, TrainConfig
-    from dlrm_cli.request import TrainRequest
+    from dlrm_cli.training.request import TrainRequest
 
     settings = TrainConfig(embedding_dim=16, batch_size=128, **{"epochs": 2, **train})  # type: ignore[arg-type]
     data = SyntheticSpec(users=200, items=150, ratings=6000)

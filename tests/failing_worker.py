@@ -2,9 +2,9 @@
 
 import sys
 
-from dlrm_cli import worker
+from dlrm_cli.cli import worker
 from dlrm_cli.errors import DlrmError
-from dlrm_cli.training import Faults
+from dlrm_cli.training.run import Faults
 
 
 def fail_on_rank_1(parallel):

@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import tiny_request
 
 from dlrm_cli.errors import DlrmError
-from dlrm_cli.training import Faults, train
+from dlrm_cli.training.run import Faults, train
 
 store, name, fault, argument = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
 writes = []

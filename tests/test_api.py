@@ -33,7 +33,7 @@ def test_predict_is_the_commands_ranking(model, trained_store):
 
 
 def test_recommend_leaves_out_what_the_user_rated(model, trained_store):
-    from dlrm_cli.data import load_dataset
+    from dlrm_cli.data.sources import load_dataset
 
     recommendation = model.recommend("42", top=5)
     printed = _printed(trained_store, "recommend", "--user", "42", "--top", "5")

@@ -13,11 +13,11 @@ from fixtures import write_ml1m
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli.config import ModelConfig, TableConfig
-from dlrm_cli.data import load_dataset, parse_data_option
 from dlrm_cli.data.catalog import Bag, with_bags
-from dlrm_cli.loading import open_model
-from dlrm_cli.metrics import score
-from dlrm_cli.model import build_model, pool_bags
+from dlrm_cli.data.sources import load_dataset, parse_data_option
+from dlrm_cli.model.dlrm import build_model, pool_bags
+from dlrm_cli.scoring.metrics import score
+from dlrm_cli.store.loading import open_model
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def model_ids(model, rows: list[int]) -> torch.Tensor:
 
 
 def test_a_loaded_model_scores_with_pooled_bags_as_the_trained_model_does_with_whole_ones(tmp_path):
-    from dlrm_cli.training import train
+    from dlrm_cli.training.run import train
 
     train(tiny_request(tmp_path / "store", name="bags", epochs=1))
     loaded = open_model(tmp_path / "store", "bags")

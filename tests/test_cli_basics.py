@@ -14,7 +14,7 @@ def test_help_and_usage_errors_do_not_import_torch():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from dlrm_cli.cli import app\n"
+        "from dlrm_cli.cli.main import app\n"
         "r = CliRunner().invoke(app, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "r = CliRunner().invoke(app, ['train', '--epochs', '0'])\n"

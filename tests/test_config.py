@@ -13,10 +13,10 @@ from conftest import assert_error
 from fixtures import write_generic_csv
 from typer.main import get_command
 
-from dlrm_cli.cli import app
+from dlrm_cli.cli.main import app
+from dlrm_cli.cli.options import SYNTHETIC_SIZES, comma_joined
 from dlrm_cli.config import PRESETS, CsvColumns, FileSource, RunConfig, SyntheticSpec, TrainConfig
-from dlrm_cli.options import SYNTHETIC_SIZES, comma_joined
-from dlrm_cli.store import upgrade_meta
+from dlrm_cli.store.checkpoints import upgrade_meta
 
 FORMAT1 = Path(__file__).parent / "data" / "format1" / "store"
 

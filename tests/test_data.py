@@ -11,9 +11,9 @@ from conftest import assert_error, snapshot
 from fixtures import write_generic_csv, write_ml1m, write_ml100k, write_ml_latest
 
 from dlrm_cli.config import CsvColumns, SyntheticSpec
-from dlrm_cli.data import load_dataset, load_raw, parse_data_option
 from dlrm_cli.data.features import split_rows
 from dlrm_cli.data.readers import read_movielens
+from dlrm_cli.data.sources import load_dataset, load_raw, parse_data_option
 from dlrm_cli.data.synthetic import draw, expected_clipped, generate
 from dlrm_cli.errors import DataError, DlrmUsageError
 

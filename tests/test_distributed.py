@@ -86,8 +86,8 @@ def test_resume_with_a_different_number_of_processes(tmp_path):
 
 def test_a_failing_rank_ends_the_run_with_one_clear_error(tmp_path, capfd):
     from dlrm_cli.errors import DlrmError
-    from dlrm_cli.launch import launch
-    from dlrm_cli.request import prepare
+    from dlrm_cli.training.launch import launch
+    from dlrm_cli.training.request import prepare
 
     store = tmp_path / "store"
     request = prepare(replace(tiny_request(store, name=None), processes=2))

@@ -24,8 +24,8 @@ def test_recommend_scores_the_whole_catalogue(trained):
 
 
 def test_recommend_exclude_seen_drops_rated_items(trained):
-    from dlrm_cli.data import load_dataset
-    from dlrm_cli.store import CheckpointStore
+    from dlrm_cli.data.sources import load_dataset
+    from dlrm_cli.store.checkpoints import CheckpointStore
 
     train = load_dataset(CheckpointStore(trained.store).load("tiny").run.data).train
     seen = {str(int(i)) for i in train.item[train.user == 7]}

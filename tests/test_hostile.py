@@ -12,8 +12,8 @@ import pytest
 from conftest import TINY, Dlrm, assert_error, snapshot, tiny_request
 
 from dlrm_cli.errors import DlrmUsageError
-from dlrm_cli.store import CheckpointStore
-from dlrm_cli.training import train
+from dlrm_cli.store.checkpoints import CheckpointStore
+from dlrm_cli.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,7 +179,7 @@ def test_ctrl_c_twice_during_a_save_keeps_the_epoch_and_says_so(tmp_path):
 
 
 def test_rm_and_prune_on_a_store_that_cannot_be_written_say_so_in_one_line(trained, monkeypatch):
-    from dlrm_cli import store as store_module
+    from dlrm_cli.store import checkpoints as store_module
 
     assert trained("train", "--epochs", "1", "--name", "second", *TINY).exit_code == 0
     before = snapshot(trained.store)
@@ -331,7 +331,7 @@ def test_a_checkpoint_whose_metadata_claims_a_model_too_big_for_memory_is_refuse
     trained, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    from dlrm_cli.store import _meta_digest
+    from dlrm_cli.store.checkpoints import _meta_digest
 
     path = trained.store / "tiny" / "meta.json"
     meta = json.loads(path.read_text())

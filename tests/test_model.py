@@ -8,10 +8,10 @@ from conftest import tiny_request
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dlrm_cli.config import ModelConfig, TableConfig
-from dlrm_cli.loading import load_model
-from dlrm_cli.metrics import score
-from dlrm_cli.model import RatingDLRM
-from dlrm_cli.store import CheckpointStore
+from dlrm_cli.model.dlrm import RatingDLRM
+from dlrm_cli.scoring.metrics import score
+from dlrm_cli.store.checkpoints import CheckpointStore
+from dlrm_cli.store.loading import load_model
 
 
 def small_config(**overrides) -> ModelConfig:
@@ -72,7 +72,7 @@ def test_config_round_trips_through_dict():
 
 
 def test_a_saved_checkpoint_predicts_what_the_trained_model_predicted(tmp_path):
-    from dlrm_cli.training import TrainingRun
+    from dlrm_cli.training.run import TrainingRun
 
     run = TrainingRun(tiny_request(tmp_path / "store", epochs=1))  # one epoch: the best is the last
     run.setup()

@@ -13,9 +13,9 @@ import torch
 from conftest import Dlrm
 
 from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
-from dlrm_cli.data import load_dataset, parse_data_option
-from dlrm_cli.loading import open_model
-from dlrm_cli.training import NegativeSampler, Objective
+from dlrm_cli.data.sources import load_dataset, parse_data_option
+from dlrm_cli.store.loading import open_model
+from dlrm_cli.training.run import NegativeSampler, Objective
 
 GROUPS, USERS, ITEMS_PER_GROUP, RATED = 2, 60, 20, 12
 # Small enough to train in seconds; each rated pair meets several negatives.
@@ -129,7 +129,7 @@ def test_a_model_with_both_heads_is_chosen_by_its_rating_head_and_records_both(b
 def test_predict_orders_by_the_rating_head_and_recommend_by_the_ranking_head(both_store):
     loaded = open_model(both_store, "both")
     items = [str(i) for i in range(2 * ITEMS_PER_GROUP)]
-    from dlrm_cli.inference import rank_items, recommend
+    from dlrm_cli.scoring.recommending import rank_items, recommend
 
     predicted = [entry.rating for entry in rank_items(loaded, "1", items).items]
     assert predicted == sorted(predicted, reverse=True)
@@ -160,7 +160,7 @@ def test_an_export_of_a_two_headed_model_serves_its_rating_head(both_store, tmp_
     assert result.exit_code == 0, result.output  # export checks the artifact against the model to 1e-5
     loaded = open_model(both_store, "both")
     served = torch.jit.load(str(artifact))
-    from dlrm_cli.inference import rank_items
+    from dlrm_cli.scoring.recommending import rank_items
 
     expected = {entry.item: entry.rating for entry in rank_items(loaded, "3", ["0", "21"]).items}
     got, _, _ = served(torch.tensor([3, 3]), torch.tensor([0, 21]))
@@ -185,7 +185,7 @@ def test_an_export_of_the_ranking_head_ranks_a_users_items_as_recommend_does(bot
     if quantize:
         import torchrec  # noqa: F401  (FBGEMM's int8 operators)
     served = torch.jit.load(str(artifact))
-    from dlrm_cli.inference import recommend
+    from dlrm_cli.scoring.recommending import recommend
 
     loaded = open_model(both_store, "both")
     recommended = [
@@ -268,7 +268,7 @@ def test_a_rating_objective_on_data_without_ratings_is_refused_in_one_line(group
 
 
 def test_auc_counts_ties_as_half_and_matches_the_pairwise_definition():
-    from dlrm_cli.metrics import auc
+    from dlrm_cli.scoring.metrics import auc
 
     positive, negative = torch.tensor([0.9, 0.5, 0.5]), torch.tensor([0.5, 0.1])
     pairs = [(p > n) + 0.5 * (p == n) for p in positive.tolist() for n in negative.tolist()]
@@ -283,8 +283,8 @@ def test_negatives_that_borrow_their_users_features_score_as_if_they_had_them(tm
     from fixtures import write_ml1m
 
     from dlrm_cli.data.catalog import with_bags
-    from dlrm_cli.model import build_model
-    from dlrm_cli.training import model_config_for
+    from dlrm_cli.model.dlrm import build_model
+    from dlrm_cli.training.run import model_config_for
 
     dataset = with_bags(load_dataset(parse_data_option(f"movielens:{write_ml1m(tmp_path / 'ml-1m')}")))
     catalog, settings = dataset.catalog, TrainConfig(objective="both")
@@ -308,7 +308,7 @@ def test_borrowed_features_match_indexing_and_add_their_gradients_in_a_fixed_ord
     """The copies a negative borrows are its rated pair's, in value and in gradient; and two backward passes
     give the same bits with two threads (indexing's backward, index_put_ with accumulation, did not: runs of
     --objective ranking at --threads 2 drifted apart)."""
-    from dlrm_cli.model import _borrowed
+    from dlrm_cli.model.dlrm import _borrowed
 
     generator = torch.Generator().manual_seed(0)
     embedded = torch.randn(pairs, 9, 8, generator=generator)

@@ -12,7 +12,7 @@ from conftest import assert_error
 
 from dlrm_cli.config import SyntheticSpec
 from dlrm_cli.data.synthetic import generate
-from dlrm_cli.ranking import BASELINES, build_task, held_out_task, rank_metrics
+from dlrm_cli.scoring.ranking import BASELINES, build_task, held_out_task, rank_metrics
 
 
 def _task(known: list[tuple[int, int]], held: list[tuple[int, int, float]], users: int = 3, items: int = 6):
@@ -156,8 +156,8 @@ def test_evaluate_k_reports_every_figure_beside_the_baselines(trained):
 def test_recommend_for_every_user_writes_one_row_per_user_and_rank(trained, tmp_path):
     import pandas as pd
 
-    from dlrm_cli.data import load_dataset
-    from dlrm_cli.loading import open_model
+    from dlrm_cli.data.sources import load_dataset
+    from dlrm_cli.store.loading import open_model
 
     output = tmp_path / "recs.csv"
     result = trained("recommend", "--all-users", "--top", "3", "--output", output, "--json")
@@ -211,7 +211,7 @@ def test_recommend_writes_parquet_when_pyarrow_is_installed(trained, tmp_path):
 def test_a_log_gets_progress_lines_during_a_long_epoch(dlrm, monkeypatch):
     from conftest import TINY
 
-    from dlrm_cli import ui
+    from dlrm_cli.cli import ui
 
     monkeypatch.setattr(ui, "LINE_SECONDS", 0.0)  # not a terminal: a line at every batch here
     result = dlrm("train", "--epochs", "1", *TINY)
@@ -231,7 +231,7 @@ def test_the_summary_says_when_patience_stopped_the_run(dlrm):
 
 def test_after_an_interrupted_run_evaluate_says_how_to_use_it(trained):
     meta = trained.store / "tiny" / "meta.json"
-    from dlrm_cli.store import _meta_digest
+    from dlrm_cli.store.checkpoints import _meta_digest
 
     record = json.loads(meta.read_text())
     record["complete"] = False  # as a run stopped by Ctrl-C leaves it

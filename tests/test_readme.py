@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.main import get_command
 
-from dlrm_cli.cli import app
+from dlrm_cli.cli.main import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -208,14 +208,14 @@ class _Ranking:
 
 
 def _submit(batcher, user: str):
-    from dlrm_cli.service import PredictRequest
+    from dlrm_cli.serving.http import PredictRequest
 
     return asyncio.ensure_future(batcher.submit("predict", PredictRequest(user=user, items=[1]), 1))
 
 
 async def _first_batch_held(state):
     """A started batcher over ``state``'s _SlowModel, scoring request "a" until the model is released."""
-    from dlrm_cli.service import Batcher
+    from dlrm_cli.serving.http import Batcher
 
     batcher = Batcher(state)
     batcher.start()
@@ -226,7 +226,7 @@ async def _first_batch_held(state):
 
 def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.service import ServeSettings, ServiceState
+    from dlrm_cli.serving.http import ServeSettings, ServiceState
 
     state = ServiceState(ServeSettings(store=Path("unused"), max_pairs=4, max_wait=0.0))
     model = state.model = _SlowModel()
@@ -248,7 +248,7 @@ def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
 
 
 def test_stopping_the_batcher_finishes_the_batch_being_scored():
-    from dlrm_cli.service import ServeSettings, ServiceState
+    from dlrm_cli.serving.http import ServeSettings, ServiceState
 
     state = ServiceState(ServeSettings(store=Path("unused")))
     model = state.model = _SlowModel()
@@ -305,7 +305,7 @@ def test_hot_reload_under_load_drops_no_request(trained_store, tmp_path):
 
 def _corrupt_copy(store: Path, source: str, name: str) -> None:
     """A checkpoint ``name`` whose meta.json is sound and newest, but whose weights fail their checksum."""
-    from dlrm_cli.store import _meta_digest
+    from dlrm_cli.store.checkpoints import _meta_digest
 
     staging = store.parent / name
     shutil.copytree(store / source, staging)

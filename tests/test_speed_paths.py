@@ -9,7 +9,7 @@ import torch
 from conftest import TINY, assert_error
 
 from dlrm_cli.config import ModelConfig, TableConfig, TrainConfig
-from dlrm_cli.optim import build_for_training
+from dlrm_cli.model.optim import build_for_training
 
 
 @pytest.mark.parametrize("embeddings", ["fused", "plain"])
@@ -34,7 +34,7 @@ def _config() -> ModelConfig:
 def test_fused_updates_only_the_rows_a_batch_uses():
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from dlrm_cli.training import train_step
+    from dlrm_cli.training.run import train_step
 
     torch.manual_seed(0)
     model, optimizers = build_for_training(_config(), TrainConfig(embeddings="fused"), torch.device("cpu"))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import TINY, Dlrm, assert_error, snapshot
 
-from dlrm_cli.store import CheckpointStore, _meta_digest, sha256
+from dlrm_cli.store.checkpoints import CheckpointStore, _meta_digest, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -81,7 +81,7 @@ def _sound(dlrm: Dlrm, complete_before: dict[str, bytes]) -> list[str]:
 def _no_leftovers_once_this_process_ends(store: Path, k: int) -> None:
     """What a failed clean-up leaves is hidden and carries this process's id; the next command (from
     another process) clears it. Here, with the id of an ended process, a listing must clear it."""
-    from dlrm_cli.store import CheckpointStore
+    from dlrm_cli.store.checkpoints import CheckpointStore
 
     _as_if_this_process_had_ended(store, k)
     CheckpointStore(store).infos()

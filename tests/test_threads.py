@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from dlrm_cli import threads
-from dlrm_cli.threads import ThreadGovernor, available_cpus, candidates, cgroup_quota, chosen_threads
+from dlrm_cli.runtime import threads
+from dlrm_cli.runtime.threads import ThreadGovernor, available_cpus, candidates, cgroup_quota, chosen_threads
 
 
 def test_available_cpus_follow_the_affinity_mask_and_the_cgroup_quota(monkeypatch, tmp_path):
@@ -174,7 +174,7 @@ def test_a_governor_needs_a_cpu():
 
 
 def test_scoring_keeps_freed_memory_unless_the_user_set_the_allocator(monkeypatch):
-    from dlrm_cli import memory
+    from dlrm_cli.runtime import memory
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import TINY, tiny_request
 
-from dlrm_cli.inference import evaluate
-from dlrm_cli.loading import open_model
-from dlrm_cli.request import prepare
-from dlrm_cli.training import Faults, SilentObserver, TrainingRun, train
+from dlrm_cli.scoring.evaluation import evaluate
+from dlrm_cli.store.loading import open_model
+from dlrm_cli.training.request import prepare
+from dlrm_cli.training.run import Faults, SilentObserver, TrainingRun, train
 
 
 def _meta(store: Path, name: str) -> dict:

@@ -59,8 +59,8 @@ def test_evaluate_reports_model_baseline_and_noise_floor(trained):
     report = json.loads(result.stdout)
     assert report["checkpoint"] == "tiny" and report["split"] == "test" and report["count"] == 600
     # The same figures, computed here from the definitions: the model's own predictions on the test rows.
-    from dlrm_cli.data import load_dataset
-    from dlrm_cli.loading import open_model
+    from dlrm_cli.data.sources import load_dataset
+    from dlrm_cli.store.loading import open_model
 
     loaded = open_model(trained.store, "tiny")
     test = load_dataset(loaded.checkpoint.run.data).test

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dlrm_cli.config import CsvColumns
-from dlrm_cli.data import implicit_csv
+from dlrm_cli.data.headers import implicit_csv
 from dlrm_cli.errors import DataError
 
 ML_GENRES_100K = [

@@ -1,0 +1,40 @@
+"""``dlrm predict``: rank a list of items for one user."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dlrm_cli.cli import options as o
+from dlrm_cli.config import DEFAULT_STORE
+
+EXAMPLE = "Example: dlrm predict --user 42 --items 101,102,103"
+
+
+def predict_command(
+    user: o.UserOption,
+    items: Annotated[
+        str,
+        typer.Option(help="Comma-separated item ids to rank, or @FILE: ids one per line (@- reads standard input)."),
+    ],
+    checkpoint: o.CheckpointOption = "latest",
+    json_output: o.JsonOption = False,
+    device: o.DeviceOption = o.Device.cpu,
+    store: o.StoreOption = DEFAULT_STORE,
+) -> None:
+    """Rank items for a user by predicted rating; the top one is the recommendation."""
+    from dlrm_cli.cli.parsing import parse_user, read_id_list
+
+    wanted = read_id_list(items, "--items")
+    user = parse_user(user)
+
+    from dlrm_cli.cli import ui
+    from dlrm_cli.scoring.recommending import rank_items
+    from dlrm_cli.store.loading import open_model
+
+    ranking = rank_items(open_model(store, checkpoint, device), user, wanted)
+    if json_output:
+        ui.print_json(ranking.to_dict())
+    else:
+        ui.show_ranking(ranking, title=f"Predicted ratings for user {user}")

@@ -1,0 +1,126 @@
+"""``dlrm recommend``: the best items of the whole catalogue for one user, or for many into a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dlrm_cli.cli import options as o
+from dlrm_cli.config import DEFAULT_STORE
+
+EXAMPLE = "Example: dlrm recommend --user 42 --top 10   |   dlrm recommend --all-users --output recs.csv"
+
+
+def recommend_command(
+    user: Annotated[str | None, typer.Option(help="The user's id, as in the training data.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="How many items to show (per user).")] = 10,
+    exclude_seen: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-seen/--include-seen", help="Leave out (or keep) items the user rated in the training data."
+        ),
+    ] = True,
+    all_users: Annotated[
+        bool, typer.Option("--all-users", help="Recommend for every user of the training data (needs --output).")
+    ] = False,
+    users: Annotated[
+        Path | None, typer.Option(help="Recommend for the user ids in this file, one per line (needs --output).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="With --all-users or --users: write user, rank, item, score rows to a .csv or .parquet."),
+    ] = None,
+    force: o.ForceOutputOption = False,
+    checkpoint: o.CheckpointOption = "latest",
+    json_output: o.JsonOption = False,
+    device: o.DeviceOption = o.Device.auto,
+    store: o.StoreOption = DEFAULT_STORE,
+) -> None:
+    """Score every item in the catalogue for a user and show the top ones; or, for many users, write
+    the top ones of each to a file."""
+    from dlrm_cli.cli.parsing import parse_user, read_id_list
+    from dlrm_cli.errors import DlrmUsageError
+    from dlrm_cli.runtime.files import output_path
+
+    many = all_users or users is not None
+    if sum((user is not None, all_users, users is not None)) != 1:
+        raise DlrmUsageError("give one of --user ID, --users FILE or --all-users")
+    if many:
+        if output is None:
+            raise DlrmUsageError("--all-users and --users write a file: give --output recs.csv (or .parquet)")
+        if output.suffix.lower() not in (".csv", ".parquet"):
+            raise DlrmUsageError(f"--output must end in .csv or .parquet, got {output.name!r}")
+        if output.suffix.lower() == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise DlrmUsageError("writing .parquet needs pyarrow: pip install 'dlrm-cli[parquet]'") from None
+        output = output_path(output, force)
+        wanted = read_id_list(f"@{users}", "--users") if users is not None else None
+        _recommend_many(store, checkpoint, device, wanted, top, exclude_seen, output, json_output)
+        return
+    if output is not None:
+        raise DlrmUsageError("--output goes with --all-users or --users; one user's ranking is shown, or --json")
+    user = parse_user(user or "")
+
+    from dlrm_cli.cli import ui
+    from dlrm_cli.scoring.recommending import recommend
+    from dlrm_cli.store.loading import open_model
+
+    result = recommend(open_model(store, checkpoint, device), user, top, exclude_seen)
+    if json_output:
+        ui.print_json(result.to_dict())
+        return
+    ranking = result.ranking
+    ui.show_ranking(ranking, title=f"Top {len(ranking.items)} of {result.scored:,} items for user {user}")
+    ui.err().print(f"Scored {result.scored:,} items in {result.seconds * 1000:.0f} ms")
+
+
+def _recommend_many(
+    store: Path,
+    checkpoint: str,
+    device: str,
+    users: list[str] | None,
+    top: int,
+    exclude_seen: bool,
+    output: Path,
+    json_output: bool,
+) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dlrm_cli.cli import ui
+    from dlrm_cli.scoring.recommending import recommend_many
+    from dlrm_cli.store.loading import open_model
+
+    loaded = open_model(store, checkpoint, device)
+    columns = (TextColumn("Recommending"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} users"))
+    with Progress(*columns, TimeElapsedColumn(), console=ui.err(), transient=True) as bar:
+        task = bar.add_task("users", total=0)
+        result = recommend_many(
+            loaded, users, top, exclude_seen, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    rows = result.write(output)
+    summary = {
+        "checkpoint": result.checkpoint,
+        "output": str(output),
+        "users": len(result.users),
+        "rows": rows,
+        "top": top,
+        "exclude_seen": exclude_seen,
+        "unknown_users": result.unknown_users,
+        "seconds": result.seconds,
+    }
+    if json_output:
+        ui.print_json(summary)
+        return
+    ui.out().print(
+        f"Wrote {rows:,} recommendations for {len(result.users):,} users to {output} "
+        f"({result.checkpoint}, top {top}, {'excluding' if exclude_seen else 'including'} seen items, "
+        f"{result.seconds:.1f} s)"
+    )
+    if result.unknown_users:
+        ui.err().print(
+            f"Note: not in the training data (ranked for an average user): {', '.join(result.unknown_users[:10])}"
+        )

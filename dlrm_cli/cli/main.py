@@ -1,0 +1,97 @@
+"""The ``dlrm`` command: wires the subcommands together and turns expected failures into one line.
+
+Nothing here imports torch, so ``dlrm --help`` and usage errors answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+try:  # recent Typer vendors Click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - Typer with Click as a dependency
+    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
+
+from dlrm_cli.cli.commands import (
+    benchmark,
+    checkpoints,
+    doctor,
+    evaluate,
+    export,
+    predict,
+    recommend,
+    report,
+    serve,
+    train,
+)
+from dlrm_cli.errors import DlrmError
+
+
+class OneLineErrors(TyperGroup):
+    """Report usage errors and DlrmErrors as a single ``Error: ...`` line with the documented exit code."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as error:
+            typer.echo(error.format_message())
+            sys.exit(0)
+        except ClickException as error:
+            hint = ""
+            ctx = getattr(error, "ctx", None)
+            if ctx is not None:
+                hint = f" (see '{ctx.command_path} --help')"
+            _fail(f"{error.format_message()}{hint}", error.exit_code)
+        except DlrmError as error:
+            _fail(str(error), error.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            _fail("interrupted", 130)
+        except MemoryError:
+            _fail("out of memory: the data or model is too large for this machine; try smaller sizes", 1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    message = " ".join(message.split())  # one line, whatever the message held
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    name="dlrm",
+    help="Train, evaluate, query and export a TorchRec DLRM that predicts ratings.",
+    epilog="Example: dlrm train --epochs 10 && dlrm predict --user 42 --items 101,102",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("train", epilog=train.EXAMPLE)(train.train_command)
+app.command("evaluate", epilog=evaluate.EXAMPLE)(evaluate.evaluate_command)
+app.command("predict", epilog=predict.EXAMPLE)(predict.predict_command)
+app.command("recommend", epilog=recommend.EXAMPLE)(recommend.recommend_command)
+app.command("export", epilog=export.EXAMPLE)(export.export_command)
+app.command("serve", epilog=serve.EXAMPLE)(serve.serve_command)
+app.command("report", epilog=report.EXAMPLE)(report.report_command)
+app.command("doctor", epilog=doctor.EXAMPLE)(doctor.doctor_command)
+app.command("benchmark", epilog=benchmark.EXAMPLE)(benchmark.benchmark_command)
+app.add_typer(checkpoints.app, name="checkpoints")
+
+
+def main() -> None:
+    typer.main.get_command(app).main(prog_name="dlrm")

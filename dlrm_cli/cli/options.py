@@ -1,0 +1,364 @@
+"""Command-line options, declared once, and how ``dlrm train``'s become a ``TrainRequest``.
+
+Defaults come from the configuration dataclasses (``dlrm_cli.config``), never from literals here. For
+``dlrm train`` the layers are, lowest first: those defaults, the preset of the data's kind, a ``--config``
+TOML file, the command line. ``to_toml`` writes a run's record back as a file that ``--config`` reads.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+try:  # recent Typer vendors Click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - Typer with Click as a dependency
+    from click.exceptions import ClickException  # type: ignore[no-redef]
+
+from dlrm_cli.cli.parsing import parse_id_list, parse_rating_range, parse_sizes
+from dlrm_cli.config import (
+    OBJECTIVE_PRESETS,
+    PRESETS,
+    STORE_ENV,
+    TRAIN_FIELDS,
+    CsvColumns,
+    DataSource,
+    FileSource,
+    RunConfig,
+    SyntheticSpec,
+    TrainConfig,
+)
+from dlrm_cli.errors import DlrmUsageError
+from dlrm_cli.training.request import TrainRequest
+
+TRAIN = TrainConfig()
+SYNTHETIC = SyntheticSpec()
+DATA_DEFAULT = RunConfig().data.label
+SYNTHETIC_SIZES = ("users", "items", "ratings", "noise")
+CSV_OPTIONS = ("user_col", "item_col", "rating_col", "time_col", "dense_cols", "sparse_cols", "rating_range")
+NOT_IN_TOML = ("config", "print_config", "resume")
+SYNTH, DIST, OPT, DATA, CSV = "Synthetic data", "Distributed", "Optimization", "Data", "CSV columns"
+
+
+class Embeddings(StrEnum):
+    fused = "fused"
+    plain = "plain"
+
+
+class SparseOptimizer(StrEnum):
+    rowwise_adagrad = "rowwise_adagrad"
+    adagrad = "adagrad"
+    sgd = "sgd"
+
+
+class ObjectiveChoice(StrEnum):
+    auto = "auto"
+    rating = "rating"
+    both = "both"
+    ranking = "ranking"
+
+
+class NegativeSampling(StrEnum):
+    uniform = "uniform"
+    popularity = "popularity"
+
+
+class Positives(StrEnum):
+    all = "all"
+    liked = "liked"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def positive(value: float | None) -> float | None:
+    """Typer callback: the value must be a finite number above zero."""
+    if value is not None and not (0 < value < float("inf")):
+        raise typer.BadParameter(f"{value} is not a positive number")
+    return value
+
+
+def _option(help: str, panel: str | None = None, **limits: Any) -> Any:
+    return typer.Option(help=help, rich_help_panel=panel, **limits)
+
+
+# Shared by several commands ------------------------------------------------------------------------
+StoreOption = Annotated[
+    Path, typer.Option("--store", envvar=STORE_ENV, help="Checkpoint store folder.", show_envvar=True)
+]
+CheckpointOption = Annotated[
+    str, typer.Option("--checkpoint", "-c", help="Checkpoint name, or 'latest' for the newest.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")]
+DeviceOption = Annotated[Device, typer.Option("--device", help="Where to run: CUDA when available, or as chosen.")]
+UserOption = Annotated[str, typer.Option(help="The user's id, as in the training data.")]
+ForceOutputOption = Annotated[
+    bool, typer.Option("--force", help="Replace --output if it exists (atomically; never a link or special file).")
+]
+ThreadsOption = Annotated[
+    int | None, _option("CPU threads for torch (default: training picks a count by measurement).", min=1)
+]
+
+# dlrm train ----------------------------------------------------------------------------------------
+Epochs = Annotated[int, _option("Passes over the training rows.", min=1)]
+BatchSize = Annotated[int, _option("Ratings per optimizer step.", min=1)]
+Lr = Annotated[float, _option("Adam learning rate.", callback=positive)]
+LrStep = Annotated[int, _option("Epochs between learning-rate decays (StepLR).", min=1)]
+LrGamma = Annotated[float, _option("Learning-rate decay factor.", max=1.0, callback=positive)]
+WeightDecay = Annotated[float, _option("L2 penalty on all weights.", min=0.0)]
+EmbeddingDim = Annotated[int, _option("Size of every embedding (and the bottom MLP's output).", min=1)]
+EmbeddingsOption = Annotated[
+    Embeddings, _option("fused: FBGEMM kernels update only the rows used; plain: Adam on all.", OPT)
+]
+SparseOptimizerOption = Annotated[SparseOptimizer, _option("Fused optimizer for the embedding tables.", OPT)]
+SparseLr = Annotated[float, _option("Learning rate of the fused table optimizer.", OPT, callback=positive)]
+EmbeddingL2 = Annotated[
+    float, _option("L2 penalty on the embeddings each batch looks up (regularisation).", OPT, min=0.0)
+]
+Seed = Annotated[int, _option("Seed for weights, data order and synthetic data.", min=0, max=2**32 - 1)]
+Name = Annotated[str | None, _option("Checkpoint name (default: DATA-DATE-TIME).")]
+Data = Annotated[str, _option("Ratings: synthetic, movielens:DIR or csv:FILE.", DATA)]
+Split = Annotated[str | None, _option("Test rows: random:0.1, temporal:0.1 or files:TRAIN,TEST.", DATA)]
+SplitSeed = Annotated[
+    int | None, _option("Seed of a random split and of the validation rows (default: --seed).", DATA, min=0)
+]
+ValFraction = Annotated[float, _option("Training rows held out for validation.", DATA, min=0.0, max=0.5)]
+UserCol = Annotated[str | None, _option("CSV: user id column.", CSV)]
+ItemCol = Annotated[str | None, _option("CSV: item id column.", CSV)]
+RatingCol = Annotated[str | None, _option("CSV: rating column.", CSV)]
+DenseCols = Annotated[str | None, _option("CSV: numeric side columns, a,b.", CSV)]
+SparseCols = Annotated[str | None, _option("CSV: categorical side columns, a,b (values may be x|y).", CSV)]
+TimeCol = Annotated[str | None, _option("CSV: timestamp column.", CSV)]
+RatingRange = Annotated[str | None, _option("CSV: declared rating scale LOW,HIGH (default: the data's).", CSV)]
+Users = Annotated[int, _option("Synthetic users.", SYNTH, min=1)]
+Items = Annotated[int, _option("Synthetic items.", SYNTH, min=1)]
+Ratings = Annotated[int, _option("Synthetic ratings.", SYNTH, min=10)]
+Noise = Annotated[float, _option("Synthetic rating noise (std).", SYNTH, min=0.0)]
+BottomMlp = Annotated[str, _option("Bottom MLP hidden sizes; it then ends at --embedding-dim.", OPT)]
+TopMlp = Annotated[str, _option("Top MLP hidden sizes, before the output.", OPT)]
+Dropout = Annotated[float, _option("Dropout on the top MLP's input.", OPT, min=0.0, max=0.95)]
+Biases = Annotated[bool, _option("Add a learned bias for each user and each item to the rating's logit.", OPT)]
+Bags = Annotated[
+    bool, _option("Add each user's rated items and each item's raters (training rows) as sparse features.", OPT)
+]
+ObjectiveOption = Annotated[
+    ObjectiveChoice,
+    _option(
+        "rating: squared error; ranking: which items a user picks (BCE on sampled negatives); both; "
+        "auto: ranking for data without ratings, else rating.",
+        OPT,
+    ),
+]
+Negatives = Annotated[int, _option("Ranking: sampled unrated items per rated pair.", OPT, min=1)]
+NegativeSamplingOption = Annotated[
+    NegativeSampling, _option("Ranking: draw negatives uniformly or by training popularity.", OPT)
+]
+PositivesOption = Annotated[
+    Positives,
+    _option(
+        "Ranking, on data with ratings: all rated pairs are positives, or only those liked (rated 4 or more, "
+        "or the scale's top if lower).",
+        OPT,
+    ),
+]
+RankingWeight = Annotated[
+    float, _option("With --objective both: the ranking loss's weight beside the rating's.", OPT, callback=positive)
+]
+
+
+Patience = Annotated[
+    int | None,
+    _option("Stop after this many epochs without a better validation RMSE (NDCG@10 for --objective ranking).", min=1),
+]
+CheckpointEvery = Annotated[int, _option("Save the run's checkpoint every N epochs.", min=1)]
+NprocPerNode = Annotated[int, _option("Train on N local processes, launched through torchrun.", DIST, min=1)]
+PrintPlan = Annotated[bool, _option("Show how the embedding tables are sharded over the ranks.", DIST)]
+Resume = Annotated[str | None, _option("Continue checkpoint NAME from its last completed epoch (see --epochs).")]
+ConfigFile = Annotated[Path | None, _option("Read training options from a TOML file; command-line options win.")]
+PrintConfig = Annotated[bool, _option("Print the effective options as TOML and exit.")]
+
+
+def comma_joined(values: tuple[object, ...]) -> str:
+    """(512, 256) -> '512,256': a tuple as the command line writes it."""
+    return ",".join(str(value) for value in values)
+
+
+# From options to a request ---------------------------------------------------------------------------
+def train_request(ctx: typer.Context) -> TrainRequest:
+    """The request that ``dlrm train``'s options, its ``--config`` file and the data's preset describe."""
+    values = {name: _plain(value) for name, value in ctx.params.items()}
+    given = given_on_command_line(ctx)
+    chosen = set(given)
+    if values["config"] is not None:
+        chosen |= _apply_toml(ctx, Path(values["config"]), values, given)
+    data = _data_source(values, chosen)
+    config = RunConfig(train=_train_config(values, chosen, given, data), data=data)
+    return TrainRequest(
+        config=config,
+        store=Path(values["store"]),
+        name=values["name"],
+        resume=values["resume"],
+        processes=int(values["nproc_per_node"]),
+        show_plan=bool(values["print_plan"]),
+        given=frozenset(given),
+    )
+
+
+def given_on_command_line(ctx: typer.Context) -> set[str]:
+    """Options the user typed (or set through an environment variable), as opposed to defaults."""
+    given = set()
+    for name in ctx.params:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.add(name)
+    return given
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _apply_toml(ctx: typer.Context, config: Path, values: dict[str, Any], given: set[str]) -> set[str]:
+    """Apply the TOML file's settings that the command line does not override; returns the keys it set."""
+    try:
+        table = tomllib.loads(config.read_text())
+    except FileNotFoundError:
+        raise DlrmUsageError(f"--config file {config} does not exist") from None
+    except IsADirectoryError:
+        raise DlrmUsageError(f"--config {config} is a folder, not a TOML file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DlrmUsageError(f"cannot read --config file {config}: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise DlrmUsageError(f"--config file {config} is not valid TOML: {error}") from None
+    params = {param.name: param for param in ctx.command.params}
+    chosen = set()
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_")
+        if key not in params or key in NOT_IN_TOML:
+            raise DlrmUsageError(f"{config}: unknown setting {raw_key!r}")
+        if key in given:
+            continue  # the command line wins
+        try:  # the option's own conversion, range checks and callback, as on the command line
+            values[key] = _plain(params[key].process_value(ctx, value))
+        except ClickException as error:
+            raise DlrmUsageError(f"{config}: {raw_key}: {error.message}") from None
+        chosen.add(key)
+    return chosen
+
+
+def _train_config(values: dict[str, Any], chosen: set[str], given: set[str], data: DataSource) -> TrainConfig:
+    from dlrm_cli.data.sources import without_ratings
+
+    fields = {name: values[name] for name in TRAIN_FIELDS}
+    for key in ("bottom_mlp", "top_mlp"):
+        fields[key] = parse_sizes(values[key], f"--{key.replace('_', '-')}")
+    kind = str(values["data"]).partition(":")[0]
+    fields.update({key: value for key, value in PRESETS.get(kind, {}).items() if key not in chosen})
+    if fields["objective"] == "auto":  # resolved here, so that the ranking preset applies and the record says it
+        fields["objective"] = "ranking" if without_ratings(data) else "rating"
+    preset = OBJECTIVE_PRESETS.get(fields["objective"], {})
+    fields.update({key: value for key, value in preset.items() if key not in chosen})
+    if fields["embeddings"] == "plain" and "sparse_lr" in given:  # a preset's or a file's value is no mistake
+        raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
+    try:
+        return TrainConfig(**fields)
+    except ValueError as error:
+        raise DlrmUsageError(str(error)) from None
+
+
+def _data_source(values: dict[str, Any], chosen: set[str]) -> DataSource:
+    from dlrm_cli.data.sources import DATA_KINDS, parse_data_option
+
+    kind = str(values["data"]).partition(":")[0]
+    sizes = [key for key in SYNTHETIC_SIZES if key in chosen]
+    if sizes and kind != "synthetic" and kind in DATA_KINDS:
+        raise DlrmUsageError(f"--{sizes[0]} applies only to --data synthetic")
+    synthetic = None
+    if kind == "synthetic" and values["split_seed"] is not None:
+        raise DlrmUsageError("--split-seed applies to movielens: and csv: data; synthetic data has fixed splits")
+    if kind == "synthetic":
+        try:
+            synthetic = SyntheticSpec(**{key: values[key] for key in SYNTHETIC_SIZES})
+        except ValueError as error:
+            raise DlrmUsageError(str(error)) from None
+    return parse_data_option(
+        values["data"],
+        split=values["split"],
+        seed=values["seed"] if values["split_seed"] is None else values["split_seed"],
+        validation=values["val_fraction"],
+        columns=_csv_columns(values),
+        synthetic=synthetic,
+    )
+
+
+def _csv_columns(values: dict[str, Any]) -> CsvColumns | None:
+    """The CSV column options as ``CsvColumns``; None when none of them was set."""
+    if all(values[key] is None for key in CSV_OPTIONS):
+        return None
+    names: dict[str, str | None] = {}
+    for key in ("user", "item", "rating", "time"):
+        text = values[f"{key}_col"]
+        if text is not None and not text.strip():
+            raise DlrmUsageError(f"--{key}-col must not be empty")
+        names[key] = text.strip() if text is not None else None
+    lists = {
+        key: tuple(parse_id_list(values[f"{key}_cols"], f"--{key}-cols")) if values[f"{key}_cols"] is not None else ()
+        for key in ("dense", "sparse")
+    }
+    rating_range = parse_rating_range(values["rating_range"]) if values["rating_range"] is not None else None
+    return CsvColumns(**names, **lists, rating_range=rating_range)
+
+
+# From a request back to options --------------------------------------------------------------------
+def to_toml(config: RunConfig) -> str:
+    """A run's record as a TOML document that ``--config`` reads back (unset options left out)."""
+    lines = ["# dlrm train settings (dlrm train --config FILE); unset options are left out"]
+    for key, value in _option_values(config).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))
+        lines.append(f"{key.replace('_', '-')} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def settings_rows(config: RunConfig) -> list[tuple[str, str]]:
+    """A run's record as ``dlrm train``'s options and their values as typed, for display; unset ones left out."""
+    return [(key, str(value)) for key, value in _option_values(config).items() if value is not None]
+
+
+def _option_values(config: RunConfig) -> dict[str, Any]:
+    values: dict[str, Any] = config.train.to_dict()
+    values.update(bottom_mlp=comma_joined(config.train.bottom_mlp), top_mlp=comma_joined(config.train.top_mlp))
+    data = config.data
+    values["data"] = data.label
+    if isinstance(data, FileSource):
+        values.update(split=data.split, val_fraction=data.validation)
+        if data.seed != config.train.seed:
+            values["split_seed"] = data.seed
+        columns = data.columns or CsvColumns()
+        values.update(user_col=columns.user, item_col=columns.item, rating_col=columns.rating)
+        values.update(time_col=columns.time)
+        values.update({f"{key}_cols": comma_joined(getattr(columns, key)) or None for key in ("dense", "sparse")})
+        if columns.rating_range is not None:
+            values["rating_range"] = comma_joined(columns.rating_range)
+    else:
+        values.update({key: getattr(data, key) for key in SYNTHETIC_SIZES})
+    return values

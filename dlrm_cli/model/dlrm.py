@@ -1,0 +1,269 @@
+"""The DLRM (arXiv 1906.00091) that predicts ratings, built from TorchRec's parts.
+
+Legend: B batch size, F sparse features, D embedding dimension, Dn dense features.
+Data flow: dense B x Dn -> bottom MLP -> B x D; sparse KJT -> EmbeddingBagCollection -> B x F x D;
+pairwise dot products of the F + 1 vectors, concatenated with the dense embedding; top MLP -> one
+logit per sample; ``rating_min + (rating_max - rating_min) * sigmoid(logit)``.
+The loss lives outside the model (see ``dlrm_cli.training.run``) so that inference and export use it bare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DLRM
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dlrm_cli.config import ModelConfig
+from dlrm_cli.data.catalog import Bag, Catalog
+
+
+def table_name(feature: str) -> str:
+    return f"t_{feature}"
+
+
+def to_rating(logits: torch.Tensor, rating_min: float, rating_span: float) -> torch.Tensor:
+    """The rating scale's squash: ``rating_min + rating_span * sigmoid(logits)``. Every model that predicts
+    ratings (the trained one, the serving copy, the benchmark's reference) ends here."""
+    return rating_min + rating_span * torch.sigmoid(logits)
+
+
+def embedding_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature, sum-pooled."""
+    return [
+        EmbeddingBagConfig(
+            name=table_name(table.feature),
+            embedding_dim=config.embedding_dim,
+            num_embeddings=table.num_embeddings,
+            feature_names=[table.feature],
+            pooling=PoolingType.SUM,
+        )
+        for table in config.tables
+    ]
+
+
+BIAS_COLUMNS = 4  # FBGEMM's kernels take rows of a multiple of 4 floats: a bias is the sum of a row's 4
+
+
+def bias_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
+    """One narrow table per id feature: each user's and each item's additive bias for each head, the sum of
+    that head's ``BIAS_COLUMNS`` columns of its row."""
+    return [
+        EmbeddingBagConfig(
+            name=bias_name(table.feature),
+            embedding_dim=BIAS_COLUMNS * len(config.heads),
+            num_embeddings=table.num_embeddings,
+            feature_names=[table.feature],
+            pooling=PoolingType.SUM,
+        )
+        for table in config.bias_tables
+    ]
+
+
+def bias_name(feature: str) -> str:
+    return f"b_{feature}"
+
+
+class RatingDLRM(nn.Module):
+    """TorchRec's DLRM with its logit squashed onto the rating scale.
+
+    Example::
+
+        config = ModelConfig(num_dense=2, tables=(TableConfig("user_id", 10),), embedding_dim=4,
+                             bottom_mlp=(8, 4), top_mlp=(8,))
+        model = RatingDLRM(config)
+        kjt = KeyedJaggedTensor.from_lengths_sync(["user_id"], torch.tensor([1, 2]), torch.tensor([1, 1]))
+        model(torch.rand(2, 2), kjt)  # a tensor of size 2, each value in [0, 5]
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embedding_bag_collection: nn.Module | None = None,
+        device: torch.device | None = None,
+        biases: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        if embedding_bag_collection is None:
+            embedding_bag_collection = EmbeddingBagCollection(tables=embedding_configs(config), device=device)
+        if biases is None and config.biases:
+            biases = EmbeddingBagCollection(tables=bias_configs(config), device=device)
+        # Each id's bias, added to the logit (a collection of one-column tables over the same KJT).
+        self.biases = biases
+        self.dlrm = DLRM(
+            embedding_bag_collection=embedding_bag_collection,
+            dense_in_features=config.num_dense,
+            dense_arch_layer_sizes=list(config.bottom_mlp),
+            over_arch_layer_sizes=[*config.top_mlp, len(config.heads)],
+            dense_device=device,
+        )
+        # Dropout on the interaction features, the top MLP's input; it has no weights, so it leaves the
+        # state dict (and every checkpoint and export) unchanged.
+        self.dropout = nn.Dropout(config.dropout)
+        self.rating_min = config.rating_min
+        self.rating_span = config.rating_max - config.rating_min
+        # The implicit-feedback bags' positions among the features: their sums are divided by sqrt(n).
+        self.bag_positions = [index for index, table in enumerate(config.tables) if table.bag]
+
+    @property
+    def uses_fused_kernels(self) -> bool:
+        """True when the tables are FBGEMM's fused training tables (see ``dlrm_cli.model.optim``)."""
+        return not isinstance(self.dlrm.sparse_arch.embedding_bag_collection, EmbeddingBagCollection)
+
+    def forward(
+        self,
+        dense_features: torch.Tensor,
+        sparse_features: KeyedJaggedTensor,
+        with_embeddings: bool = False,
+        logits: bool = False,
+        borrow: tuple[torch.Tensor, int] | None = None,
+    ) -> Any:
+        """
+        Args:
+            dense_features: B x Dn.
+            sparse_features: a KJT with the F features of ``config.tables``, B samples each.
+            with_embeddings: also return the pooled embeddings (B x F x D), which training penalises
+                (``embedding_l2``) to regularise exactly the rows a batch used.
+            logits: return every head's logit (B x H, in ``config.heads`` order) instead of the ratings.
+            borrow: (positions, n): the pairs after the first n have no values for the features at these
+                positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose
+                user they share: sampled negatives look up their user's bag once, not once each.
+
+        Returns:
+            a tensor of size B: the first head's output, squashed onto the rating scale (for a ranking-only
+            model, whose scale is 0 to 1, the probability of an interaction); or the logits. Then the
+            embeddings, if asked for.
+        """
+        dlrm = self.dlrm
+        embedded_dense = dlrm.dense_arch(dense_features)
+        embedded_sparse = dlrm.sparse_arch(sparse_features)
+        if self.bag_positions:
+            embedded_sparse = self._normalise_bags(embedded_sparse, sparse_features)
+        if borrow is not None:
+            embedded_sparse = _borrowed(embedded_sparse, *borrow)
+        interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
+        out = dlrm.over_arch(self.dropout(interactions))
+        if self.biases is not None:
+            biases = self.biases(sparse_features).values().view(out.shape[0], -1, out.shape[1] * BIAS_COLUMNS)
+            if borrow is not None:  # the user's bias (bias tables follow the feature order: user_id first)
+                biases = _borrowed(biases, torch.tensor([0], device=biases.device), borrow[1])
+            out = out + biases.view(out.shape[0], -1, out.shape[1], BIAS_COLUMNS).sum(dim=(1, 3))
+        if not logits:
+            out = to_rating(out[:, 0], self.rating_min, self.rating_span)
+        return (out, embedded_sparse) if with_embeddings else out
+
+    def ranking_scores(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """What ranks items for a user: the ranking head's logit where the model has one, else the rating."""
+        if "ranking" not in self.config.heads:
+            return self(dense_features, sparse_features)
+        return self(dense_features, sparse_features, logits=True)[:, self.config.heads.index("ranking")]
+
+    def head_scale(self, head: str) -> tuple[float, float]:
+        """(low, span) of a head's squashed output: the rating scale for the rating head, 0 to 1 (the
+        probability of an interaction) for the ranking head."""
+        return (self.rating_min, self.rating_span) if head == "rating" else (0.0, 1.0)
+
+    def rating_and_ranking(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``'s output and ``ranking_scores``, from one pass of the model."""
+        logits = self(dense_features, sparse_features, logits=True)
+        first = to_rating(logits[:, 0], self.rating_min, self.rating_span)
+        if "ranking" not in self.config.heads:
+            return first, first
+        return first, logits[:, self.config.heads.index("ranking")]
+
+    def _normalise_bags(self, embedded: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """Divide each bag's pooled sum (B x F x D, feature order) by the square root of its length: a
+        scale computed from the KJT's lengths, so the tables pool plain sums (no per-value weights, whose
+        gradient FBGEMM would compute for nothing)."""
+        lengths = sparse_features.lengths().view(len(self.config.tables), -1)[self.bag_positions]
+        scale = torch.ones(embedded.shape[1], embedded.shape[0], dtype=embedded.dtype, device=embedded.device)
+        scale[self.bag_positions] = lengths.clamp(min=1).to(embedded.dtype).rsqrt()
+        return embedded * scale.t().unsqueeze(2)
+
+    def dense_layers(self) -> tuple[list[nn.Linear], list[nn.Linear]]:
+        """The linear layers of the bottom MLP and of the top MLP, in order."""
+        return tuple(  # type: ignore[return-value]
+            [module for module in arch.modules() if isinstance(module, nn.Linear)]
+            for arch in (self.dlrm.dense_arch, self.dlrm.over_arch)
+        )
+
+    def start_at(self, rating: float) -> None:
+        """Set the output layer's bias so that an untrained model predicts ``rating`` (say, the training
+        mean) rather than the middle of the scale."""
+        fraction = min(max((rating - self.rating_min) / self.rating_span, 1e-3), 1 - 1e-3)
+        output = self.dense_layers()[1][-1]
+        with torch.no_grad():
+            output.bias[0] = math.log(fraction / (1 - fraction))
+
+
+def _borrowed(embedded: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:
+    """``embedded`` (B x F x D) with the features at ``positions`` of every pair after the first ``rows``
+    taken from pair ``index % rows``. The copies are made by ``repeat``, whose backward adds them up in a fixed
+    order: gathering them by index instead (``embedded[:, positions][index % rows]``) has a backward that
+    accumulates with ``index_put_``, which on CPU adds in whatever order the threads get there, so that two
+    runs with two threads drifted apart in the last bits, and then further (and it was 5x slower)."""
+    copies, left = divmod(embedded.shape[0], rows)
+    own = embedded[:rows].index_select(1, positions)
+    taken = own.repeat(copies, 1, 1)
+    if left:
+        taken = torch.cat((taken, own[:left]))
+    return embedded.index_copy(1, positions, taken)
+
+
+def build_model(config: ModelConfig, device: torch.device | None = None) -> RatingDLRM:
+    return RatingDLRM(config, device=device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for CUDA without it is a usage error."""
+    from dlrm_cli.errors import DlrmUsageError
+
+    name = str(name)  # a Device option arrives as a StrEnum
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DlrmUsageError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise DlrmUsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def pool_bags(model: RatingDLRM, catalog: Catalog) -> tuple[RatingDLRM, Catalog]:
+    """The model and catalog for scoring, with every implicit-feedback bag pooled once per entity.
+
+    A bag is the same at every prediction (its entity's training ratings; nothing is left out), so its
+    normalised sum of embeddings is computed here, for every entity, into a table of its own: one row per
+    entity, looked up by the entity's row with weight 1. Scoring then reads one row where it read the whole
+    bag, and the result is the same (up to float rounding) as the trained model's on the full bags."""
+    if not catalog.normalised_bags:
+        return model, catalog
+    ebc = model.dlrm.sparse_arch.embedding_bag_collection
+    state = model.state_dict()
+    tables, owners = list(model.config.tables), {}
+    for kind, entities in (("users", catalog.users), ("items", catalog.items)):
+        pooled_bags = {}
+        for name, bag in entities.bags.items():
+            rows = torch.arange(bag.offsets.shape[0] - 1)
+            weight = ebc.embedding_bags[table_name(name)].weight.detach()
+            values, lengths = (tensor.to(weight.device) for tensor in bag.gather(rows))
+            offsets = torch.cumsum(lengths, 0) - lengths
+            pooled = nn.functional.embedding_bag(values, weight, offsets, mode="sum")
+            pooled = pooled * lengths.clamp(min=1).to(pooled.dtype).rsqrt().unsqueeze(1)
+            state[f"dlrm.sparse_arch.embedding_bag_collection.embedding_bags.{table_name(name)}.weight"] = pooled
+            pooled_bags[name] = Bag.pooled(rows.shape[0])
+            index = model.config.feature_names.index(name)
+            tables[index] = replace(tables[index], num_embeddings=rows.shape[0], bag=False)
+        owners[kind] = replace(entities, bags=pooled_bags)
+    pooled_model = build_model(replace(model.config, tables=tuple(tables)), device=next(model.parameters()).device)
+    pooled_model.load_state_dict(state)
+    pooled_model.train(model.training)
+    return pooled_model, replace(catalog, **owners)

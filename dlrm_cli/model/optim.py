@@ -1,0 +1,123 @@
+"""The model as trained, with its optimizers.
+
+``fused`` (the default): TorchRec's FusedEmbeddingBagCollection, whose FBGEMM kernels apply the sparse
+optimizer to the rows a batch touched inside the backward pass; the MLPs keep Adam. ``plain``: an
+EmbeddingBagCollection and Adam over every parameter, as in the seed script, which updates every row of
+every table at every step. Both keep their weights under the same state-dict keys, so checkpoints from
+either path load into the other (and into the plain model used by evaluate, predict and export).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.keyed import CombinedOptimizer
+
+from dlrm_cli.config import ModelConfig, TrainConfig
+from dlrm_cli.model.dlrm import RatingDLRM, bias_configs, embedding_configs
+
+SPARSE_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+@dataclass
+class Optimizers:
+    """The dense optimizer, the fused sparse one (if any), and a StepLR schedule for each."""
+
+    dense: torch.optim.Optimizer
+    sparse: Any | None
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler]
+
+    def zero_grad(self) -> None:
+        self.dense.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()  # the rows were updated in backward; this applies the scheduled learning rate
+
+    def epoch_done(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.step()
+        self._schedule_fused_tables()
+
+    def _schedule_fused_tables(self) -> None:
+        """Hand the fused tables' kernels the scheduled learning rate now. They take it in the forward pass
+        (their ``step`` only sets it), so without this the first batch of an epoch would use the previous
+        epoch's rate, and the first batch of a resumed run the initial one."""
+        if self.sparse is not None:
+            self.sparse.step()
+
+    @property
+    def lr(self) -> float:
+        return float(self.dense.param_groups[0]["lr"])
+
+    def state_dict(self, sparse: bool = True) -> dict[str, Any]:
+        """``sparse=False`` leaves out the fused tables' optimizer state (sharded, when distributed)."""
+        return {
+            "dense": self.dense.state_dict(),
+            "sparse": self.sparse.state_dict() if self.sparse is not None and sparse else None,
+            "schedulers": [s.state_dict() for s in self.schedulers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], sparse: bool = True) -> None:
+        """Restore; the fused tables' state only where it was saved in this layout (else it starts afresh)."""
+        self.dense.load_state_dict(state["dense"])
+        if sparse and self.sparse is not None and state["sparse"] is not None:
+            self.sparse.load_state_dict(state["sparse"])
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)
+            # The fused tables' optimizer state leaves out its learning rate: take the schedule's (saved with
+            # as many groups as the run had shards, which a resume with other process counts changes).
+            rates = scheduler.get_last_lr()
+            for index, group in enumerate(scheduler.optimizer.param_groups):
+                group["lr"] = rates[min(index, len(rates) - 1)]
+        self._schedule_fused_tables()
+
+
+def build_for_training(
+    config: ModelConfig, settings: TrainConfig, device: torch.device
+) -> tuple[RatingDLRM, Optimizers]:
+    if settings.embeddings == "plain":
+        model = RatingDLRM(config, device=device)
+        dense = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        sparse = None
+    else:
+        kwargs: dict[str, Any] = {"lr": settings.sparse_lr}
+        ebc = FusedEmbeddingBagCollection(
+            tables=embedding_configs(config),
+            optimizer_type=SPARSE_OPTIMIZER_CLASSES[settings.sparse_optimizer],
+            optimizer_kwargs=kwargs,
+            device=device,
+        )
+        biases = None
+        if config.biases:
+            biases = FusedEmbeddingBagCollection(
+                tables=bias_configs(config),
+                optimizer_type=SPARSE_OPTIMIZER_CLASSES[settings.sparse_optimizer],
+                optimizer_kwargs=kwargs,
+                device=device,
+            )
+        model = RatingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
+        fused = [ebc] if biases is None else [ebc, biases]
+        table_params = {id(p) for tables in fused for p in tables.parameters()}
+        mlp_params = [p for p in model.parameters() if id(p) not in table_params]
+        dense = torch.optim.Adam(mlp_params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+        sparse = (
+            ebc.fused_optimizer()
+            if biases is None
+            else CombinedOptimizer([ebc.fused_optimizer(), ("biases", biases.fused_optimizer())])
+        )
+    schedulers = [
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+        for optimizer in (dense, sparse)
+        if optimizer is not None
+    ]
+    return model, Optimizers(dense, sparse, schedulers)

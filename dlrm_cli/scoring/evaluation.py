@@ -1,0 +1,255 @@
+"""How good a checkpoint is on held-out rows: error metrics (``evaluate``), the ranking head's AUC, and top-K
+ranking beside baselines fitted in the same run (``evaluate --k``).
+
+Each function returns a result object; its ``to_dict()`` is the command's ``--json`` document.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlrm_cli.config import CsvColumns, DataSource, FileSource
+from dlrm_cli.data.catalog import Ratings
+from dlrm_cli.data.sources import load_dataset
+from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
+from dlrm_cli.scoring.metrics import (
+    candidate_scorer,
+    classification_metrics,
+    error_metrics,
+    score,
+)
+from dlrm_cli.store.loading import LoadedModel
+
+SPLITS = ("test", "validation")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Error metrics of a checkpoint beside the global-mean baseline and (synthetic data) the noise floor."""
+
+    checkpoint: str
+    data: str
+    split: str
+    count: int
+    model: dict[str, float]
+    global_mean_baseline: dict[str, float]
+    noise_floor: dict[str, float] | None
+    training_overlap: int | None = 0  # with --data: ratings whose pair it trained on (None: not checkable)
+    # With a ranking head: AUC and log loss of the held-out pairs against sampled negatives (``interactions``).
+    interactions: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Ratings beside the model's predictions of them; for synthetic data also what a perfect model predicts."""
+
+    data: str
+    split: str
+    ratings: Ratings
+    predicted: torch.Tensor
+    expected: torch.Tensor | None
+    training_overlap: int | None = 0
+    interactions: dict[str, float] | None = None
+
+
+def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Evaluation:
+    """MSE, RMSE and MAE of the model beside two references: always predicting the training mean, and
+    (for synthetic data) the best any model can do.
+
+    Without ``data``: on a split of the data the checkpoint was trained on. With ``data``: on every
+    rating in it, ids mapped through the checkpoint's vocabularies."""
+    return evaluation_of(loaded, score_ratings(loaded, split, data))
+
+
+def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Scored:
+    """The model's predictions for the ratings ``evaluate`` scores (see there for ``split`` and ``data``)."""
+    if split not in SPLITS:
+        raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    expected, train = None, None
+    if data is None:
+        trained_on = loaded.checkpoint.run.data
+        dataset = load_dataset(trained_on)
+        ratings, train = dataset.split(split), dataset.train
+        expected = dataset.expected.get(split)
+        kind = trained_on.kind
+    else:
+        if not isinstance(data, FileSource):
+            raise DlrmUsageError("--data takes movielens:DIR or csv:FILE here")
+        ratings = _ratings_from(loaded, data)
+        split, kind = "all", data.kind
+    overlap = _training_overlap(loaded, ratings) if data is not None else 0
+    predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
+    interactions = None
+    if "ranking" in loaded.model.config.heads and len(ratings):
+        train = train if train is not None else load_dataset(loaded.checkpoint.run.data).train
+        interactions = interaction_metrics(loaded, ratings, train)
+    return Scored(kind, split, ratings, predicted, expected, overlap, interactions)
+
+
+def interaction_metrics(loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0) -> dict[str, float]:
+    """AUC and log loss of the ranking head on held-out pairs (each a positive) against as many negatives per
+    pair as the run trained with, drawn (seeded) uniformly among the items with ratings in ``train``."""
+    negative_users, negative_items = seeded_negatives(loaded, held_out, train, seed)
+    model, catalog, device = loaded.model, loaded.catalog, loaded.device
+    positive = score(model, catalog, held_out.user, held_out.item, device, ranking=True)
+    negative = score(model, catalog, negative_users, negative_items, device, ranking=True)
+    negatives = int(loaded.checkpoint.run.train.negatives)
+    return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
+
+
+def seeded_negatives(
+    loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (user rows, item rows) of as many negatives per held-out pair as the run trained with, drawn
+    (seeded) uniformly among the items with ratings in ``train``: each pair's user, repeated."""
+    negatives = int(loaded.checkpoint.run.train.negatives)
+    trained = torch.zeros(len(loaded.catalog.items) + 1, dtype=torch.bool)
+    trained[train.item] = True
+    pool = torch.nonzero(trained).squeeze(1)
+    generator = torch.Generator().manual_seed(seed)
+    drawn = pool[torch.randint(len(pool), (len(held_out) * negatives,), generator=generator)]
+    return held_out.user.repeat(negatives), drawn
+
+
+def _training_overlap(loaded: LoadedModel, ratings: Ratings) -> int | None:
+    """How many of ``ratings`` are (user, item) pairs the checkpoint was trained on: scoring them flatters
+    it. None when the training data cannot be read any more (moved or changed)."""
+    try:
+        train = load_dataset(loaded.checkpoint.run.data).train
+    except DataError:
+        return None
+    width = len(loaded.catalog.items) + 1
+    trained = (train.user * width + train.item).numpy()
+    return int(np.isin((ratings.user * width + ratings.item).numpy(), trained).sum())
+
+
+def evaluation_of(loaded: LoadedModel, scored: Scored) -> Evaluation:
+    """The metrics of scored ratings, beside the global-mean baseline and the noise floor."""
+    actual = scored.ratings.rating
+    mean = float(loaded.meta["global_mean"])
+    return Evaluation(
+        checkpoint=loaded.checkpoint.name,
+        data=scored.data,
+        split=scored.split,
+        count=len(scored.ratings),
+        model=error_metrics(scored.predicted, actual),
+        global_mean_baseline=error_metrics(torch.full_like(actual, mean), actual),
+        noise_floor=error_metrics(scored.expected, actual) if scored.expected is not None else None,
+        training_overlap=scored.training_overlap,
+        interactions=scored.interactions,
+    )
+
+
+def source_to_score(loaded: LoadedModel, text: str) -> DataSource:
+    """``evaluate --data``: other data to score, read with the CSV columns the checkpoint was trained with."""
+    from dlrm_cli.data.sources import parse_data_option
+
+    columns = None
+    if text.startswith("csv:"):
+        trained_on = loaded.checkpoint.run.data
+        columns = trained_on.columns if isinstance(trained_on, FileSource) else None
+        columns = columns or CsvColumns()
+    return parse_data_option(text, columns=columns)
+
+
+def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
+    """Every rating of a data source, its ids mapped to the checkpoint's rows (unknown ids: the neutral row)."""
+    from dlrm_cli.data.sources import load_raw
+
+    raw, _ = load_raw(data)
+    low, high = loaded.catalog.rating_min, loaded.catalog.rating_max
+    outside = (raw.rating < low) | (raw.rating > high)
+    if outside.any():  # scoring it would give a figure for a scale the model does not predict on
+        from dlrm_cli.data.readers import locate, rating_file_lines
+
+        at = int(np.argmax(outside))
+        where = locate(rating_file_lines(Path(data.path), data.kind, [Path(f) for f in data.files], data.columns), at)
+        raise DataError(
+            f"{where}: rating {raw.rating[at]:g} is outside this checkpoint's rating scale, {low:g} to {high:g}"
+        )
+    rows = []
+    for table, ids in ((loaded.catalog.users, raw.user), (loaded.catalog.items, raw.item)):
+        found = table.rows_for(ids)
+        if (found < 0).any():
+            if table.neutral_row is None:
+                unknown = ids[found < 0][0]
+                raise DataError(f"{data.path} has {table.kind} id {unknown!r}, which this checkpoint does not know")
+            found[found < 0] = table.neutral_row
+        rows.append(torch.from_numpy(found))
+    return Ratings(rows[0], rows[1], torch.from_numpy(raw.rating))
+
+
+@dataclass(frozen=True)
+class RankingEvaluation:
+    """Top-K ranking metrics of a checkpoint on a held-out split, beside baselines computed in the same run
+    (see ``dlrm_cli.scoring.ranking`` for the protocol)."""
+
+    checkpoint: str
+    split: str
+    ks: list[int]
+    relevant: float
+    sampled: int | None
+    users: int
+    skipped: int
+    candidates: int
+    models: dict[str, dict[str, Any]]
+    seconds: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rank_evaluation(
+    loaded: LoadedModel,
+    split: str,
+    ks: tuple[int, ...],
+    relevant: float = 4.0,
+    sampled: int | None = None,
+    baselines: bool = True,
+    progress: Any = None,
+) -> RankingEvaluation:
+    """Rank every candidate item for each held-out user of ``split`` with the model and, with
+    ``baselines``, with most-popular, PureSVD and EASE; ``progress(name, done, total)`` hears the way."""
+    from dlrm_cli.scoring.ranking import BASELINES, held_out_task, rank_metrics
+
+    if split not in SPLITS:
+        raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    task = held_out_task(load_dataset(loaded.checkpoint.run.data), split, relevant)
+    if len(task.users) == 0:
+        raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
+    fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
+    if baselines:
+        fits.update({name: functools.partial(make, task) for name, make in BASELINES.items()})
+    models, seconds = {}, {}
+    for name, fit in fits.items():
+        started = time.perf_counter()
+        scorer = fit()  # a baseline is fitted here, inside its timing
+
+        def report(done: int, total: int, name: str = name) -> None:
+            if progress is not None:
+                progress(name, done, total)
+
+        models[name] = rank_metrics(task, scorer, ks, report, sampled=sampled)
+        seconds[name] = time.perf_counter() - started
+    return RankingEvaluation(
+        checkpoint=loaded.checkpoint.name,
+        split=split,
+        ks=sorted(set(ks)),
+        relevant=relevant,
+        sampled=sampled,
+        users=len(task.users),
+        skipped=task.skipped,
+        candidates=int(task.candidates.sum()),
+        models=models,
+        seconds=seconds,
+    )

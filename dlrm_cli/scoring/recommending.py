@@ -1,0 +1,358 @@
+"""Answers for users: a list of items ranked for one user (``predict``), the top of the catalogue for one
+user (``recommend``) or for many (``recommend --all-users``), scored in large vectorised batches.
+
+Each function returns a result object; its ``to_dict()`` is the command's ``--json`` document.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dlrm_cli.data.catalog import EntityTable
+from dlrm_cli.data.sources import load_dataset
+from dlrm_cli.errors import DlrmError, DlrmUsageError
+from dlrm_cli.scoring.metrics import (
+    score,
+    score_grid,
+    score_heads,
+)
+from dlrm_cli.store.loading import LoadedModel
+
+
+def stars(rating: float, high: float = 5.0) -> str:
+    """Five stars, filled in proportion to the rating's share of the top of the scale, to the nearest star
+    (halves round up: 3.5 of 5 is ★★★★☆)."""
+    filled = math.floor(rating / high * 5 + 0.5) if high > 0 else 0
+    filled = min(max(filled, 0), 5)
+    return "★" * filled + "☆" * (5 - filled)
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    item: str
+    title: str | None
+    rating: float
+    unseen: bool
+    score: float | None = None  # a two-headed model's recommendations: the ranking head's probability
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Items for one user, best first, as one checkpoint scores them."""
+
+    checkpoint: str
+    user: str
+    rating_max: float
+    items: list[RankedItem]
+    user_unseen: bool
+    # ``rating``: the rating head's stars; ``score``: a model without one (--objective ranking) gives the
+    # probability that the user picks the item, against as many random items as it trained with.
+    scored_as: str = "rating"
+
+    @property
+    def unseen_items(self) -> list[str]:
+        return [entry.item for entry in self.items if entry.unseen]
+
+    def to_dict(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "user": self.user,
+            **extra,
+            "recommended": self.items[0].item if self.items else None,
+            "user_unseen_in_training": self.user_unseen,
+            "items": [
+                {
+                    "rank": rank,
+                    "item": entry.item,
+                    "title": entry.title,
+                    **(
+                        {"rating": entry.rating, "stars": stars(entry.rating, self.rating_max)}
+                        if self.scored_as == "rating"
+                        else {"score": entry.rating}
+                    ),
+                    **({"score": entry.score} if entry.score is not None else {}),
+                    "unseen_in_training": entry.unseen,
+                }
+                for rank, entry in enumerate(self.items, start=1)
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The top of the whole catalogue for one user, and how many items were scored in how long."""
+
+    ranking: Ranking
+    scored: int
+    seconds: float
+    exclude_seen: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.ranking.to_dict(scored=self.scored, seconds=self.seconds, exclude_seen=self.exclude_seen)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One user's items to score and rank: what predict and recommend ask, ready to be scored together with
+    other queries in one pass (``answer``)."""
+
+    user: str
+    user_row: torch.Tensor  # size 1
+    item_rows: torch.Tensor
+    items: list[str] | None = None  # the ids as asked for (default: the catalogue's keys)
+    limit: int | None = None
+    scored: int = 0
+    exclude_seen: bool = False
+
+
+class SeenItems:
+    """The items each user rated in the training rows, built once (recommend's ``exclude_seen``)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        train = load_dataset(loaded.checkpoint.run.data).train
+        order = torch.argsort(train.user, stable=True)
+        self.items = train.item[order]
+        counts = torch.bincount(train.user, minlength=len(loaded.catalog.users) + 1)
+        self.starts = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)))
+
+    def of(self, user_row: int) -> torch.Tensor:
+        return self.items[self.starts[user_row] : self.starts[user_row + 1]]
+
+
+def predict_query(loaded: LoadedModel, user: str, items: list[str]) -> Query:
+    """The query that scores ``items`` for ``user``.
+
+    Ids never seen in training take the shared out-of-vocabulary row where the checkpoint has one
+    (real data); for synthetic data, whose ids are a fixed range, an unknown id is a usage error."""
+    item_rows = entity_rows(loaded.catalog.items, items)
+    return Query(user, _user_row(loaded, user), item_rows, items, scored=len(items))
+
+
+def recommend_query(
+    loaded: LoadedModel, user: str, top: int, exclude_seen: bool, seen: SeenItems | None = None
+) -> Query:
+    """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
+    the user rated in the training rows (``seen``: those items, built here when not given)."""
+    user_row = _user_row(loaded, user)
+    candidates = torch.arange(len(loaded.catalog.items.keys))
+    if exclude_seen:
+        seen = seen or SeenItems(loaded)
+        keep = torch.ones(len(candidates), dtype=torch.bool)
+        keep[seen.of(int(user_row[0]))] = False
+        candidates = candidates[keep]
+        if len(candidates) == 0:
+            raise DlrmError(
+                f"nothing to recommend: user {user} rated every one of the {len(keep):,} items this checkpoint "
+                "knows (pass --include-seen to rank them)"
+            )
+    return Query(user, user_row, candidates, limit=top, scored=len(candidates), exclude_seen=exclude_seen)
+
+
+def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
+    """Score every query's pairs in one pass of the model, then rank each query's items best first."""
+    if not queries:
+        return []
+    users = torch.cat([query.user_row.expand(len(query.item_rows)) for query in queries])
+    items = torch.cat([query.item_rows for query in queries])
+    sizes = [len(query.item_rows) for query in queries]
+    heads = loaded.model.config.heads
+    if "ranking" in heads and any(query.limit is not None for query in queries):
+        predicted, orders = score_heads(loaded.model, loaded.catalog, users, items, loaded.device)
+    else:
+        predicted = orders = score(loaded.model, loaded.catalog, users, items, loaded.device)
+    two_heads = "rating" in heads and "ranking" in heads  # whose recommendations show both
+    return [
+        _ranking(loaded, query, part, order if query.limit is not None else part, two_heads and query.limit is not None)
+        for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True)
+    ]
+
+
+def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
+    """Score ``items`` for ``user``, best first (see ``predict_query`` for unknown ids)."""
+    return answer(loaded, [predict_query(loaded, user, items)])[0]
+
+
+def recommend(
+    loaded: LoadedModel, user: str, top: int, exclude_seen: bool, seen: SeenItems | None = None
+) -> Recommendation:
+    """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
+    ``exclude_seen`` drops the items the user rated in the training rows (``seen``, built when not given)."""
+    started = time.perf_counter()
+    query = recommend_query(loaded, user, top, exclude_seen, seen)
+    ranking = answer(loaded, [query])[0]
+    return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
+
+
+def _user_row(loaded: LoadedModel, user: str) -> torch.Tensor:
+    return entity_rows(loaded.catalog.users, [user])
+
+
+def entity_rows(table: EntityTable, ids: list[str]) -> torch.Tensor:
+    """The rows of raw ids; an unknown id takes the neutral row, or is a usage error where there is none."""
+    rows, unknown = table.lookup(ids)
+    if unknown and table.neutral_row is None:
+        listed = ", ".join(repr(raw) for raw in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise DlrmUsageError(f"unknown {table.kind} id{plural} {listed}: {_id_range(table)}")
+    return rows
+
+
+def _ranking(
+    loaded: LoadedModel, query: Query, predicted: torch.Tensor, by: torch.Tensor, with_scores: bool = False
+) -> Ranking:
+    """A query's items with their predicted ratings, sorted best first by ``by``: the predicted ratings for
+    predict, the ranking head's scores (where the model has one) for recommend; ``with_scores``: ``by`` is
+    a ranking head's logits beside a rating head, and each item shows its probability too."""
+    catalog = loaded.catalog
+    order = torch.argsort(by, descending=True, stable=True)[: query.limit]
+    rows = query.item_rows[order]
+    unseen = catalog.items.unseen_in_training(rows).tolist()
+    titles = catalog.items.titles
+    if query.items is not None:
+        names = [query.items[i] for i in order.tolist()]
+    else:
+        names = [str(k) for k in catalog.items.keys[rows.numpy()]]
+    scores = torch.sigmoid(by[order]).tolist() if with_scores else [None] * len(order)
+    ranked = [
+        RankedItem(name, (titles[row] or None) if titles else None, float(value), flag, score)
+        for name, row, value, flag, score in zip(
+            names, rows.tolist(), predicted[order].tolist(), unseen, scores, strict=True
+        )
+    ]
+    return Ranking(
+        checkpoint=loaded.checkpoint.name,
+        user=query.user,
+        rating_max=loaded.model.config.rating_max,
+        items=ranked,
+        user_unseen=bool(catalog.users.unseen_in_training(query.user_row)[0]),
+        scored_as="rating" if "rating" in loaded.model.config.heads else "score",
+    )
+
+
+def _id_range(table: EntityTable) -> str:
+    keys = table.keys
+    if table.integer_ids and len(keys) and int(keys[-1]) - int(keys[0]) + 1 == len(keys):
+        return f"this checkpoint knows {table.kind} ids {int(keys[0])} to {int(keys[-1])}"
+    return f"this checkpoint knows {len(keys):,} {table.kind} ids"
+
+
+@dataclass(frozen=True)
+class BatchRecommendations:
+    """The top items for many users: one row per (user, rank), written by ``write``."""
+
+    checkpoint: str
+    users: list[str]
+    rank: torch.Tensor  # U x top
+    items: list[list[str]]
+    scores: torch.Tensor  # U x top
+    unseen_items: torch.Tensor  # U x top, bool
+    titles: list[list[str]] | None
+    unknown_users: list[str]
+    exclude_seen: bool
+    seconds: float
+
+    def frame(self) -> Any:
+        import pandas as pd
+
+        top = self.scores.shape[1] if len(self.users) else 0
+        frame = pd.DataFrame(
+            {
+                "user": np.repeat(np.array(self.users, dtype=object), top),
+                "rank": np.tile(np.arange(1, top + 1), len(self.users)),
+                "item": [item for row in self.items for item in row],
+                "score": self.scores.reshape(-1).numpy(),
+                "unseen_in_training": self.unseen_items.reshape(-1).numpy(),
+            }
+        )
+        if self.titles is not None:
+            frame.insert(3, "title", [title for row in self.titles for title in row])
+        # a user who rated nearly everything has fewer items left than --top: those slots are dropped
+        return frame[np.isfinite(frame["score"].to_numpy())].reset_index(drop=True)
+
+    def write(self, output: Path) -> int:
+        """Write CSV or (with pyarrow) Parquet by the suffix, atomically; returns the rows written."""
+        from dlrm_cli.runtime.files import temporary_beside
+
+        frame = self.frame()
+        tmp = temporary_beside(output)
+        try:
+            if output.suffix.lower() == ".parquet":
+                frame.to_parquet(tmp, index=False)
+            else:
+                frame.to_csv(tmp, index=False)
+            os.replace(tmp, output)
+        except OSError as error:
+            raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return len(frame)
+
+
+USERS_PER_CHUNK = 128
+
+
+def recommend_many(
+    loaded: LoadedModel,
+    users: list[str] | None,
+    top: int,
+    exclude_seen: bool,
+    progress: Any = None,
+) -> BatchRecommendations:
+    """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
+    in chunks of users scored together; ``progress(done, total)`` hears the way."""
+    from dlrm_cli.scoring.ranking import pairs_matrix
+
+    started = time.perf_counter()
+    catalog = loaded.catalog
+    table = catalog.users
+    if users is None:  # every user of the training data (side files may list users who rated nothing)
+        trained = ~table.unseen_in_training(torch.arange(len(table.keys)))
+        users = [str(key) for key in table.keys[trained.numpy()]]
+    rows, unknown = table.lookup(users)
+    if unknown and table.neutral_row is None:
+        raise DlrmUsageError(f"unknown user id {unknown[0]!r}: {_id_range(table)}")
+    n_items = len(catalog.items.keys)
+    items = torch.arange(n_items)
+    top = min(top, n_items)
+    seen_users = seen_items = torch.empty(0, dtype=torch.long)
+    if exclude_seen:
+        train = load_dataset(loaded.checkpoint.run.data).train
+        seen_users, seen_items = train.user, train.item
+    best_scores, best_items = [], []
+    for start in range(0, len(rows), USERS_PER_CHUNK):
+        chunk = rows[start : start + USERS_PER_CHUNK]
+        predicted = score_grid(loaded.model, catalog, chunk, items, loaded.device)
+        if exclude_seen:
+            seen = pairs_matrix(chunk, seen_users, seen_items, len(table.keys) + 1, n_items)
+            predicted = predicted.masked_fill(seen, float("-inf"))
+        values, order = torch.topk(predicted, top, dim=1)  # ties: torch.topk's order, stable on CPU
+        best_scores.append(values)
+        best_items.append(order)
+        if progress is not None:
+            progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
+    scores = torch.cat(best_scores) if best_scores else torch.empty(0, top)
+    if "ranking" in loaded.model.config.heads:  # the ranking head's logits, as the probability recommend shows
+        scores = torch.sigmoid(scores)
+    chosen = torch.cat(best_items) if best_items else torch.empty(0, top, dtype=torch.long)
+    keys = catalog.items.keys
+    titles = catalog.items.titles
+    return BatchRecommendations(
+        checkpoint=loaded.checkpoint.name,
+        users=users,
+        rank=torch.arange(1, top + 1).expand(len(users), -1),
+        items=[[str(keys[i]) for i in row] for row in chosen.tolist()],
+        scores=scores,
+        unseen_items=catalog.items.unseen_in_training(chosen.reshape(-1)).view(chosen.shape),
+        titles=[[titles[i] for i in row] for row in chosen.tolist()] if titles else None,
+        unknown_users=unknown,
+        exclude_seen=exclude_seen,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,397 @@
+"""Artifacts for serving: the trained model as plain PyTorch.
+
+The exported module needs neither dlrm_cli nor TorchRec to load: its embedding tables are
+``nn.EmbeddingBag`` copies of the trained ones and its MLPs and interaction are traced into the artifact.
+It takes one of two kinds of input (B batch, Dn dense features, F sparse features):
+
+``ids`` (``IdServingDLRM``, the default): ``model(users, items) -> (ratings, user_known, item_known)``
+    users, items: int64, size B: the raw ids (string ids: their place in the description's vocabulary);
+    the ids' rows and features are looked up inside, then the features model below rates them.
+``features`` (``ServingDLRM``): ``model(dense, ids, offsets) -> ratings``
+    dense:   float32, B x Dn, standardised as described in the side file
+    ids:     F int64 tensors; ids[f] holds the embedding rows of feature f for the whole batch, concatenated
+    offsets: F int64 tensors of size B; offsets[f][b] is where sample b's rows start in ids[f]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlrm_cli.data.catalog import Catalog, EntityTable
+from dlrm_cli.data.sources import load_dataset
+from dlrm_cli.errors import DlrmError, DlrmUsageError
+from dlrm_cli.model.dlrm import RatingDLRM, to_rating
+from dlrm_cli.runtime.files import sidecar_path, temporary_beside
+from dlrm_cli.runtime.quiet import quiet_library_logs
+from dlrm_cli.scoring.metrics import EVAL_BATCH, auc, error_metrics, score
+from dlrm_cli.serving.artifact import IdServingDLRM, ServingDLRM, plain_inputs
+from dlrm_cli.store.loading import LoadedModel
+
+PARITY_TOLERANCE = 1e-5
+DESCRIPTION_FILE = "dlrm.json"  # the description inside an artifact (extra files of torch.export / TorchScript)
+INPUTS = ("ids", "features")
+
+
+def export_model(
+    model: RatingDLRM,
+    catalog: Catalog,
+    spec: ExportSpec,
+    path: Path,
+    example: tuple[Any, ...],
+    description: dict[str, Any],
+) -> Any:
+    """Write the artifact at ``path`` (the caller's temporary file), ``description`` inside it as
+    ``dlrm.json``, and return it loaded back."""
+    extra = {DESCRIPTION_FILE: json.dumps(description)}
+    if spec.quantize == "int8":
+        import torchrec
+
+        from dlrm_cli.model.int8 import QuantizedServingDLRM
+
+        with quiet_library_logs():
+            scorer = torch.jit.script(torchrec.fx.symbolic_trace(QuantizedServingDLRM(model, spec.head).eval()))
+        module = IdServingDLRM(scorer, catalog).eval() if spec.inputs == "ids" else scorer
+        torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra)
+        return load_artifact(path, spec.format)
+    serving = float_module(model, catalog, spec.inputs, spec.head)
+    if spec.format == "torchscript":
+        torch.jit.save(torch.jit.script(serving), str(path), _extra_files=extra)
+    else:
+        batch = torch.export.Dim("batch", min=1)
+        if spec.inputs == "ids":
+            dynamic: tuple[Any, ...] = ({0: batch}, {0: batch})
+        else:
+            features = len(example[1])
+            dynamic = (
+                {0: batch},
+                [{0: torch.export.Dim(f"ids_{f}", min=1)} for f in range(features)],
+                [{0: batch} for _ in range(features)],
+            )
+        program = torch.export.export(serving, example, dynamic_shapes=dynamic)
+        with path.open("wb") as file:  # a file object: torch warns about any name not ending in .pt2
+            torch.export.save(program, file, extra_files=extra)
+    return load_artifact(path, spec.format)
+
+
+def _replace_both(first: tuple[Path, Path], second: tuple[Path, Path]) -> None:
+    """Rename two finished files into place, so that a failure leaves both old files (or none) there: the
+    first target's old version is kept as a hard link until the second rename has succeeded."""
+    (new, target), (new_second, target_second) = first, second
+    backup = temporary_beside(target)
+    try:
+        os.link(target, backup)
+    except FileNotFoundError:
+        backup = None  # nothing there to keep
+    try:
+        os.replace(new, target)
+        try:
+            os.replace(new_second, target_second)
+        except OSError:
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+            raise
+    finally:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def load_artifact(path: Path, fmt: str) -> Any:
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))
+    with path.open("rb") as file:
+        return torch.export.load(file).module()
+
+
+def float_module(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "") -> nn.Module:
+    """The float serving copy of ``model`` that takes ``inputs`` (``ids`` or ``features``) and serves ``head``
+    (by default the first)."""
+    serving: nn.Module = ServingDLRM(model.cpu(), head).eval()
+    return IdServingDLRM(serving, catalog).eval() if inputs == "ids" else serving
+
+
+def float_size(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "") -> int:
+    """Bytes of the float TorchScript artifact, to compare a quantized one with."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(float_module(model, catalog, inputs, head)), buffer)
+    return len(buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What ``dlrm export`` was asked for: the file format, which inputs the artifact takes, int8 tables, and
+    which of the model's heads it serves (empty: the first)."""
+
+    format: str = "pt2"
+    inputs: str = "ids"
+    quantize: str | None = None
+    head: str = ""
+
+
+def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: str) -> dict[str, Any]:
+    """The description of an artifact's inputs: written beside it (``PATH.json``) and inside it (``dlrm.json``)."""
+    load = "torch.jit.load(path)" if spec.format == "torchscript" else "torch.export.load(path).module()"
+    if spec.quantize:
+        load = "import torchrec; torch.jit.load(path)  # torchrec registers FBGEMM's int8 operators"
+    features = {
+        "dense": {
+            "shape": ["B", len(catalog.dense_names)],
+            "dtype": "float32",
+            "features": catalog.dense_names,
+            "note": "standardised with the training data's statistics",
+        },
+        "sparse": [
+            {"feature": name, "rows": rows, "ids": _feature_ids(catalog, name), "offsets": "int64, size B"}
+            for name, rows in catalog.sparse_features
+        ],
+    }
+    head = spec.head or model.config.heads[0]
+    low, span = model.head_scale(head)
+    # a rating head outputs ratings; a ranking head the probability of an interaction, which ranks items
+    outputs = "ratings" if head == "rating" else "scores"
+    described: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "format": spec.format,
+        "inputs": spec.inputs,
+        "quantize": spec.quantize,
+        "load": load,
+        "head": head,
+        "rating_range": [low, low + span],
+    }
+    if head == "ranking":
+        described["scores"] = "the probability (0 to 1) that the user picks the item: rank a user's items by it"
+    if spec.inputs == "features":
+        return {
+            **described,
+            "call": f"model(dense, ids, offsets) -> {outputs} (float32, size B)",
+            **features,
+            "note": "ids[f] holds feature f's embedding rows for the whole batch, concatenated; offsets[f][b] is "
+            "where sample b's rows start. Export with --inputs ids for an artifact that takes raw ids.",
+        }
+    return {
+        **described,
+        "call": f"model(users, items) -> ({outputs}, user_known, item_known); users and items int64, size B",
+        "users": _id_description(catalog.users),
+        "items": _id_description(catalog.items),
+        "unknown_ids": (
+            "an id the checkpoint does not know is rated as dlrm predict rates it (the out-of-vocabulary "
+            "embedding and average features), and its *_known flag is false"
+            if catalog.users.has_oov and catalog.items.has_oov
+            else "this checkpoint has no out-of-vocabulary row (synthetic data): the rating of an unknown id "
+            "(its *_known flag false) means nothing"
+        ),
+        "features": {
+            **features,
+            "note": "what the ids become inside the artifact; dlrm export --inputs features writes an artifact "
+            f"that takes these instead: model(dense, ids, offsets) -> {outputs}",
+        },
+    }
+
+
+def _feature_ids(catalog: Catalog, feature: str) -> str:
+    """What an artifact's ``ids`` hold for one sparse feature: embedding rows, or for a pooled bag the row of
+    the entity that owns it."""
+    for entities, of in ((catalog.users, "user"), (catalog.items, "item")):
+        if feature in entities.bags:
+            return (
+                f"int64, one per sample: the {of}'s row ({of} ids sorted, an unknown {of}: the last row); "
+                f"the {of}'s bag of training ratings is pooled inside the artifact"
+            )
+    return "int64 embedding rows"
+
+
+def _id_description(table: EntityTable) -> dict[str, Any]:
+    if table.integer_ids:
+        return {"count": len(table.keys), "ids": "the integer ids of the data, as int64"}
+    return {
+        "count": len(table.keys),
+        "ids": "the id's position in vocabulary (int64); an id not in it: -1",
+        "vocabulary": table.keys.tolist(),
+    }
+
+
+def raw_ids(table: EntityTable, rows: torch.Tensor) -> torch.Tensor:
+    """What an ids artifact takes for these entity rows: the integer ids, or the vocabulary positions."""
+    known = rows < len(table.keys)
+    if table.integer_ids:
+        ids = torch.from_numpy(table.keys[rows.clamp(max=len(table.keys) - 1).numpy()]).to(torch.int64)
+    else:
+        ids = rows.to(torch.int64).clone()
+    return torch.where(known, ids, unknown_id(table))  # the neutral row stands for an id never seen
+
+
+def unknown_id(table: EntityTable) -> int:
+    """An integer that is no id of ``table``, as an ids artifact sees ids."""
+    if table.integer_ids:
+        return int(table.keys.max()) + 1 if len(table.keys) else 0
+    return -1
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """What int8 tables save and cost: artifact size, and against the float model, the test RMSE of a rating
+    head or the test AUC of a ranking head (held-out pairs against seeded uniform negatives, as ``evaluate``)."""
+
+    bytes: int
+    float_bytes: int
+    ratings: int
+    float_rmse: float | None = None
+    int8_rmse: float | None = None
+    rmse_change: float | None = None
+    float_auc: float | None = None
+    int8_auc: float | None = None
+    auc_change: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A written artifact, its side file, and how closely it agrees with the checkpoint."""
+
+    checkpoint: str
+    format: str
+    inputs: str
+    head: str
+    output: str
+    description: str
+    bytes: int
+    parity_samples: int
+    max_abs_difference: float
+    quantization: Quantization | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        report = asdict(self)
+        if self.quantization is None:
+            del report["quantization"]
+        else:
+            report["quantization"] = self.quantization.to_dict()
+        return report
+
+
+def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> ExportResult:
+    """Write ``loaded`` as a serving artifact at ``output`` and its input description at ``output``.json,
+    after checking the artifact against the eager model on up to 1,024 held-out ratings, and (ids artifacts)
+    on ids it never saw; nothing is left at ``output`` when the check fails."""
+    from dlrm_cli.model.int8 import QuantizedServingDLRM
+
+    catalog, heads = loaded.catalog, loaded.model.config.heads
+    if spec.head and spec.head not in heads:
+        raise DlrmUsageError(
+            f"checkpoint {loaded.checkpoint.name} has no {spec.head} head (its heads: {', '.join(heads)}; "
+            "train with --objective both for both): leave out --head"
+        )
+    spec = ExportSpec(spec.format, spec.inputs, spec.quantize, spec.head or heads[0])
+    data = load_dataset(loaded.checkpoint.run.data)
+    held_out = data.test
+    rows = torch.arange(min(len(held_out), 1024))
+    users, items = held_out.user[rows], held_out.item[rows]
+    if spec.inputs == "ids" and catalog.users.has_oov and catalog.items.has_oov:
+        # an unknown user with a known item, and the other way round: both take the neutral rows
+        users = torch.cat((users, torch.tensor([catalog.users.neutral_row, users[0]])))
+        items = torch.cat((items, torch.tensor([items[0], catalog.items.neutral_row])))
+    inputs = _artifact_inputs(catalog, users, items, spec.inputs)
+    sidecar = sidecar_path(output)
+    tmp, sidecar_tmp = temporary_beside(output), temporary_beside(sidecar)
+    description = describe(loaded.model, catalog, spec, loaded.checkpoint.name)
+    try:
+        tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
+        artifact = export_model(loaded.model, catalog, spec, tmp, inputs, description)
+        with torch.inference_mode():
+            exported = artifact(*inputs)
+            if spec.quantize:  # an int8 artifact must match the eager int8 model, not the float one
+                eager = QuantizedServingDLRM(loaded.model, spec.head).eval()(*plain_inputs(catalog, users, items))
+            else:
+                eager = _eager(loaded, users, items, spec.head)
+        if spec.inputs == "ids":
+            exported, user_known, item_known = exported
+            if not (
+                torch.equal(user_known, users < len(catalog.users))
+                and torch.equal(item_known, items < len(catalog.items))
+            ):
+                raise DlrmError("the exported model does not tell known ids from unknown ones; nothing was written")
+        difference = float((exported - eager).abs().max())
+        if not difference <= PARITY_TOLERANCE:
+            raise DlrmError(
+                f"the exported model disagrees with the checkpoint by {difference:.3g} "
+                f"(limit {PARITY_TOLERANCE:g}); nothing was written"
+            )
+        sidecar_tmp.write_text(json.dumps(description, indent=2) + "\n")
+        _replace_both((tmp, output), (sidecar_tmp, sidecar))
+    except OSError as error:
+        raise DlrmError(f"cannot write {output}: {error.strerror or error}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+        sidecar_tmp.unlink(missing_ok=True)
+    size = output.stat().st_size
+    return ExportResult(
+        checkpoint=loaded.checkpoint.name,
+        format=spec.format,
+        inputs=spec.inputs,
+        head=spec.head,
+        output=str(output),
+        description=str(sidecar),
+        bytes=size,
+        parity_samples=len(users),
+        max_abs_difference=difference,
+        quantization=_quantization(loaded, data, artifact, size, spec) if spec.quantize else None,
+    )
+
+
+def _eager(loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, head: str) -> torch.Tensor:
+    """What the float artifact must output for these pairs: the head's output on its scale."""
+    if head == "ranking":  # the ranking head's logit, squashed onto its scale as the artifact squashes it
+        logits = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"), ranking=True)
+        return to_rating(logits, *loaded.model.head_scale(head))
+    return score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
+
+
+def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, inputs: str) -> tuple:
+    """What the artifact takes for these (user row, item row) pairs."""
+    if inputs == "ids":
+        return raw_ids(catalog.users, user_rows), raw_ids(catalog.items, item_rows)
+    return plain_inputs(catalog, user_rows, item_rows)
+
+
+def _quantization(loaded: LoadedModel, data: Any, artifact: Any, size: int, spec: ExportSpec) -> Quantization:
+    """The int8 artifact against the float model on the test rows."""
+    held_out, catalog = data.test, loaded.catalog
+
+    def served(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(users), EVAL_BATCH):
+                chunk = slice(start, start + EVAL_BATCH)
+                scored = artifact(*_artifact_inputs(catalog, users[chunk], items[chunk], spec.inputs))
+                out.append(scored[0] if spec.inputs == "ids" else scored)
+        return torch.cat(out) if out else torch.empty(0)
+
+    float_bytes = float_size(loaded.model, catalog, spec.inputs, spec.head)
+    if spec.head == "ranking":
+        from dlrm_cli.scoring.evaluation import seeded_negatives
+
+        negative_users, negative_items = seeded_negatives(loaded, held_out, data.train)
+        int8 = auc(served(held_out.user, held_out.item), served(negative_users, negative_items))
+        exact = auc(
+            *(
+                _eager(loaded, u, i, "ranking")
+                for u, i in ((held_out.user, held_out.item), (negative_users, negative_items))
+            )
+        )
+        return Quantization(size, float_bytes, len(held_out), float_auc=exact, int8_auc=int8, auc_change=int8 - exact)
+    int8_rmse = error_metrics(served(held_out.user, held_out.item), held_out.rating)["rmse"]
+    float_rmse = error_metrics(_eager(loaded, held_out.user, held_out.item, "rating"), held_out.rating)["rmse"]
+    return Quantization(
+        size, float_bytes, len(held_out), float_rmse=float_rmse, int8_rmse=int8_rmse, rmse_change=int8_rmse - float_rmse
+    )

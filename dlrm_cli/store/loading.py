@@ -1,0 +1,60 @@
+"""Rebuild a model and its catalog from a checkpoint alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlrm_cli.config import ModelConfig
+from dlrm_cli.data.catalog import Catalog
+from dlrm_cli.errors import CorruptCheckpoint
+from dlrm_cli.model.dlrm import RatingDLRM, build_model, pool_bags
+from dlrm_cli.store.checkpoints import Checkpoint, CheckpointStore
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    model: RatingDLRM
+    catalog: Catalog
+    device: torch.device
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.checkpoint.meta
+
+
+def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
+    """The model in eval mode with its weights, and the catalog that turns ids into its inputs; the
+    implicit-feedback bags come pooled, one row per entity (``pool_bags``)."""
+    try:
+        config = ModelConfig.from_dict(checkpoint.meta["model"])
+        config.refuse_oversized(copies=2, hint="its meta.json cannot be what dlrm wrote here")
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: bad model settings ({error})") from None
+    state = checkpoint.tensors("model.pt")
+    catalog_state = checkpoint.tensors("catalog.pt")
+    model = build_model(config, device=device)
+    try:
+        model.load_state_dict(state)
+        catalog = Catalog.from_state(catalog_state)
+    except (KeyError, TypeError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: {first}") from None
+    model, catalog = pool_bags(model.eval(), catalog)
+    return LoadedModel(checkpoint, model, catalog, device)
+
+
+def open_model(store: Path | str, ref: str, device: str = "cpu") -> LoadedModel:
+    """The checkpoint ``ref`` (a name, ``latest`` or ``best``) of the store at ``store``, ready to score on
+    ``device`` (``auto``, ``cpu`` or ``cuda``): what evaluate, predict, recommend, export, report, serve
+    and the Python API load. Scoring is what the process does from here, so glibc is asked to keep freed
+    memory for reuse (``dlrm_cli.runtime.memory``; MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ opt out)."""
+    from dlrm_cli.model.dlrm import resolve_device
+    from dlrm_cli.runtime.memory import keep_freed_memory
+
+    keep_freed_memory()
+    return load_model(CheckpointStore(Path(store)).load(ref), resolve_device(device))
