@@ -26,6 +26,10 @@ EMBEDDINGS = ("fused", "plain")
 SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 EXPORT_FORMATS = ("torchscript", "pt2")
+EXPORT_INPUTS = ("ids", "features")  # raw user and item ids, or the model's own dense and sparse inputs
+QUANTIZATIONS = ("int8",)
+BENCHMARK_PATHS = ("fused", "plain_ebc", "reference", "batched")
+BENCHMARK_MODELS = ("default", "movielens", "seed")
 BIAS_FEATURES = ("user_id", "item_id")
 OBJECTIVES = ("auto", "rating", "both", "ranking")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
@@ -55,7 +59,8 @@ class TableConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a DLRM from its weights.
+    """Everything needed to rebuild a DLRM from its weights. It has no size defaults of its own: training
+    builds it from a ``TrainConfig`` (whose defaults are ``dlrm train``'s), loading from a checkpoint's record.
 
     The bottom MLP maps ``num_dense`` features to ``embedding_dim``; the top MLP ends in one logit that
     is squashed into ``[rating_min, rating_max]``.
@@ -63,9 +68,9 @@ class ModelConfig:
 
     num_dense: int
     tables: tuple[TableConfig, ...]
-    embedding_dim: int = 128
-    bottom_mlp: tuple[int, ...] = (512, 256, 128)
-    top_mlp: tuple[int, ...] = (512, 256)
+    embedding_dim: int
+    bottom_mlp: tuple[int, ...]
+    top_mlp: tuple[int, ...]
     rating_min: float = 0.0
     rating_max: float = 5.0
     dropout: float = 0.0
@@ -418,3 +423,66 @@ PRESETS: dict[str, dict[str, object]] = {
         "embedding_l2": 1e-2,
     },
 }
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What ``dlrm export`` was asked for: the file format, which inputs the artifact takes, int8 tables, and
+    which of the model's heads it serves (None: the model's first). Raises ``ValueError`` for a choice that
+    is not offered or a combination that cannot be written."""
+
+    format: str | None = None  # None: torchscript for int8 tables, else pt2
+    inputs: str = "ids"
+    quantize: str | None = None
+    head: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is not None and self.format not in EXPORT_FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        if self.inputs not in EXPORT_INPUTS:
+            raise ValueError(f"--inputs must be one of {', '.join(EXPORT_INPUTS)}, got {self.inputs!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"--quantize takes {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
+        if self.quantize and self.format == "pt2":
+            raise ValueError("--quantize int8 exports TorchScript; leave out --format pt2")
+        if self.head is not None and self.head not in HEADS:
+            raise ValueError(f"--head must be {' or '.join(HEADS)}, got {self.head!r}")
+        if self.format is None:  # int8 tables are written as TorchScript, everything else as torch.export's pt2
+            object.__setattr__(self, "format", "torchscript" if self.quantize else "pt2")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How ``dlrm serve`` listens and answers. The defaults are the command's."""
+
+    store: Path = DEFAULT_STORE
+    checkpoint: str = "latest"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_items: int = 1000  # most items one /predict request may rate
+    max_top: int = 1000  # largest top one /recommend request may ask for
+    max_body: int = 1 << 20  # bytes
+    max_pairs: int = 65536  # most user-item pairs scored in one forward pass (micro-batching)
+    max_wait: float = 0.002  # seconds a request waits for others to share its batch
+    watch: float | None = None  # seconds between looks at the store for a newer checkpoint; None: no watching
+    watch_interval: float = 2.0  # what --watch uses when --watch-interval is not given
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What ``dlrm benchmark`` measures, and for how long. The defaults are the command's."""
+
+    rows: int = 100_000  # users and items of the default model's data
+    batch_size: int = 256
+    repeats: int = 5
+    min_seconds: float = 1.0
+    eval_ratings: int = 1_000_000
+    latency_calls: int = 200
+    mlp_batch: int = 2048
+    paths: tuple[str, ...] = BENCHMARK_PATHS
+    threads: int | None = None
+    models: tuple[str, ...] = BENCHMARK_MODELS
+    concurrent: int = 2  # training processes run at once for the concurrency figure; 0 skips it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "paths": list(self.paths), "models": list(self.models)}

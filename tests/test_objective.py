@@ -108,9 +108,9 @@ def test_uniform_sampling_weighs_every_item_with_training_ratings_alike(grouped_
 def test_a_model_names_its_heads():
     tables = (TableConfig("user_id", 3),)
     with pytest.raises(ValueError, match="heads"):
-        ModelConfig(num_dense=0, tables=tables, embedding_dim=4, bottom_mlp=(4,), heads=("stars",))
+        ModelConfig(num_dense=0, tables=tables, embedding_dim=4, bottom_mlp=(4,), top_mlp=(4,), heads=("stars",))
     with pytest.raises(ValueError, match="heads"):
-        ModelConfig(num_dense=0, tables=tables, embedding_dim=4, bottom_mlp=(4,), heads=())
+        ModelConfig(num_dense=0, tables=tables, embedding_dim=4, bottom_mlp=(4,), top_mlp=(4,), heads=())
     assert TrainConfig(objective="both").heads_for(implicit=False) == ("rating", "ranking")
     assert TrainConfig().heads_for(implicit=False) == ("rating",)
     assert TrainConfig().heads_for(implicit=True) == ("ranking",)

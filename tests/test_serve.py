@@ -225,8 +225,9 @@ async def _first_batch_held(state):
 
 
 def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
+    from dlrm_cli.config import ServeSettings
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.serving.http import ServeSettings, ServiceState
+    from dlrm_cli.serving.http import ServiceState
 
     state = ServiceState(ServeSettings(store=Path("unused"), max_pairs=4, max_wait=0.0))
     model = state.model = _SlowModel()
@@ -248,7 +249,8 @@ def test_the_batcher_scores_what_queued_meanwhile_in_one_pass():
 
 
 def test_stopping_the_batcher_finishes_the_batch_being_scored():
-    from dlrm_cli.serving.http import ServeSettings, ServiceState
+    from dlrm_cli.config import ServeSettings
+    from dlrm_cli.serving.http import ServiceState
 
     state = ServiceState(ServeSettings(store=Path("unused")))
     model = state.model = _SlowModel()

@@ -12,11 +12,6 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-try:  # recent Typer vendors Click
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError
-except ImportError:  # pragma: no cover - Typer with Click as a dependency
-    from click.exceptions import ClickException, NoArgsIsHelpError  # type: ignore[no-redef]
-
 from dlrm_cli.cli.commands import (
     benchmark,
     checkpoints,
@@ -47,22 +42,29 @@ class OneLineErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except NoArgsIsHelpError as error:
-            typer.echo(error.format_message())
-            sys.exit(0)
-        except ClickException as error:
-            hint = ""
-            ctx = getattr(error, "ctx", None)
-            if ctx is not None:
-                hint = f" (see '{ctx.command_path} --help')"
-            _fail(f"{error.format_message()}{hint}", error.exit_code)
         except DlrmError as error:
             _fail(str(error), error.exit_code)
         except (typer.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
         except MemoryError:
             _fail("out of memory: the data or model is too large for this machine; try smaller sizes", 1)
+        except Exception as error:
+            if not _is_click_error(error):
+                raise
+            if type(error).__name__ == "NoArgsIsHelpError":  # plain ``dlrm``: the help, and success
+                typer.echo(error.format_message())
+                sys.exit(0)
+            ctx = getattr(error, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _fail(f"{error.format_message()}{hint}", error.exit_code)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _is_click_error(error: Exception) -> bool:
+    """A usage error raised by Click inside Typer. Typer keeps its copy of Click in a private module, so its
+    exceptions are recognised by what every one of them has (as Typer's own error printer does), not by
+    importing that module: a formatted message and an exit code (``typer.TyperException``'s interface)."""
+    return callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int)
 
 
 def _fail(message: str, code: int) -> None:

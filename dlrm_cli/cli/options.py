@@ -16,15 +16,16 @@ from typing import Annotated, Any
 
 import typer
 
-try:  # recent Typer vendors Click
-    from typer._click.exceptions import ClickException
-except ImportError:  # pragma: no cover - Typer with Click as a dependency
-    from click.exceptions import ClickException  # type: ignore[no-redef]
-
 from dlrm_cli.cli.parsing import parse_id_list, parse_rating_range, parse_sizes
 from dlrm_cli.config import (
+    DEVICES,
+    EMBEDDINGS,
+    NEGATIVE_SAMPLING,
     OBJECTIVE_PRESETS,
+    OBJECTIVES,
+    POSITIVES,
     PRESETS,
+    SPARSE_OPTIMIZERS,
     STORE_ENV,
     TRAIN_FIELDS,
     CsvColumns,
@@ -46,38 +47,17 @@ NOT_IN_TOML = ("config", "print_config", "resume")
 SYNTH, DIST, OPT, DATA, CSV = "Synthetic data", "Distributed", "Optimization", "Data", "CSV columns"
 
 
-class Embeddings(StrEnum):
-    fused = "fused"
-    plain = "plain"
+def _choices(name: str, values: tuple[str, ...]) -> type[StrEnum]:
+    """An option's choices as the enum Typer shows and checks, built from ``dlrm_cli.config``'s list."""
+    return StrEnum(name, {value: value for value in values})  # type: ignore[return-value]
 
 
-class SparseOptimizer(StrEnum):
-    rowwise_adagrad = "rowwise_adagrad"
-    adagrad = "adagrad"
-    sgd = "sgd"
-
-
-class ObjectiveChoice(StrEnum):
-    auto = "auto"
-    rating = "rating"
-    both = "both"
-    ranking = "ranking"
-
-
-class NegativeSampling(StrEnum):
-    uniform = "uniform"
-    popularity = "popularity"
-
-
-class Positives(StrEnum):
-    all = "all"
-    liked = "liked"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Embeddings = _choices("Embeddings", EMBEDDINGS)
+SparseOptimizer = _choices("SparseOptimizer", SPARSE_OPTIMIZERS)
+ObjectiveChoice = _choices("ObjectiveChoice", OBJECTIVES)
+NegativeSampling = _choices("NegativeSampling", NEGATIVE_SAMPLING)
+Positives = _choices("Positives", POSITIVES)
+Device = _choices("Device", DEVICES)
 
 
 def positive(value: float | None) -> float | None:
@@ -253,7 +233,7 @@ def _apply_toml(ctx: typer.Context, config: Path, values: dict[str, Any], given:
             continue  # the command line wins
         try:  # the option's own conversion, range checks and callback, as on the command line
             values[key] = _plain(params[key].process_value(ctx, value))
-        except ClickException as error:
+        except typer.BadParameter as error:
             raise DlrmUsageError(f"{config}: {raw_key}: {error.message}") from None
         chosen.add(key)
     return chosen

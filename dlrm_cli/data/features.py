@@ -16,9 +16,6 @@ from dlrm_cli.data.catalog import PAD, Catalog, Dataset, EntityTable, Ratings
 from dlrm_cli.data.readers import RawData, SideTable
 from dlrm_cli.errors import DataError, DlrmUsageError
 
-SPLIT_KINDS = ("random", "temporal", "files")
-
-
 def parse_split(text: str) -> tuple[str, object]:
     """``random:0.1``, ``temporal:0.1`` or ``files:TRAIN,TEST``."""
     kind, _, arg = text.partition(":")

@@ -20,11 +20,14 @@ from torchrec.optim.keyed import CombinedOptimizer
 from dlrm_cli.config import ModelConfig, TrainConfig
 from dlrm_cli.model.dlrm import RatingDLRM, bias_configs, embedding_configs
 
+# Each ``--sparse-optimizer`` (``dlrm_cli.config.SPARSE_OPTIMIZERS``) as the optimizer class that TorchRec's
+# fused tables take in one process, and as the FBGEMM kernel that sharded tables take under torchrun.
 SPARSE_OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "rowwise_adagrad": RowWiseAdagrad,
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
 }
+SHARDED_OPTIMIZERS = {"rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD", "adagrad": "EXACT_ADAGRAD", "sgd": "EXACT_SGD"}
 
 
 @dataclass
@@ -87,7 +90,7 @@ def build_for_training(
 ) -> tuple[RatingDLRM, Optimizers]:
     if settings.embeddings == "plain":
         model = RatingDLRM(config, device=device)
-        dense = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+        dense = dense_optimizer(model.parameters(), settings, fused=None)  # torch picks the kernel
         sparse = None
     else:
         kwargs: dict[str, Any] = {"lr": settings.sparse_lr}
@@ -109,15 +112,32 @@ def build_for_training(
         fused = [ebc] if biases is None else [ebc, biases]
         table_params = {id(p) for tables in fused for p in tables.parameters()}
         mlp_params = [p for p in model.parameters() if id(p) not in table_params]
-        dense = torch.optim.Adam(mlp_params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
+        dense = dense_optimizer(mlp_params, settings)
         sparse = (
             ebc.fused_optimizer()
             if biases is None
             else CombinedOptimizer([ebc.fused_optimizer(), ("biases", biases.fused_optimizer())])
         )
+    return model, scheduled(dense, sparse, settings)
+
+
+def dense_optimizer(params: Any, settings: TrainConfig, fused: bool | None = True) -> torch.optim.Adam:
+    """Adam over the weights that autograd updates (the MLPs; with plain tables, the tables too)."""
+    return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
+
+
+def scheduled(dense: torch.optim.Optimizer, sparse: Any | None, settings: TrainConfig) -> Optimizers:
+    """The optimizers with the learning-rate schedule every run uses: StepLR on each."""
     schedulers = [
         torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
         for optimizer in (dense, sparse)
         if optimizer is not None
     ]
-    return model, Optimizers(dense, sparse, schedulers)
+    return Optimizers(dense, sparse, schedulers)
+
+
+def sharded_optimizer(name: str) -> Any:
+    """FBGEMM's kernel for a ``--sparse-optimizer`` on sharded tables."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    return EmbOptimType[SHARDED_OPTIMIZERS[name]]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from dlrm_cli.config import ExportSpec
 from dlrm_cli.data.catalog import Catalog, EntityTable
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DlrmError, DlrmUsageError
@@ -36,7 +37,6 @@ from dlrm_cli.store.loading import LoadedModel
 
 PARITY_TOLERANCE = 1e-5
 DESCRIPTION_FILE = "dlrm.json"  # the description inside an artifact (extra files of torch.export / TorchScript)
-INPUTS = ("ids", "features")
 
 
 def export_model(
@@ -125,17 +125,6 @@ def float_size(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "")
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(float_module(model, catalog, inputs, head)), buffer)
     return len(buffer.getvalue())
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """What ``dlrm export`` was asked for: the file format, which inputs the artifact takes, int8 tables, and
-    which of the model's heads it serves (empty: the first)."""
-
-    format: str = "pt2"
-    inputs: str = "ids"
-    quantize: str | None = None
-    head: str = ""
 
 
 def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: str) -> dict[str, Any]:
@@ -292,7 +281,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
             f"checkpoint {loaded.checkpoint.name} has no {spec.head} head (its heads: {', '.join(heads)}; "
             "train with --objective both for both): leave out --head"
         )
-    spec = ExportSpec(spec.format, spec.inputs, spec.quantize, spec.head or heads[0])
+    spec = replace(spec, head=spec.head or heads[0])
     data = load_dataset(loaded.checkpoint.run.data)
     held_out = data.test
     rows = torch.arange(min(len(held_out), 1024))

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlrm_cli import __version__
+from dlrm_cli.config import ServeSettings
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 
 log = logging.getLogger("dlrm.serve")
@@ -78,20 +79,6 @@ class RecommendResponse(PredictResponse):
 
     scored: int
     exclude_seen: bool
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """How ``dlrm serve`` answers (the command's options)."""
-
-    store: Path
-    checkpoint: str = "latest"
-    max_items: int = 1000
-    max_top: int = 1000
-    max_body: int = 1 << 20
-    max_pairs: int = 65536
-    max_wait: float = 0.002
-    watch: float | None = None  # seconds between looks at the store for a newer checkpoint
 
 
 @dataclass

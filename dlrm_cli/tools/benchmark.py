@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from dlrm_cli.config import SyntheticSpec, TrainConfig
+from dlrm_cli.config import BENCHMARK_MODELS, BENCHMARK_PATHS, BenchmarkSettings, SyntheticSpec, TrainConfig
 from dlrm_cli.data.catalog import Dataset
 from dlrm_cli.data.synthetic import generate
 from dlrm_cli.errors import DlrmError, DlrmUsageError
@@ -39,7 +39,6 @@ from dlrm_cli.runtime.threads import available_cpus, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import score
 from dlrm_cli.training.run import model_config_for, train_step, training_data
 
-PATHS = ("fused", "plain_ebc", "reference", "batched")
 REFERENCES = ("reference", "batched")  # hand-written scripts: no bags
 # The models a run can measure. ``seed`` has the sizes of the example dlrm started from (and of the
 # reference script people write from it): 1,000 users and 500 items, embeddings of 64, MLPs 32-64 and 128-64.
@@ -52,24 +51,6 @@ MODELS: dict[str, TrainConfig] = {
 }
 SEED_USERS, SEED_ITEMS = 1_000, 500
 MOVIELENS_SIZES = SyntheticSpec(users=3_000, items=3_600, ratings=487_650)
-
-
-@dataclass(frozen=True)
-class BenchmarkSettings:
-    rows: int = 100_000  # users and items of the default model's data
-    batch_size: int = 256
-    repeats: int = 5
-    min_seconds: float = 1.0
-    eval_ratings: int = 1_000_000
-    latency_calls: int = 200
-    mlp_batch: int = 2048
-    paths: tuple[str, ...] = PATHS
-    threads: int | None = None
-    models: tuple[str, ...] = tuple(MODELS)
-    concurrent: int = 2  # training processes run at once for the concurrency figure; 0 skips it
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "paths": list(self.paths), "models": list(self.models)}
 
 
 @dataclass(frozen=True)
@@ -404,7 +385,10 @@ def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, flo
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
     """Measure every figure (training processes for the concurrency figure aside) in this process;
     ``progress`` hears what is being measured."""
-    for given, allowed, option in ((settings.paths, PATHS, "--paths"), (settings.models, tuple(MODELS), "--model")):
+    for given, allowed, option in (
+        (settings.paths, BENCHMARK_PATHS, "--paths"),
+        (settings.models, BENCHMARK_MODELS, "--model"),
+    ):
         unknown = [name for name in given if name not in allowed]
         if unknown:
             raise DlrmUsageError(f"{option} takes {', '.join(allowed)}; got {unknown[0]!r}")

@@ -20,7 +20,7 @@ from torch import nn
 
 from dlrm_cli.config import ModelConfig, TrainConfig
 from dlrm_cli.model.dlrm import RatingDLRM, bias_configs, bias_name, embedding_configs, table_name
-from dlrm_cli.model.optim import Optimizers
+from dlrm_cli.model.optim import Optimizers, dense_optimizer, scheduled, sharded_optimizer
 from dlrm_cli.runtime.quiet import quiet_library_logs
 
 TIMEOUT = timedelta(seconds=int(os.environ.get("DLRM_DIST_TIMEOUT", "120")))
@@ -99,7 +99,6 @@ def build_sharded(
     config: ModelConfig, settings: TrainConfig, device: torch.device, parallel: Parallel
 ) -> tuple[nn.Module, Optimizers, Any]:
     """The model wrapped in DistributedModelParallel with FBGEMM's fused optimizer on every shard."""
-    from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -107,11 +106,7 @@ def build_sharded(
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    optim_type = {
-        "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
-        "adagrad": EmbOptimType.EXACT_ADAGRAD,
-        "sgd": EmbOptimType.EXACT_SGD,
-    }[settings.sparse_optimizer]
+    optim_type = sharded_optimizer(settings.sparse_optimizer)
     meta = torch.device("meta")
     ebc = EmbeddingBagCollection(tables=embedding_configs(config), device=meta)
     biases = EmbeddingBagCollection(tables=bias_configs(config), device=meta) if config.biases else None
@@ -126,13 +121,7 @@ def build_sharded(
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(module=model, device=device, plan=plan, sharders=[sharder])
     dense_params = [param for _, param in in_backward_optimizer_filter(dmp.named_parameters())]
-    dense = torch.optim.Adam(dense_params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True)
-    sparse = dmp.fused_optimizer
-    schedulers = [
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-        for optimizer in (dense, sparse)
-    ]
-    return dmp, Optimizers(dense, sparse, schedulers), plan
+    return dmp, scheduled(dense_optimizer(dense_params, settings), dmp.fused_optimizer, settings), plan
 
 
 def bare(model: nn.Module) -> RatingDLRM:

@@ -157,7 +157,6 @@ class EpochState:
             "order": self.order,
             "epoch": self.epoch,
             "best_epoch": self.best.epoch,
-            "best_val_rmse": self.best.rmse,
         }
 
 
@@ -290,7 +289,7 @@ class TrainingRun:
         torch.set_rng_state(last["rng"])
         self.order.set_state(last["order"])
         self.history = list(resume.meta["history"])
-        metrics = dict(resume.meta["metrics"]["validation"])  # its RMSE is train_state's best_val_rmse
+        metrics = dict(resume.meta["metrics"]["validation"])
         self.best = Best(last["best_epoch"], metrics, resume.best_state)
         self.first_epoch = last["epoch"] + 1
         self.seconds_before = float(resume.meta.get("seconds", 0.0))

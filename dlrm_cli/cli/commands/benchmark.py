@@ -7,18 +7,23 @@ from typing import Annotated, Any
 import typer
 
 from dlrm_cli.cli.options import JsonOption, ThreadsOption
+from dlrm_cli.config import BenchmarkSettings
+
+BENCH = BenchmarkSettings()
 
 EXAMPLE = "Example: dlrm benchmark --rows 100000 --json"
 
 
 def benchmark_command(
-    rows: Annotated[int, typer.Option(min=1, help="Rows in the user and item tables (catalogue size).")] = 100_000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 256,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed repeats per figure; the median is reported.")] = 5,
-    seconds: Annotated[float, typer.Option(min=0.0, help="Minimum seconds per repeat.")] = 1.0,
+    rows: Annotated[int, typer.Option(min=1, help="Rows in the user and item tables (catalogue size).")] = BENCH.rows,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = BENCH.batch_size,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Timed repeats per figure; the median is reported.")
+    ] = BENCH.repeats,
+    seconds: Annotated[float, typer.Option(min=0.0, help="Minimum seconds per repeat.")] = BENCH.min_seconds,
     eval_ratings: Annotated[
         int, typer.Option(min=1, max=100_000_000, help="Ratings scored for evaluate throughput.")
-    ] = 1_000_000,
+    ] = BENCH.eval_ratings,
     paths: Annotated[
         str,
         typer.Option(
@@ -26,7 +31,7 @@ def benchmark_command(
             "reference (a hand-written script with a per-sample DataLoader) and batched (that script with "
             "its batches cut from tensors)."
         ),
-    ] = "fused,plain_ebc,reference,batched",
+    ] = ",".join(BENCH.paths),
     model: Annotated[
         str,
         typer.Option(
@@ -34,7 +39,7 @@ def benchmark_command(
             "default model, with its bags, on data of the MovieLens 1M subset's sizes) and seed (the seed "
             "example's: 1,000 users, 500 items, embeddings 64, MLPs 32-64 and 128-64)."
         ),
-    ] = "default,movielens,seed",
+    ] = ",".join(BENCH.models),
     concurrent: Annotated[
         int,
         typer.Option(
@@ -42,7 +47,7 @@ def benchmark_command(
             help="Also train in this many processes at once, and in one alone, and report the total against "
             "the one alone (0 skips it).",
         ),
-    ] = 2,
+    ] = BENCH.concurrent,
     threads: ThreadsOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -55,14 +60,14 @@ def benchmark_command(
     models = tuple(parse_id_list(model, "--model"))
 
     from dlrm_cli.cli import ui
-    from dlrm_cli.tools.benchmark import BenchmarkSettings, run_benchmark
+    from dlrm_cli.tools.benchmark import run_benchmark
 
     settings = BenchmarkSettings(
-        rows,
-        batch_size,
-        repeats,
-        seconds,
-        eval_ratings,
+        rows=rows,
+        batch_size=batch_size,
+        repeats=repeats,
+        min_seconds=seconds,
+        eval_ratings=eval_ratings,
         paths=chosen,
         threads=threads,
         models=models,

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from dlrm_cli.cli.options import CheckpointOption, ForceOutputOption, JsonOption, StoreOption
-from dlrm_cli.config import DEFAULT_STORE
+from dlrm_cli.config import DEFAULT_STORE, ExportSpec
+
+EXPORT = ExportSpec()
 
 EXAMPLE = "Example: dlrm export --output model.pt2"
 
@@ -27,7 +29,7 @@ def export_command(
     inputs: Annotated[
         str,
         typer.Option(help="ids: raw user and item ids in; features: embedding rows and standardised features in."),
-    ] = "ids",
+    ] = EXPORT.inputs,
     quantize: Annotated[
         str | None, typer.Option(help="int8: quantize the embedding tables with torchrec.quant (TorchScript).")
     ] = None,
@@ -44,22 +46,13 @@ def export_command(
     store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """Export a checkpoint for serving; the artifact needs only PyTorch to run."""
-    from dlrm_cli.config import EXPORT_FORMATS
     from dlrm_cli.errors import DlrmUsageError
     from dlrm_cli.runtime.files import output_path, sidecar_path
-    from dlrm_cli.serving.export import INPUTS, ExportSpec
 
-    if format is not None and format not in EXPORT_FORMATS:
-        raise DlrmUsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
-    if inputs not in INPUTS:
-        raise DlrmUsageError(f"--inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
-    if quantize not in (None, "int8"):
-        raise DlrmUsageError(f"--quantize takes int8, got {quantize!r}")
-    if quantize and format == "pt2":
-        raise DlrmUsageError("--quantize int8 exports TorchScript; leave out --format pt2")
-    if head not in (None, "rating", "ranking"):
-        raise DlrmUsageError(f"--head must be rating or ranking, got {head!r}")
-    spec = ExportSpec(format or ("torchscript" if quantize else "pt2"), inputs, quantize, head or "")
+    try:
+        spec = ExportSpec(format, inputs, quantize, head)
+    except ValueError as error:
+        raise DlrmUsageError(str(error)) from None
     output = output_path(output, force)
     output_path(sidecar_path(output), force)  # the file describing its inputs follows the same rule
 
