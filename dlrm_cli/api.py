@@ -9,7 +9,7 @@ Example::
     model.recommend(42, top=10).ranking.items  # the 10 best items the user has not rated
     model.score([42, 42], [101, 102])          # tensor([3.97, 4.31]): ratings in the order asked
 
-The command line and ``dlrm serve`` answer through the same functions (``dlrm_cli.scoring.inference``).
+The command line and ``dlrm serve`` answer through the same functions (``dlrm_cli.scoring.recommending``).
 """
 
 from __future__ import annotations

@@ -295,10 +295,10 @@ def test_negatives_that_borrow_their_users_features_score_as_if_they_had_them(tm
     users, items = sampler.extend(dataset.train.user[:rated], dataset.train.item[:rated])
     positions = torch.tensor([i for i, name in enumerate(model.config.feature_names) if name in catalog.user_side])
     assert len(positions) >= 3  # the id, side features and the bag
-    full = model(*catalog.batch(users, items, leave_out=leave_out), logits=True)
+    full = model.logits(*catalog.batch(users, items, leave_out=leave_out))
     dense, kjt = catalog.batch(users, items, leave_out=leave_out, user_side_rows=rated)
     assert kjt.lengths().sum() < catalog.batch(users, items, leave_out=leave_out)[1].lengths().sum()
-    borrowed = model(dense, kjt, logits=True, borrow=(positions, rated))
+    borrowed = model.training_outputs(dense, kjt, borrow=(positions, rated))[0]
     compared = slice(None) if not leave_out else slice(0, rated)
     assert torch.allclose(borrowed[compared], full[compared], atol=1e-5)
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dlrm_cli.data.lookup import dense_values, one_each, side_values
+
 if TYPE_CHECKING:
     from dlrm_cli.config import DataSource
 
@@ -213,6 +215,16 @@ class Ratings:
         return Ratings(self.user[index], self.item[index], self.rating[index])
 
 
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where a sparse feature's values come from: its ``owner`` (``users`` or ``items``) and ``kind``: the
+    owner's ``id`` row, one of its ``side`` features, or its implicit-feedback ``bag``."""
+
+    name: str
+    owner: str
+    kind: str
+
+
 @dataclass
 class Catalog:
     """The users and items a model knows, and how their features become model inputs."""
@@ -228,15 +240,33 @@ class Catalog:
         return [*self.users.dense_names, *self.items.dense_names]
 
     @property
+    def feature_sources(self) -> list[FeatureSource]:
+        """Every sparse feature, in the order of the KJT keys and the embedding tables: the ids, the side
+        features, then the bags; users' before items' in each group."""
+        sources = [FeatureSource("user_id", "users", "id"), FeatureSource("item_id", "items", "id")]
+        for owner in ("users", "items"):
+            sources.extend(FeatureSource(name, owner, "side") for name in self.owner(owner).sparse)
+        for owner in ("users", "items"):
+            sources.extend(FeatureSource(name, owner, "bag") for name in self.owner(owner).bags)
+        return sources
+
+    def owner(self, owner: str) -> EntityTable:
+        """``users`` or ``items``."""
+        return self.users if owner == "users" else self.items
+
+    @property
     def sparse_features(self) -> list[tuple[str, int]]:
-        """(feature name, embedding rows) in the order of the KJT keys and the embedding tables: the ids,
-        the side features, then the bags."""
-        features = [("user_id", self.users.id_table_rows), ("item_id", self.items.id_table_rows)]
-        for table in (self.users, self.items):
-            features.extend((name, table.sparse_sizes[name]) for name in table.sparse)
-        for table in (self.users, self.items):
-            features.extend((name, bag.table_rows) for name, bag in table.bags.items())
-        return features
+        """(feature name, embedding rows), in ``feature_sources`` order."""
+        rows = []
+        for source in self.feature_sources:
+            table = self.owner(source.owner)
+            if source.kind == "id":
+                rows.append((source.name, table.id_table_rows))
+            elif source.kind == "side":
+                rows.append((source.name, table.sparse_sizes[source.name]))
+            else:
+                rows.append((source.name, table.bags[source.name].table_rows))
+        return rows
 
     @property
     def normalised_bags(self) -> list[str]:
@@ -259,40 +289,28 @@ class Catalog:
         ``leave_out`` (training) drops each pair's item from its user's bag and its user from its item's
         bag, so that a rating is never evidence for itself. ``user_side_rows`` = n: only the first n pairs
         carry their user-side sparse features (``user_side``); the others, whose users repeat the first n
-        in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.forward``)."""
-        dense = torch.cat((self.users.dense[user_rows], self.items.dense[item_rows]), dim=1)
-        size = user_rows.shape[0]
-        ones = torch.ones(size, dtype=torch.int64)
+        in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.training_outputs``)."""
+        dense = dense_values(self.users.dense, self.items.dense, user_rows, item_rows)
         user_ids, item_ids = self.users.id_rows[user_rows], self.items.id_rows[item_rows]
-        item_side = (item_rows, user_ids)
-        if user_side_rows is not None:
-            user_rows, user_ids = user_rows[:user_side_rows], user_ids[:user_side_rows]
-            absent = torch.zeros(size - user_side_rows, dtype=torch.int64)
-        values, lengths = [user_ids, item_ids], [ones[: user_ids.shape[0]], ones]
-        for table, rows in ((self.users, user_rows), (self.items, item_rows)):
-            for matrix in table.sparse.values():
-                picked = matrix[rows]
-                if picked.shape[1] == 1 and bool((picked >= 0).all()):
-                    values.append(picked[:, 0])
-                    lengths.append(ones[: rows.shape[0]])
-                else:
-                    mask = picked >= 0
-                    values.append(picked[mask])
-                    lengths.append(mask.sum(dim=1))
-        for rows, others, table in ((user_rows, item_ids, self.users), (*item_side, self.items)):
-            for bag in table.bags.values():
-                bag_values, bag_lengths = bag.gather(rows, others[: rows.shape[0]] if leave_out else None)
-                values.append(bag_values)
-                lengths.append(bag_lengths)
-        keys = [name for name, _ in self.sparse_features]
-        if user_side_rows is not None:  # pad the user side's lengths with the borrowing pairs' zeros
-            user_side = set(self.user_side)
-            lengths = [
-                torch.cat((length, absent)) if key in user_side else length
-                for key, length in zip(keys, lengths, strict=True)
-            ]
+        rows = {"users": user_rows if user_side_rows is None else user_rows[:user_side_rows], "items": item_rows}
+        others = {"users": item_ids, "items": user_ids}  # each pair's other side, left out of its bag
+        absent = torch.zeros(user_rows.shape[0] - rows["users"].shape[0], dtype=torch.int64)
+        values, lengths = [], []
+        for source in self.feature_sources:
+            table, owned = self.owner(source.owner), rows[source.owner]
+            if source.kind == "id":
+                cut = (table.id_rows[owned], one_each(owned))
+            elif source.kind == "side":
+                picked = table.sparse[source.name][owned]
+                cut = side_values(picked, picked.shape[1] == 1 and bool((picked >= 0).all()))
+            else:
+                left_out = others[source.owner][: owned.shape[0]] if leave_out else None
+                cut = table.bags[source.name].gather(owned, left_out)
+            values.append(cut[0])
+            # the borrowing pairs' user side: no values (padded with their zero lengths)
+            lengths.append(torch.cat((cut[1], absent)) if source.owner == "users" and len(absent) else cut[1])
         kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=keys,
+            keys=[source.name for source in self.feature_sources],
             values=torch.cat(values),
             lengths=torch.cat(lengths),
         )

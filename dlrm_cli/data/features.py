@@ -16,6 +16,7 @@ from dlrm_cli.data.catalog import PAD, Catalog, Dataset, EntityTable, Ratings
 from dlrm_cli.data.readers import RawData, SideTable
 from dlrm_cli.errors import DataError, DlrmUsageError
 
+
 def parse_split(text: str) -> tuple[str, object]:
     """``random:0.1``, ``temporal:0.1`` or ``files:TRAIN,TEST``."""
     kind, _, arg = text.partition(":")

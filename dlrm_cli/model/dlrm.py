@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
 
 import torch
 from torch import nn
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch, SparseArch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -70,8 +69,68 @@ def bias_name(feature: str) -> str:
     return f"b_{feature}"
 
 
+class DLRMArches(nn.Module):
+    """TorchRec's four DLRM parts, under the names TorchRec's ``DLRM`` gives them (so a checkpoint's keys are
+    ``dlrm.sparse_arch...``, ``dlrm.dense_arch...``), and the one computation from pooled embeddings to
+    logits (``head_logits``) that the trained model, the scoring model and every serving artifact run.
+
+    A serving artifact holds its own copy without ``sparse_arch`` (its tables are plain ``nn.EmbeddingBag``s).
+    No ``forward``: TorchScript compiles only what an artifact calls (``head_logits``)."""
+
+    def __init__(
+        self,
+        sparse_arch: SparseArch | None,
+        dense_arch: nn.Module,
+        inter_arch: nn.Module,
+        over_arch: nn.Module,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.sparse_arch = sparse_arch
+        self.dense_arch = dense_arch
+        self.inter_arch = inter_arch
+        self.over_arch = over_arch
+        # Dropout on the interaction features, the top MLP's input; it has no weights, so it leaves the
+        # state dict (and every checkpoint and export) unchanged.
+        self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def build(cls, config: ModelConfig, embedding_bag_collection: nn.Module, device: torch.device | None) -> DLRMArches:
+        """The arches of ``config``'s model, built in TorchRec's order (so a seed gives the same weights)."""
+        sparse_arch = SparseArch(embedding_bag_collection)
+        features = len(sparse_arch.sparse_feature_names)
+        dense_arch = DenseArch(in_features=config.num_dense, layer_sizes=list(config.bottom_mlp), device=device)
+        inter_arch = InteractionArch(num_sparse_features=features)
+        over_arch = OverArch(
+            in_features=config.interaction_width,
+            layer_sizes=[*config.top_mlp, len(config.heads)],
+            device=device,
+        )
+        return cls(sparse_arch, dense_arch, inter_arch, over_arch, config.dropout)
+
+    def head_logits(
+        self, dense_features: torch.Tensor, embedded_sparse: torch.Tensor, biases: torch.Tensor | None
+    ) -> torch.Tensor:
+        """
+        Args:
+            dense_features: B x Dn.
+            embedded_sparse: B x F x D, each feature's pooled embedding.
+            biases: B x I x H x ``BIAS_COLUMNS``, each of the I id features' bias row for each of the H heads
+                (a head's bias is the sum of its columns), or None.
+
+        Returns:
+            B x H: each head's logit.
+        """
+        embedded_dense = self.dense_arch(dense_features)
+        interactions = self.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
+        logits = self.over_arch(self.dropout(interactions))
+        if biases is not None:
+            logits = logits + biases.sum(dim=(1, 3))
+        return logits
+
+
 class RatingDLRM(nn.Module):
-    """TorchRec's DLRM with its logit squashed onto the rating scale.
+    """The DLRM with a rating head, a ranking head or both, and id biases.
 
     Example::
 
@@ -80,6 +139,10 @@ class RatingDLRM(nn.Module):
         model = RatingDLRM(config)
         kjt = KeyedJaggedTensor.from_lengths_sync(["user_id"], torch.tensor([1, 2]), torch.tensor([1, 1]))
         model(torch.rand(2, 2), kjt)  # a tensor of size 2, each value in [0, 5]
+
+    ``predict`` (and calling the model) gives the first head on its scale; ``logits`` every head's logit;
+    ``ranking_scores`` what orders a user's items; ``training_outputs`` the logits and the pooled embeddings
+    that training penalises. Every one of them runs ``DLRMArches.head_logits``, as the serving artifacts do.
     """
 
     def __init__(
@@ -95,18 +158,9 @@ class RatingDLRM(nn.Module):
             embedding_bag_collection = EmbeddingBagCollection(tables=embedding_configs(config), device=device)
         if biases is None and config.biases:
             biases = EmbeddingBagCollection(tables=bias_configs(config), device=device)
-        # Each id's bias, added to the logit (a collection of one-column tables over the same KJT).
+        # Each id's bias, added to the logit (a collection of narrow tables over the same KJT).
         self.biases = biases
-        self.dlrm = DLRM(
-            embedding_bag_collection=embedding_bag_collection,
-            dense_in_features=config.num_dense,
-            dense_arch_layer_sizes=list(config.bottom_mlp),
-            over_arch_layer_sizes=[*config.top_mlp, len(config.heads)],
-            dense_device=device,
-        )
-        # Dropout on the interaction features, the top MLP's input; it has no weights, so it leaves the
-        # state dict (and every checkpoint and export) unchanged.
-        self.dropout = nn.Dropout(config.dropout)
+        self.dlrm = DLRMArches.build(config, embedding_bag_collection, device)
         self.rating_min = config.rating_min
         self.rating_span = config.rating_max - config.rating_min
         # The implicit-feedback bags' positions among the features: their sums are divided by sqrt(n).
@@ -117,53 +171,60 @@ class RatingDLRM(nn.Module):
         """True when the tables are FBGEMM's fused training tables (see ``dlrm_cli.model.optim``)."""
         return not isinstance(self.dlrm.sparse_arch.embedding_bag_collection, EmbeddingBagCollection)
 
-    def forward(
-        self,
-        dense_features: torch.Tensor,
-        sparse_features: KeyedJaggedTensor,
-        with_embeddings: bool = False,
-        logits: bool = False,
-        borrow: tuple[torch.Tensor, int] | None = None,
-    ) -> Any:
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """``predict``: what calling the model gives, for scoring and for TorchRec's tracing."""
+        return self.predict(dense_features, sparse_features)
+
+    def predict(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """
         Args:
             dense_features: B x Dn.
             sparse_features: a KJT with the F features of ``config.tables``, B samples each.
-            with_embeddings: also return the pooled embeddings (B x F x D), which training penalises
-                (``embedding_l2``) to regularise exactly the rows a batch used.
-            logits: return every head's logit (B x H, in ``config.heads`` order) instead of the ratings.
-            borrow: (positions, n): the pairs after the first n have no values for the features at these
-                positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose
-                user they share: sampled negatives look up their user's bag once, not once each.
 
         Returns:
-            a tensor of size B: the first head's output, squashed onto the rating scale (for a ranking-only
-            model, whose scale is 0 to 1, the probability of an interaction); or the logits. Then the
-            embeddings, if asked for.
+            a tensor of size B: the first head's output on its scale (the rating; for a ranking-only model, the
+            probability of an interaction).
         """
-        dlrm = self.dlrm
-        embedded_dense = dlrm.dense_arch(dense_features)
-        embedded_sparse = dlrm.sparse_arch(sparse_features)
+        return self.squash(self.logits(dense_features, sparse_features)[:, 0], self.config.heads[0])
+
+    def logits(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """B x H: every head's logit, in ``config.heads`` order."""
+        return self.training_outputs(dense_features, sparse_features)[0]
+
+    def training_outputs(
+        self,
+        dense_features: torch.Tensor,
+        sparse_features: KeyedJaggedTensor,
+        borrow: tuple[torch.Tensor, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every head's logit (B x H) and the pooled embeddings (B x F x D), which training penalises
+        (``embedding_l2``) to regularise exactly the rows a batch used.
+
+        ``borrow`` = (positions, n): the pairs after the first n have no values for the features at these
+        positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose user they
+        share: sampled negatives look up their user's bag once, not once each."""
+        embedded = self.dlrm.sparse_arch(sparse_features)
         if self.bag_positions:
-            embedded_sparse = self._normalise_bags(embedded_sparse, sparse_features)
-        if borrow is not None:
-            embedded_sparse = _borrowed(embedded_sparse, *borrow)
-        interactions = dlrm.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
-        out = dlrm.over_arch(self.dropout(interactions))
+            embedded = self._normalise_bags(embedded, sparse_features)
+        biases = None
         if self.biases is not None:
-            biases = self.biases(sparse_features).values().view(out.shape[0], -1, out.shape[1] * BIAS_COLUMNS)
-            if borrow is not None:  # the user's bias (bias tables follow the feature order: user_id first)
+            heads = len(self.config.heads)
+            biases = self.biases(sparse_features).values().view(dense_features.shape[0], -1, heads * BIAS_COLUMNS)
+        if borrow is not None:
+            embedded = _borrowed(embedded, *borrow)
+            if biases is not None:  # the user's bias (bias tables follow the feature order: user_id first)
                 biases = _borrowed(biases, torch.tensor([0], device=biases.device), borrow[1])
-            out = out + biases.view(out.shape[0], -1, out.shape[1], BIAS_COLUMNS).sum(dim=(1, 3))
-        if not logits:
-            out = to_rating(out[:, 0], self.rating_min, self.rating_span)
-        return (out, embedded_sparse) if with_embeddings else out
+        if biases is not None:
+            biases = biases.view(biases.shape[0], biases.shape[1], -1, BIAS_COLUMNS)
+        return self.dlrm.head_logits(dense_features, embedded, biases), embedded
+
+    def squash(self, logits: torch.Tensor, head: str) -> torch.Tensor:
+        """One head's logits on that head's scale (``head_scale``)."""
+        return to_rating(logits, *self.head_scale(head))
 
     def ranking_scores(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """What ranks items for a user: the ranking head's logit where the model has one, else the rating."""
-        if "ranking" not in self.config.heads:
-            return self(dense_features, sparse_features)
-        return self(dense_features, sparse_features, logits=True)[:, self.config.heads.index("ranking")]
+        return self.rating_and_ranking(dense_features, sparse_features)[1]
 
     def head_scale(self, head: str) -> tuple[float, float]:
         """(low, span) of a head's squashed output: the rating scale for the rating head, 0 to 1 (the
@@ -174,8 +235,8 @@ class RatingDLRM(nn.Module):
         self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``'s output and ``ranking_scores``, from one pass of the model."""
-        logits = self(dense_features, sparse_features, logits=True)
-        first = to_rating(logits[:, 0], self.rating_min, self.rating_span)
+        logits = self.logits(dense_features, sparse_features)
+        first = self.squash(logits[:, 0], self.config.heads[0])
         if "ranking" not in self.config.heads:
             return first, first
         return first, logits[:, self.config.heads.index("ranking")]
@@ -203,6 +264,20 @@ class RatingDLRM(nn.Module):
         output = self.dense_layers()[1][-1]
         with torch.no_grad():
             output.bias[0] = math.log(fraction / (1 - fraction))
+
+
+class TrainingDLRM(RatingDLRM):
+    """The model as training calls it: ``forward`` is ``training_outputs``, so that TorchRec's
+    DistributedModelParallel and DDP, which must see every training pass go through ``forward``, wrap it as
+    they wrap any model. Its weights and state-dict keys are ``RatingDLRM``'s, so a checkpoint loads into either."""
+
+    def forward(  # type: ignore[override]
+        self,
+        dense_features: torch.Tensor,
+        sparse_features: KeyedJaggedTensor,
+        borrow: tuple[torch.Tensor, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.training_outputs(dense_features, sparse_features, borrow)
 
 
 def _borrowed(embedded: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:

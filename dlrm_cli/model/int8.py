@@ -40,5 +40,5 @@ class QuantizedServingDLRM(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, dense: torch.Tensor, ids: List[torch.Tensor], offsets: List[torch.Tensor]) -> torch.Tensor:  # noqa: UP006
-        logits = self.model(dense, kjt_from_lists(self.keys, ids, offsets), logits=True)
+        logits = self.model.logits(dense, kjt_from_lists(self.keys, ids, offsets))
         return to_rating(logits[:, self.head], self.low, self.span)

@@ -18,7 +18,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.keyed import CombinedOptimizer
 
 from dlrm_cli.config import ModelConfig, TrainConfig
-from dlrm_cli.model.dlrm import RatingDLRM, bias_configs, embedding_configs
+from dlrm_cli.model.dlrm import TrainingDLRM, bias_configs, embedding_configs
 
 # Each ``--sparse-optimizer`` (``dlrm_cli.config.SPARSE_OPTIMIZERS``) as the optimizer class that TorchRec's
 # fused tables take in one process, and as the FBGEMM kernel that sharded tables take under torchrun.
@@ -87,9 +87,9 @@ class Optimizers:
 
 def build_for_training(
     config: ModelConfig, settings: TrainConfig, device: torch.device
-) -> tuple[RatingDLRM, Optimizers]:
+) -> tuple[TrainingDLRM, Optimizers]:
     if settings.embeddings == "plain":
-        model = RatingDLRM(config, device=device)
+        model = TrainingDLRM(config, device=device)
         dense = dense_optimizer(model.parameters(), settings, fused=None)  # torch picks the kernel
         sparse = None
     else:
@@ -108,7 +108,7 @@ def build_for_training(
                 optimizer_kwargs=kwargs,
                 device=device,
             )
-        model = RatingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
+        model = TrainingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
         fused = [ebc] if biases is None else [ebc, biases]
         table_params = {id(p) for tables in fused for p in tables.parameters()}
         mlp_params = [p for p in model.parameters() if id(p) not in table_params]

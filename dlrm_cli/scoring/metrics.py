@@ -23,7 +23,7 @@ def score(
 ) -> torch.Tensor:
     """Predicted ratings for each (user, item) pair, as a CPU tensor of size N; with ``ranking``, the scores
     that rank items (``RatingDLRM.ranking_scores``)."""
-    call = model.ranking_scores if ranking else model
+    call = model.ranking_scores if ranking else model.predict
     return _in_batches(
         model, lambda dense, kjt: (call(dense, kjt),), catalog, user_rows, item_rows, device, batch_size
     )[0]

@@ -15,12 +15,14 @@ import copy
 import torch
 from torch import nn
 
-from dlrm_cli.data.catalog import Catalog, EntityTable
-from dlrm_cli.model.dlrm import BIAS_COLUMNS, RatingDLRM, bias_name, table_name, to_rating
+from dlrm_cli.data.catalog import Catalog, EntityTable, FeatureSource
+from dlrm_cli.data.lookup import dense_values, offsets_of, one_each, side_values
+from dlrm_cli.model.dlrm import BIAS_COLUMNS, DLRMArches, RatingDLRM, bias_name, table_name, to_rating
 
 
 class ServingDLRM(nn.Module):
-    """The same computation as ``RatingDLRM`` over plain tensors instead of a KeyedJaggedTensor."""
+    """``RatingDLRM``'s computation for one head over plain tensors instead of a KeyedJaggedTensor: the
+    tables as ``nn.EmbeddingBag`` copies, then the same ``DLRMArches.head_logits``."""
 
     def __init__(self, model: RatingDLRM, head: str = "") -> None:
         super().__init__()
@@ -46,13 +48,14 @@ class ServingDLRM(nn.Module):
             )
             for table in model.config.bias_tables
         )
-        self.dense_arch = copy.deepcopy(model.dlrm.dense_arch)
-        self.inter_arch = copy.deepcopy(model.dlrm.inter_arch)
-        self.over_arch = copy.deepcopy(model.dlrm.over_arch)
-        output = [module for module in self.over_arch.modules() if isinstance(module, nn.Linear)][-1]
+        # The same arches and the same ``head_logits`` as the trained model, with this head's output row only.
+        over_arch = copy.deepcopy(model.dlrm.over_arch)
+        output = [module for module in over_arch.modules() if isinstance(module, nn.Linear)][-1]
         output.weight = nn.Parameter(output.weight.detach()[index : index + 1].clone())
         output.bias = nn.Parameter(output.bias.detach()[index : index + 1].clone())
         output.out_features = 1
+        dense_arch, inter_arch = (copy.deepcopy(arch) for arch in (model.dlrm.dense_arch, model.dlrm.inter_arch))
+        self.dlrm = DLRMArches(None, dense_arch, inter_arch, over_arch, model.config.dropout)
         low, span = model.head_scale(head)
         self.rating_min = float(low)
         self.rating_span = float(span)
@@ -63,29 +66,46 @@ class ServingDLRM(nn.Module):
         for index, bag in enumerate(self.bags):
             pooled.append(bag(ids[index], offsets[index]))
         sparse = torch.stack(pooled, dim=1)
-        logits = self.over_arch(self.inter_arch(self.dense_arch(dense), sparse)).squeeze(1)
-        for feature, bias in enumerate(self.biases):
-            logits = logits + bias(ids[feature], offsets[feature]).sum(dim=1)
-        return to_rating(logits, self.rating_min, self.rating_span)
+        if len(self.biases) == 0:
+            logits = self.dlrm.head_logits(dense, sparse, None)
+        else:
+            biases = []
+            for feature, bias in enumerate(self.biases):
+                biases.append(bias(ids[feature], offsets[feature]))
+            # B x I x 1 x BIAS_COLUMNS: each id feature's bias row for the one head served
+            logits = self.dlrm.head_logits(dense, sparse, torch.stack(biases, dim=1).unsqueeze(2))
+        return to_rating(logits.squeeze(1), self.rating_min, self.rating_span)
 
 
-class _SparseFeature(nn.Module):
-    """One sparse feature of one kind of entity: each entity row's embedding rows, padded with ``PAD``."""
+class _Feature(nn.Module):
+    """One sparse feature of an ids artifact: its values and EmbeddingBag offsets for a batch of (user row,
+    item row) pairs, cut as ``Catalog.batch`` cuts them (``dlrm_cli.data.lookup``).
 
-    def __init__(self, matrix: torch.Tensor, of_items: bool) -> None:
+    ``kind`` as in ``FeatureSource``: ``id`` (``rows``: the owner's id-table row of each entity row), ``side``
+    (``rows``: E x L embedding rows padded with ``PAD``) or ``bag``, pooled (``pool_bags``): the entity's own
+    row, one value each."""
+
+    def __init__(self, source: FeatureSource, catalog: Catalog) -> None:
         super().__init__()
-        self.register_buffer("matrix", matrix.clone())
-        self.of_items = of_items
-        self.single = bool(matrix.shape[1] == 1 and bool((matrix >= 0).all()))
+        table = catalog.owner(source.owner)
+        self.of_items = source.owner == "items"
+        self.is_bag = source.kind == "bag"
+        if source.kind == "id":
+            rows = table.id_rows.unsqueeze(1)
+        elif source.kind == "side":
+            rows = table.sparse[source.name]
+        else:
+            rows = torch.empty(0, 1, dtype=torch.int64)
+        self.register_buffer("rows", rows.clone())
+        # Decided once for the whole table: an artifact's shapes may not depend on the values in a batch.
+        self.single = bool(rows.shape[1] == 1 and bool((rows >= 0).all()))
 
-    def forward(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The feature's ids and EmbeddingBag offsets for a batch of entity rows."""
-        picked = self.matrix[rows]
-        if self.single:
-            return picked[:, 0], torch.arange(rows.shape[0], dtype=torch.int64, device=rows.device)
-        present = picked >= 0
-        lengths = present.sum(dim=1)
-        return picked[present], torch.cumsum(lengths, dim=0) - lengths
+    def forward(self, user_rows: torch.Tensor, item_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        owned = item_rows if self.of_items else user_rows
+        if self.is_bag:
+            return owned, offsets_of(one_each(owned))
+        values, lengths = side_values(self.rows[owned], self.single)
+        return values, offsets_of(lengths)
 
 
 class _Entities(nn.Module):
@@ -99,7 +119,6 @@ class _Entities(nn.Module):
         super().__init__()
         keys = torch.from_numpy(table.keys) if table.integer_ids else torch.arange(len(table.keys))
         self.register_buffer("keys", keys.to(torch.int64).clone())
-        self.register_buffer("id_rows", table.id_rows.clone())
         self.register_buffer("dense", table.dense.clone())
         self.fallback = table.neutral_row if table.neutral_row is not None else 0
 
@@ -116,17 +135,12 @@ class IdServingDLRM(nn.Module):
 
     def __init__(self, scorer: nn.Module, catalog: Catalog) -> None:
         super().__init__()
+        if catalog.normalised_bags:
+            raise ValueError("an ids artifact holds its bags pooled: pass the catalog of a loaded model")
         self.scorer = scorer
         self.users = _Entities(catalog.users)
         self.items = _Entities(catalog.items)
-        self.sparse = nn.ModuleList(
-            [_SparseFeature(matrix, False) for matrix in catalog.users.sparse.values()]
-            + [_SparseFeature(matrix, True) for matrix in catalog.items.sparse.values()]
-        )
-        if catalog.normalised_bags:
-            raise ValueError("an ids artifact holds its bags pooled: pass the catalog of a loaded model")
-        # Each pooled bag is looked up by its entity's own row (``pool_bags``): the users' bags, then the items'.
-        self.user_bags, self.item_bags = len(catalog.users.bags), len(catalog.items.bags)
+        self.features = nn.ModuleList(_Feature(source, catalog) for source in catalog.feature_sources)
         self.requires_grad_(False)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,20 +153,12 @@ class IdServingDLRM(nn.Module):
         """
         user_rows, user_known = self.users(users)
         item_rows, item_known = self.items(items)
-        dense = torch.cat((self.users.dense[user_rows], self.items.dense[item_rows]), dim=1)
-        batch = torch.arange(users.shape[0], dtype=torch.int64, device=users.device)
-        ids = [self.users.id_rows[user_rows], self.items.id_rows[item_rows]]
-        offsets = [batch, batch]
-        for feature in self.sparse:
-            values, starts = feature(item_rows if feature.of_items else user_rows)
+        dense = dense_values(self.users.dense, self.items.dense, user_rows, item_rows)
+        ids, offsets = [], []
+        for feature in self.features:
+            values, starts = feature(user_rows, item_rows)
             ids.append(values)
             offsets.append(starts)
-        for _ in range(self.user_bags):
-            ids.append(user_rows)
-            offsets.append(batch)
-        for _ in range(self.item_bags):
-            ids.append(item_rows)
-            offsets.append(batch)
         return self.scorer(dense, ids, offsets), user_known, item_known
 
 

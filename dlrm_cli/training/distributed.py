@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dlrm_cli.config import ModelConfig, TrainConfig
-from dlrm_cli.model.dlrm import RatingDLRM, bias_configs, bias_name, embedding_configs, table_name
+from dlrm_cli.model.dlrm import RatingDLRM, TrainingDLRM, bias_configs, bias_name, embedding_configs, table_name
 from dlrm_cli.model.optim import Optimizers, dense_optimizer, scheduled, sharded_optimizer
 from dlrm_cli.runtime.quiet import quiet_library_logs
 
@@ -110,7 +110,7 @@ def build_sharded(
     meta = torch.device("meta")
     ebc = EmbeddingBagCollection(tables=embedding_configs(config), device=meta)
     biases = EmbeddingBagCollection(tables=bias_configs(config), device=meta) if config.biases else None
-    model = RatingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
+    model = TrainingDLRM(config, embedding_bag_collection=ebc, device=device, biases=biases)
     sharder = EmbeddingBagCollectionSharder(fused_params={"optimizer": optim_type, "learning_rate": settings.sparse_lr})
     types = CPU_SHARDING if device.type == "cpu" else GPU_SHARDING
     names = [table_name(t.feature) for t in config.tables] + [bias_name(t.feature) for t in config.bias_tables]

@@ -637,9 +637,9 @@ def train_step(
     borrow: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the objective (for the rating objective, the MSE) without
-    its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale. ``borrow``: see
-    ``RatingDLRM.forward``."""
-    logits, embedded = model(dense, kjt, with_embeddings=True, logits=True, borrow=borrow)
+    its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale. ``model`` is a
+    ``TrainingDLRM`` (or DistributedModelParallel around one); ``borrow``: see ``RatingDLRM.training_outputs``."""
+    logits, embedded = model(dense, kjt, borrow)
     if objective is None:
         bare = distributed.bare(model)
         objective = Objective(rating_min=bare.rating_min, rating_span=bare.rating_span)
@@ -727,7 +727,8 @@ def _validate_shared(model: nn.Module, dataset: Dataset, device: torch.device, p
             if len(mine) == 0:  # fewer rows than ranks: score a stand-in row with no weight
                 mine, weight = rows[:1], torch.zeros(1, dtype=torch.float64)
             dense, kjt = catalog.batch(ratings.user[mine], ratings.item[mine])
-            diff = model(dense.to(device), kjt.to(device)).double().cpu() - ratings.rating[mine].double()
+            predicted = distributed.bare(model).predict(dense.to(device), kjt.to(device))
+            diff = predicted.double().cpu() - ratings.rating[mine].double()
             sums += torch.stack([(weight * diff**2).sum(), (weight * diff.abs()).sum(), weight.sum()])
     model.train()
     total = parallel.sum(sums)
