@@ -466,6 +466,8 @@ class ServeSettings:
     max_wait: float = 0.002  # seconds a request waits for others to share its batch
     watch: float | None = None  # seconds between looks at the store for a newer checkpoint; None: no watching
     watch_interval: float = 2.0  # what --watch uses when --watch-interval is not given
+    threads: int | None = None  # CPU threads for scoring; None: OMP_NUM_THREADS, else the CPUs it may use
+    access_log: bool = False  # log every request on stderr
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,17 @@ def parse_user(text: str) -> str:
     if not user:
         raise DlrmUsageError("--user must not be empty")
     return user
+
+
+def parse_table_output(output: Path, force: bool) -> Path:
+    """``--output recs.csv`` (or ``.parquet``, which needs pyarrow): a table file dlrm may write."""
+    from dlrm_cli.runtime.files import output_path
+
+    if output.suffix.lower() not in (".csv", ".parquet"):
+        raise DlrmUsageError(f"--output must end in .csv or .parquet, got {output.name!r}")
+    if output.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise DlrmUsageError("writing .parquet needs pyarrow: pip install 'dlrm-cli[parquet]'") from None
+    return output_path(output, force)

@@ -94,32 +94,7 @@ def read_table(
             raise DataError(f"{path}: expected fields separated by {sep!r}, found tabs")
         raw, sep = raw.replace(sep.encode(), b"\t"), "\t"
     first_line = 1 if names is not None else 2
-    try:
-        frame = pd.read_csv(
-            io.BytesIO(raw),
-            sep=sep,
-            header=None if names is not None else 0,
-            names=names,
-            encoding=encoding,
-            dtype=dtype,
-            skip_blank_lines=False,
-            engine="c",
-            quoting=3 if sep != "," else 0,  # QUOTE_NONE except in real CSV
-            keep_default_na=False,
-            na_values=[""],
-        )
-    except pd.errors.ParserError as error:
-        match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
-        if match:
-            expected, line, saw = match.groups()
-            raise DataError(f"{path}: line {line}: expected {expected} fields, found {saw}") from None
-        raise DataError(f"{path}: cannot parse: {str(error).strip().splitlines()[-1]}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"{path}: line {_undecodable_line(raw, encoding)}: not {encoding} text ({error.reason})"
-        ) from None
-    except (ValueError, pd.errors.EmptyDataError) as error:
-        raise DataError(f"{path}: cannot parse: {error}") from None
+    frame = _parse(raw, path, sep=sep, names=names, encoding=encoding, dtype=dtype)
     if names is None:
         header = [str(column) for column in frame.columns]
         repeated = [column for column in header if header.count(column) > 1 or _mangled(column, header)]
@@ -153,6 +128,38 @@ def read_table(
     if len(frame) == 0:
         raise DataError(f"{path} has a header but no rows")
     return frame, lines
+
+
+def _parse(
+    raw: bytes, path: Path, *, sep: str, names: list[str] | None, encoding: str, dtype: dict[str, object] | None
+) -> pd.DataFrame:
+    """``raw`` through pandas' C parser (``names`` given: no header row); its failures as ``DataError``."""
+    try:
+        return pd.read_csv(
+            io.BytesIO(raw),
+            sep=sep,
+            header=None if names is not None else 0,
+            names=names,
+            encoding=encoding,
+            dtype=dtype,
+            skip_blank_lines=False,
+            engine="c",
+            quoting=3 if sep != "," else 0,  # QUOTE_NONE except in real CSV
+            keep_default_na=False,
+            na_values=[""],
+        )
+    except pd.errors.ParserError as error:
+        match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if match:
+            expected, line, saw = match.groups()
+            raise DataError(f"{path}: line {line}: expected {expected} fields, found {saw}") from None
+        raise DataError(f"{path}: cannot parse: {str(error).strip().splitlines()[-1]}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path}: line {_undecodable_line(raw, encoding)}: not {encoding} text ({error.reason})"
+        ) from None
+    except (ValueError, pd.errors.EmptyDataError) as error:
+        raise DataError(f"{path}: cannot parse: {error}") from None
 
 
 def _undecodable_line(raw: bytes, encoding: str) -> int:

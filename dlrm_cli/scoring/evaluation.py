@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlrm_cli.config import CsvColumns, DataSource, FileSource
+from dlrm_cli.config import CsvColumns, DataSource, FileSource, relevant_rating
 from dlrm_cli.data.catalog import Ratings
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
@@ -253,3 +253,39 @@ def rank_evaluation(
         models=models,
         seconds=seconds,
     )
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """What ``dlrm evaluate`` reports: the error metrics and, with cut-offs, top-K ranking beside baselines."""
+
+    evaluation: Evaluation
+    ranking: RankingEvaluation | None
+    implicit: bool  # data without ratings: its rows are interactions
+    rated: bool  # the model has a rating head, so a rating error to show
+
+    def to_dict(self) -> dict[str, Any]:
+        ranking = {"ranking": self.ranking.to_dict()} if self.ranking is not None else {}
+        return {**self.evaluation.to_dict(), **ranking}
+
+
+def evaluate_checkpoint(
+    loaded: LoadedModel,
+    split: str,
+    data: str | None = None,
+    cutoffs: tuple[int, ...] | None = None,
+    relevant: float | None = None,
+    sampled: int | None = None,
+    baselines: bool = True,
+    progress: Any = None,
+) -> EvaluationReport:
+    """``evaluate`` on ``split`` (or on every rating of ``data``, a ``--data`` value) and, with ``cutoffs``,
+    ``rank_evaluation`` of the split: a held-out rating at or above ``relevant`` (default: 4, or the scale's
+    top if lower) makes its item relevant; ``progress(name, done, total)`` hears the ranking's way."""
+    result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None)
+    ranking = None
+    if cutoffs is not None:
+        threshold = relevant if relevant is not None else relevant_rating(loaded.catalog.rating_max)
+        ranking = rank_evaluation(loaded, split, cutoffs, threshold, sampled, baselines, progress)
+    rated = "rating" in loaded.model.config.heads
+    return EvaluationReport(result, ranking, loaded.catalog.implicit, rated)

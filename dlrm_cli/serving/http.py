@@ -346,6 +346,36 @@ def create_app(
     state = state or ServiceState(settings)
     batcher = Batcher(state)
     watcher = Watcher(state, settings.watch) if settings.watch else None
+    load_first = _first_load(settings, state, watcher, on_fatal)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        batcher.start()
+        loader = threading.Thread(target=load_first, name="dlrm-load", daemon=True)
+        loader.start()
+        yield
+        await batcher.stop()
+        if watcher is not None:
+            watcher.stop()
+
+    app = FastAPI(
+        title="dlrm",
+        version=__version__,
+        max_body_size=settings.max_body,  # Starlette's limit: 413 past it, declared length or not
+        summary="Predicted ratings and recommendations from a trained dlrm checkpoint",
+        lifespan=lifespan,
+    )
+    app.state.dlrm = state
+    _add_error_handlers(app, settings)
+    _add_scoring_routes(app, settings, state, batcher)
+    _add_status_routes(app, settings, state)
+    return DeclaredLengthLimit(app, settings.max_body)  # outside FastAPI's own limit, which answers first
+
+
+def _first_load(
+    settings: ServeSettings, state: ServiceState, watcher: Watcher | None, on_fatal: Callable[[], None] | None
+) -> Callable[[], None]:
+    """What the loader thread runs when the app starts: load and verify the checkpoint, then start the watcher."""
 
     def load_first() -> None:
         try:
@@ -369,24 +399,11 @@ def create_app(
         if watcher is not None:
             watcher.start()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> Any:
-        batcher.start()
-        loader = threading.Thread(target=load_first, name="dlrm-load", daemon=True)
-        loader.start()
-        yield
-        await batcher.stop()
-        if watcher is not None:
-            watcher.stop()
+    return load_first
 
-    app = FastAPI(
-        title="dlrm",
-        version=__version__,
-        max_body_size=settings.max_body,  # Starlette's limit: 413 past it, declared length or not
-        summary="Predicted ratings and recommendations from a trained dlrm checkpoint",
-        lifespan=lifespan,
-    )
-    app.state.dlrm = state
+
+def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    """Every failure as ``{"error": "one line"}`` with its status."""
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -411,30 +428,41 @@ def create_app(
         log.exception("internal error answering %s", request.url.path)
         return _error(500, "internal error; the server log has the details")
 
-    def serving() -> Any:
-        if state.model is None:
-            raise _NotReady(state.load_error or "the model is still loading")
-        return state.model
-
     @app.exception_handler(_NotReady)
     async def not_ready(request: Request, error: _NotReady) -> JSONResponse:
         return _error(503, str(error))
 
-    # The answers are built as plain JSON documents by the scoring thread and returned as they are; the
-    # response models document them in the OpenAPI schema without validating each one again.
+
+def _serving(state: ServiceState) -> Any:
+    """The model being served; 503 (``_NotReady``) while there is none."""
+    if state.model is None:
+        raise _NotReady(state.load_error or "the model is still loading")
+    return state.model
+
+
+def _add_scoring_routes(app: FastAPI, settings: ServeSettings, state: ServiceState, batcher: Batcher) -> None:
+    """``POST /predict`` and ``/recommend``, queued for the batcher.
+
+    The answers are built as plain JSON documents by the scoring thread and returned as they are; the
+    response models document them in the OpenAPI schema without validating each one again."""
+
     @app.post("/predict", summary="Rate items for a user, best first", response_model=PredictResponse)
     async def predict(body: PredictRequest) -> JSONResponse:
-        serving()
+        _serving(state)
         if len(body.items) > settings.max_items:
             raise DlrmUsageError(f"items: {len(body.items):,} ids, over the limit of {settings.max_items:,}")
         return JSONResponse(await batcher.submit("predict", body, len(body.items)))
 
     @app.post("/recommend", summary="The top items of the catalogue for a user", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> JSONResponse:
-        model = serving()
+        model = _serving(state)
         if body.top > settings.max_top:
             raise DlrmUsageError(f"top: {body.top:,} is over the limit of {settings.max_top:,}")
         return JSONResponse(await batcher.submit("recommend", body, len(model.loaded.catalog.items)))
+
+
+def _add_status_routes(app: FastAPI, settings: ServeSettings, state: ServiceState) -> None:
+    """``GET /healthz``, ``/readyz`` and ``/model``."""
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -450,7 +478,7 @@ def create_app(
 
     @app.get("/model", summary="The checkpoint being served, and its metrics")
     async def model_info() -> dict[str, Any]:
-        model = serving()
+        model = _serving(state)
         meta = model.meta
         return {
             "checkpoint": model.name,
@@ -469,8 +497,6 @@ def create_app(
             },
             "limits": {"max_items": settings.max_items, "max_top": settings.max_top, "max_body": settings.max_body},
         }
-
-    return DeclaredLengthLimit(app, settings.max_body)  # outside FastAPI's own limit, which answers first
 
 
 class _NotReady(Exception):

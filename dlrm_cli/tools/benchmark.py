@@ -382,9 +382,8 @@ def _mlp_efficiency(data: Dataset, settings: BenchmarkSettings) -> dict[str, flo
     }
 
 
-def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
-    """Measure every figure (training processes for the concurrency figure aside) in this process;
-    ``progress`` hears what is being measured."""
+def _check(settings: BenchmarkSettings) -> None:
+    """Refuse paths and models the benchmark does not know, and a concurrency figure of one process."""
     for given, allowed, option in (
         (settings.paths, BENCHMARK_PATHS, "--paths"),
         (settings.models, BENCHMARK_MODELS, "--model"),
@@ -394,6 +393,12 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] =
             raise DlrmUsageError(f"{option} takes {', '.join(allowed)}; got {unknown[0]!r}")
     if settings.concurrent == 1 or settings.concurrent < 0:
         raise DlrmUsageError(f"--concurrent takes 0 (skip) or 2 or more processes; got {settings.concurrent}")
+
+
+def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
+    """Measure every figure (training processes for the concurrency figure aside) in this process;
+    ``progress`` hears what is being measured."""
+    _check(settings)
     # Measurements outside dlrm's training loop use every CPU (or the count the user fixed).
     threads = chosen_threads(settings.threads) or available_cpus()
     train: dict[str, dict[str, dict[str, float]]] = {}

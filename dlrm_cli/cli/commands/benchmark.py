@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -59,7 +59,7 @@ def benchmark_command(
     chosen = tuple(parse_id_list(paths, "--paths"))
     models = tuple(parse_id_list(model, "--model"))
 
-    from dlrm_cli.cli import ui
+    from dlrm_cli.cli import tables, ui
     from dlrm_cli.tools.benchmark import run_benchmark
 
     settings = BenchmarkSettings(
@@ -78,61 +78,4 @@ def benchmark_command(
     if json_output:
         ui.print_json(report.to_dict())
     else:
-        _show(report)
-
-
-def _show(report: Any) -> None:
-    from rich.table import Table
-
-    from dlrm_cli.cli import ui
-
-    out, s = ui.out(), report.settings
-    for model, rates in report.train.items():
-        sizes = MODEL_SIZES.get(model, "")
-        users = {
-            "seed": "1,000 users and 500 items",
-            "movielens": "3,000 users, 3,600 items, 487,650 ratings",
-        }.get(model, f"{s['rows']:,}-row user and item tables")
-        table = Table(title=f"Training, {model} model{sizes}, batch {s['batch_size']}, {users}")
-        for column, justify in (("path", "left"), ("samples/s", "right"), ("fused is", "right")):
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        fused = rates.get("fused", {}).get("train_samples_per_s")
-        for path, figures in rates.items():
-            rate = figures["train_samples_per_s"]
-            table.add_row(path, f"{rate:,.0f}", f"{fused / rate:.1f}x" if fused and path != "fused" else "")
-        out.print(table)
-        if fused:
-            ceiling = rates["fused"]["ceiling_samples_per_s"]
-            out.print(
-                f"  fused is {100 * fused / ceiling:.0f}% of this model's matmul-bound ceiling "
-                f"({ceiling:,.0f} samples/s: its MLPs' work at the rate of a large matmul)"
-            )
-    c = report.concurrency
-    if c:
-        each = " + ".join(f"{rate:,.0f}" for rate in c["each_samples_per_s"])
-        out.print(
-            f"{c['processes']} training processes at once ({c['model']} model, fused): {each} = "
-            f"{c['total_samples_per_s']:,.0f} samples/s, {c['total_over_solo']:.2f}x one alone "
-            f"({c['solo_samples_per_s']:,.0f})"
-        )
-    latency = Table(title="Inference (eager model, torch.inference_mode)")
-    for column in ("batch", "p50 ms", "p99 ms", "ratings/s at p50"):
-        latency.add_column(column, justify="right")
-    for batch, figures in report.latency.items():
-        p50, p99 = figures["p50_ms"], figures["p99_ms"]
-        latency.add_row(batch, f"{p50:.2f}", f"{p99:.2f}", f"{int(batch) / p50 * 1e3:,.0f}")
-    out.print(latency)
-    e, m = report.evaluate, report.mlp
-    out.print(f"Evaluate: {e['ratings']:,} ratings in {e['seconds']:.2f} s ({e['ratings_per_s']:,.0f} ratings/s)")
-    out.print(
-        f"MLP work at batch {m['mlp_batch']:,}: {m['mlp_gflops']:.1f} GFLOP/s = "
-        f"{100 * m['mlp_fraction_of_matmul']:.0f}% of a 2048x2048 matmul ({m['matmul_gflops']:.1f} GFLOP/s), "
-        f"{s['threads']} threads"
-    )
-
-
-MODEL_SIZES = {
-    "default": " (embeddings 32, MLPs 64 and 64-32, bags, biases)",
-    "movielens": " (the default model with bags of ~160 ratings)",
-    "seed": " (embeddings 64, MLPs 32-64, 128-64)",
-}
+        tables.show_benchmark(report)

@@ -40,9 +40,8 @@ def recommend_command(
 ) -> None:
     """Score every item in the catalogue for a user and show the top ones; or, for many users, write
     the top ones of each to a file."""
-    from dlrm_cli.cli.parsing import parse_user, read_id_list
+    from dlrm_cli.cli.parsing import parse_table_output, parse_user, read_id_list
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.runtime.files import output_path
 
     many = all_users or users is not None
     if sum((user is not None, all_users, users is not None)) != 1:
@@ -50,14 +49,7 @@ def recommend_command(
     if many:
         if output is None:
             raise DlrmUsageError("--all-users and --users write a file: give --output recs.csv (or .parquet)")
-        if output.suffix.lower() not in (".csv", ".parquet"):
-            raise DlrmUsageError(f"--output must end in .csv or .parquet, got {output.name!r}")
-        if output.suffix.lower() == ".parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise DlrmUsageError("writing .parquet needs pyarrow: pip install 'dlrm-cli[parquet]'") from None
-        output = output_path(output, force)
+        output = parse_table_output(output, force)
         wanted = read_id_list(f"@{users}", "--users") if users is not None else None
         _recommend_many(store, checkpoint, device, wanted, top, exclude_seen, output, json_output)
         return
@@ -88,15 +80,13 @@ def _recommend_many(
     output: Path,
     json_output: bool,
 ) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from dlrm_cli.cli import ui
+    from dlrm_cli.cli import tables, ui
     from dlrm_cli.scoring.recommending import recommend_many
     from dlrm_cli.store.loading import open_model
 
     loaded = open_model(store, checkpoint, device)
-    columns = (TextColumn("Recommending"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} users"))
-    with Progress(*columns, TimeElapsedColumn(), console=ui.err(), transient=True) as bar:
+    with tables.users_progress("Recommending") as bar:
+        bar.start()
         task = bar.add_task("users", total=0)
         result = recommend_many(
             loaded, users, top, exclude_seen, progress=lambda done, total: bar.update(task, completed=done, total=total)
