@@ -64,6 +64,16 @@ def tiny_request(store: Path, name: str | None = "core", **train: object):
     return TrainRequest(RunConfig(settings, data), store=store, name=name)
 
 
+def dead_pid() -> int:
+    """A process id that no process has, now or later: one above the kernel's largest (``pid_max``). An
+    ended child's id would do only until the system gave it to another process."""
+    try:
+        largest = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):  # not Linux
+        largest = 4_194_304  # the largest pid_max Linux allows
+    return largest + 1
+
+
 def snapshot(store: Path) -> dict[str, bytes]:
     """Every file in the store with its bytes, to show that a failed command changed nothing."""
     if not store.exists():

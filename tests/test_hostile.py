@@ -9,19 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, Dlrm, assert_error, snapshot, tiny_request
+from conftest import TINY, Dlrm, assert_error, dead_pid, snapshot, tiny_request
 
 from dlrm_cli.errors import DlrmUsageError
 from dlrm_cli.store.checkpoints import CheckpointStore
 from dlrm_cli.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 # Two runs, one name --------------------------------------------------------------------------------
@@ -42,7 +36,7 @@ def test_a_name_is_claimed_by_one_live_process_at_a_time(tmp_path):
     store.release("run")  # not ours: left alone
     assert store.holder("run") == os.getppid()
     (tmp_path / ".claim-run").unlink()
-    os.symlink(str(_dead_pid()), tmp_path / ".claim-run")  # its process was killed
+    os.symlink(str(dead_pid()), tmp_path / ".claim-run")  # its process was killed
     store.claim("run")
     assert store.holder("run") == os.getpid()
     store.release("run")
@@ -50,7 +44,7 @@ def test_a_name_is_claimed_by_one_live_process_at_a_time(tmp_path):
 
 
 def test_a_stale_claim_is_cleared_when_the_store_is_read(tmp_path):
-    os.symlink(str(_dead_pid()), tmp_path / ".claim-gone")
+    os.symlink(str(dead_pid()), tmp_path / ".claim-gone")
     assert CheckpointStore(tmp_path).infos() == []
     assert not os.path.lexists(tmp_path / ".claim-gone")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Dlrm, snapshot
+from conftest import Dlrm, dead_pid, snapshot
 
 # A run small enough to repeat once per write call: two epochs, so one save creates and one replaces.
 QUICK = ["--users", "60", "--items", "40", "--ratings", "800", "--embedding-dim", "4", "--bottom-mlp", "8",
@@ -91,7 +91,7 @@ def _no_leftovers_once_this_process_ends(store: Path, k: int) -> None:
 def _as_if_this_process_had_ended(store: Path, k: int) -> None:
     """Give this process's hidden entries (temporary folders, a set-aside version, a claim) the id of a
     process that has ended, as they would have once it was killed."""
-    dead = _dead_pid()
+    dead = dead_pid()
     for path in store.iterdir():
         kind, _, rest = path.name[1:].partition("-")
         if path.name.startswith(".") and kind in ("tmp", "replaced", "trash", "claim"):
@@ -102,15 +102,6 @@ def _as_if_this_process_had_ended(store: Path, k: int) -> None:
                 target.symlink_to(str(dead))
             else:
                 path.rename(target)
-
-
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def _count(operation: Callable[[], object], monkeypatch, unlink: bool = True) -> int:

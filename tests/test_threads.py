@@ -129,6 +129,22 @@ def test_two_threads_must_be_clearly_faster_than_one():
     assert governed(machine).choice == 2
 
 
+@pytest.mark.parametrize(
+    ("seconds", "choice"),
+    [
+        ({1: 0.0100, 2: 0.0052, 4: 0.0040}, 2),  # four are fastest, but only 1.3x faster than two
+        ({1: 0.0100, 2: 0.0052, 4: 0.0027}, 4),  # each doubling 1.9x faster
+        ({1: 0.0100, 2: 0.0080, 4: 0.0032}, 4),  # two lose (1.25x), four against one: 3.1x, of the 3x asked
+        ({1: 0.0100, 2: 0.0080, 4: 0.0035}, 1),  # four against one: 2.9x, short of it
+    ],
+)
+def test_more_threads_must_be_clearly_faster_than_the_count_kept_so_far(seconds, choice):
+    machine = Machine(lambda n: seconds[n])
+    governor = governed(machine, most=4)
+    assert governor.candidates == [1, 2, 4]
+    assert governor.choice == choice and machine.threads == choice
+
+
 def test_one_lucky_run_of_two_threads_does_not_win():
     runs = iter([0.004, 0.002, 0.004, 0.006, 0.004, 0.002] * 2)  # 1, 2, 1, 2, 1, 2 (and their switch runs)
     machine = Machine(lambda n: next(runs))

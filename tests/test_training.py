@@ -57,14 +57,17 @@ def test_checkpoint_every_saves_when_due_and_at_the_end(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["rowwise_adagrad", "adagrad", "sgd"])
-def test_each_sparse_optimizer_trains_the_tables(tmp_path, optimizer):
-    run = TrainingRun(tiny_request(tmp_path / "store", sparse_optimizer=optimizer, sparse_lr=0.2, lr_gamma=1.0))
+def test_each_sparse_optimizer_trains_the_tables(tmp_path, torch_threads, optimizer):
+    request = tiny_request(tmp_path / "store", sparse_optimizer=optimizer, sparse_lr=0.2, lr_gamma=1.0, threads=1)
+    run = TrainingRun(request)
     run.setup()
     tables = run.model.dlrm.sparse_arch.embedding_bag_collection
     before = {name: weight.detach().clone() for name, weight in tables.state_dict().items()}
     result = run.train()
     run.cleanup()
-    assert result.validation["rmse"] < 0.9 * result.baseline["rmse"]  # SGD learns slowest: 0.86 of it
+    # Of the baseline's validation RMSE, the run reaches 0.80 (Adagrad, row-wise Adagrad) or 0.85 (SGD); with
+    # tables that do not learn (--sparse-lr 0, any optimizer) it reaches 1.01. The line is halfway between.
+    assert result.validation["rmse"] < 0.93 * result.baseline["rmse"]
     after = tables.state_dict()
     assert all(not torch.equal(before[name], after[name]) for name in before)
     state = run.optimizers.sparse.state_dict()["state"]
@@ -142,14 +145,34 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
+# Made-up probe times at 1, 2 and 4 threads: two threads do it 1.92x faster than one, four only 1.3x faster
+# than two. The governor must keep two: four are the fastest, but not 1.5x faster than two.
+PROBE_SECONDS = {1: 0.0100, 2: 0.0052, 4: 0.0040}
+
+
 @pytest.mark.parametrize(("threads", "omp", "governed"), [(None, None, True), (1, None, False), (None, "1", False)])
 def test_the_thread_count_is_measured_unless_the_user_fixed_it(
     tmp_path, monkeypatch, torch_threads, threads, omp, governed
 ):
+    from dlrm_cli.runtime import threads as module
+
     if omp is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    # The run's governor, on a machine of 4 CPUs, times a probe that takes PROBE_SECONDS at torch's thread
+    # count of the moment, on a clock that only the probe moves.
+    clock = [0.0]
+
+    def probe() -> None:
+        clock[0] += PROBE_SECONDS[torch.get_num_threads()]
+
+    class MadeUpTimings(module.ThreadGovernor):
+        def __init__(self, most, set_threads) -> None:
+            super().__init__(most, set_threads, probe=probe, clock=lambda: clock[0])
+
+    monkeypatch.setattr(module, "available_cpus", lambda: 4)
+    monkeypatch.setattr(module, "ThreadGovernor", MadeUpTimings)
     run = TrainingRun(tiny_request(tmp_path / "store", epochs=1, threads=threads))
     try:
         run.setup()
@@ -157,17 +180,17 @@ def test_the_thread_count_is_measured_unless_the_user_fixed_it(
     finally:
         run.cleanup()
     assert (run.governor is not None) == governed
-    if governed:
-        assert run.governor.settled and run.governor.threads in run.governor.candidates
+    if governed:  # the count the timings favour, and torch trains with it
+        assert run.governor.choice == 2 and torch.get_num_threads() == 2
     else:
         assert torch.get_num_threads() == 1
 
 
-def test_a_resumed_run_follows_the_learning_rate_schedule_exactly(tmp_path):
+def test_a_resumed_run_follows_the_learning_rate_schedule_exactly(tmp_path, torch_threads):
     """The fused tables take their learning rate in the forward pass. A resumed run's first batch used the
     initial rate, and every epoch's first batch the previous epoch's, until the schedule was handed to the
     kernels when it steps and when it is restored: then 2 epochs and a resume to 4 equal 4 in one go."""
-    decaying = {"lr_step": 1, "lr_gamma": 0.5, "patience": None}
+    decaying = {"lr_step": 1, "lr_gamma": 0.5, "patience": None, "threads": 1}  # one count: the same rounding
     whole = train(tiny_request(tmp_path / "a", name="whole", epochs=4, **decaying))
     train(tiny_request(tmp_path / "b", name="split", epochs=2, **decaying))
     resumed = train(replace(tiny_request(tmp_path / "b", name=None, epochs=4, **decaying), resume="split"))
@@ -175,4 +198,4 @@ def test_a_resumed_run_follows_the_learning_rate_schedule_exactly(tmp_path):
     a = torch.load(tmp_path / "a" / "whole" / "train_state.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "split" / "train_state.pt", weights_only=True)["model"]
     for key in a:
-        torch.testing.assert_close(b[key], a[key])  # (thread counts may differ: rounding, not a lagging rate)
+        torch.testing.assert_close(b[key], a[key])
