@@ -1,4 +1,4 @@
-"""Ranking benchmark: dlrm beside the strongest classical rankers on #14's protocol, each over a grid, one run.
+"""Ranking benchmark: dlrm beside the strongest classical rankers on evaluate --k's protocol, each over a grid, one run.
 
     make peers                                        # once: implicit (iALS) in .venv-implicit, among others
     .venv/bin/python benchmarks/ranking_ceiling.py [DATA_DIR] [--seeds 1]

@@ -392,7 +392,7 @@ class RunConfig:
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 # The defaults above are the recipe for rating data (MovieLens releases and CSV files alike), chosen on
-# validation rows of the MovieLens 1M subset (never its test rows); see the README's accuracy benchmark.
+# validation rows of the MovieLens 1M subset (never its test rows); see docs/accuracy.md.
 # The built-in synthetic data differs in kind: who rates what is drawn independently of the ratings, so
 # the bags carry no signal there (they cost 8x in speed and 0.01 RMSE, measured), and its dense ratings
 # take stronger regularisation. These settings apply to --data synthetic unless the command line or
@@ -401,7 +401,7 @@ TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 # rated pair and its sampled negatives) and overfits later: it trains at a higher rate that decays more
 # slowly, without the L2 penalty on the embeddings, with 8 negatives per rated pair, and with only the
 # pairs a user liked as positives (where there are ratings; see ``Objective``). Chosen on validation
-# NDCG@10 of the MovieLens 1M subset; see the README's Training for ranking. They apply unless
+# NDCG@10 of the MovieLens 1M subset; see docs/ranking.md. They apply unless
 # the command line or --config says otherwise (and after the data kind's preset).
 OBJECTIVE_PRESETS: dict[str, dict[str, object]] = {
     "ranking": {

@@ -9,7 +9,7 @@ import torch
 
 from dlrm_cli.data.catalog import Catalog, Ratings
 
-EVAL_BATCH = 4096  # larger batches page-fault more than they save (measured: see README, Speed)
+EVAL_BATCH = 4096  # larger batches page-fault more than they save (measured: see docs/benchmarks.md)
 
 
 def score(

@@ -120,7 +120,7 @@ class Best:
     """The best epoch so far by validation RMSE, or by validation NDCG@10 for a model with only a ranking
     head: the checkpoint serves its weights, not the last epoch's. A model with both heads is chosen by
     its rating head, so that its ratings are as good as a rating-only model's; its ranking head comes
-    along (the ranking head alone peaks later: see the README's Training for ranking)."""
+    along (the ranking head alone peaks later: see docs/ranking.md)."""
 
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)  # the validation metrics (``TrainingRun.validate``)
