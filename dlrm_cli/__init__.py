@@ -7,11 +7,11 @@ logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 __version__ = "0.4.0"
 
-# Checkpoints record the format they were written in. This version writes format 4 (the model's heads: a
-# rating, a ranking logit or both) and reads formats 1 to 3 too, converting them on load
+# Checkpoints record the format they were written in. This version writes format 5 (a two-stage model's
+# retrieval stage and ranker beside the main model) and reads formats 1 to 4 too, converting them on load
 # (``dlrm_cli.store.checkpoints.upgrade_meta``); it refuses any other.
-CHECKPOINT_FORMAT = 4
-READABLE_FORMATS = (1, 2, 3, 4)
+CHECKPOINT_FORMAT = 5
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 
 
 def __getattr__(name: str):

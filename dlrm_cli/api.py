@@ -73,12 +73,16 @@ class Model:
         return SeenItems(self.loaded)
 
     def predict_query(self, user: Id, items: Sequence[Id]) -> Query:
-        """``predict``'s question, checked (unknown ids, see ``inference.predict_query``) but not yet scored."""
+        """``predict``'s question, checked (unknown ids: see ``recommending.predict_query``) but not yet scored."""
         return predict_query(self.loaded, str(user), [str(item) for item in items])
 
-    def recommend_query(self, user: Id, top: int = 10, exclude_seen: bool = True) -> Query:
-        """``recommend``'s question, checked but not yet scored."""
-        return recommend_query(self.loaded, str(user), top, exclude_seen, self.seen if exclude_seen else None)
+    def _seen(self, exclude_seen: bool) -> SeenItems | None:
+        """The training data's seen items, where recommending needs them (a two-stage checkpoint keeps its own)."""
+        return self.seen if exclude_seen and self.loaded.stages is None else None
+
+    def recommend_query(self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None) -> Query:
+        """``recommend``'s question, checked but not yet scored (a two-stage checkpoint retrieves and ranks here)."""
+        return recommend_query(self.loaded, str(user), top, exclude_seen, self._seen(exclude_seen), retrieve)
 
     def answer(self, queries: list[Query]) -> list[Ranking]:
         """Rankings for many queries, scored together in one pass of the model."""
@@ -88,9 +92,12 @@ class Model:
         """``items`` ranked best first by ``user``'s predicted rating, as ``dlrm predict`` shows them."""
         return rank_items(self.loaded, str(user), [str(item) for item in items])
 
-    def recommend(self, user: Id, top: int = 10, exclude_seen: bool = True) -> Recommendation:
-        """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them."""
-        return recommend(self.loaded, str(user), top, exclude_seen, self.seen if exclude_seen else None)
+    def recommend(
+        self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None
+    ) -> Recommendation:
+        """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them (a two-stage
+        checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker)."""
+        return recommend(self.loaded, str(user), top, exclude_seen, self._seen(exclude_seen), retrieve)
 
     def score(self, users: Sequence[Id], items: Sequence[Id]) -> torch.Tensor:
         """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``)."""

@@ -44,6 +44,7 @@ def relevant_rating(rating_max: float) -> float:
 
 
 POSITIVES = ("all", "liked")
+RETRIEVALS = ("auto", "ease", "svd", "none")  # auto: EASE up to 20,000 items, PureSVD above
 HEADS = ("rating", "ranking")
 
 
@@ -185,9 +186,11 @@ class TrainConfig:
     bottom_mlp: tuple[int, ...] = (64,)
     top_mlp: tuple[int, ...] = (64, 32)
     checkpoint_every: int = 1
+    retrieval: str = "auto"  # the candidate generator of a two-stage model (``none``: one stage)
+    retrieve: int = 100  # candidates the retrieval stage proposes per user, for the ranker to order
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step", "embedding_dim", "checkpoint_every", "negatives"):
+        for name in ("epochs", "batch_size", "lr_step", "embedding_dim", "checkpoint_every", "negatives", "retrieve"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, value, allowed in (
@@ -197,6 +200,7 @@ class TrainConfig:
             ("objective", self.objective, OBJECTIVES),
             ("negative_sampling", self.negative_sampling, NEGATIVE_SAMPLING),
             ("positives", self.positives, POSITIVES),
+            ("retrieval", self.retrieval, RETRIEVALS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -416,6 +420,7 @@ OBJECTIVE_PRESETS: dict[str, dict[str, object]] = {
 
 PRESETS: dict[str, dict[str, object]] = {
     "synthetic": {
+        "retrieval": "none",  # who rates what is drawn at random there: there is nothing to retrieve
         "bags": False,
         "lr": 1e-3,
         "sparse_optimizer": "rowwise_adagrad",

@@ -15,7 +15,7 @@ MAX_FUNCTION_LINES = 80
 
 # The layers, bottom up: what each may import besides itself. A module's layer is its subpackage (or
 # ``config``, ``errors``, ``api``, ``__main__`` for the modules at the root; ``root`` for dlrm_cli/__init__).
-_BELOW_STORE = {"config", "errors", "runtime", "data", "model"}
+_BELOW_STORE = {"config", "errors", "runtime", "data", "model", "retrieval"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "config": set(),
@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"config", "errors"},
     "data": {"config", "errors"},
     "model": {"config", "errors", "runtime", "data"},
+    "retrieval": {"config", "errors", "runtime", "data", "model"},
     "store": _BELOW_STORE | {"root"},  # the root holds __version__ and CHECKPOINT_FORMAT
     "scoring": _BELOW_STORE | {"root", "store"},
     "training": _BELOW_STORE | {"root", "store", "scoring"},

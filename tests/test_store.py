@@ -275,7 +275,7 @@ def test_checkpoints_of_format_1_are_read_evaluated_and_resumed(tmp_path):
     resumed = dlrm("train", "--resume", "format1", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = json.loads((store / "format1" / "meta.json").read_text())
-    assert after["format"] == 4 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
+    assert after["format"] == 5 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
     assert after["run"]["data"] == meta_of(FORMAT1 / "store" / "format1")["data"]
     assert after["run"]["train"]["bags"] is False  # resumed as trained: without implicit-feedback bags
 
@@ -296,7 +296,7 @@ def test_checkpoints_of_format_2_are_read_evaluated_and_resumed_without_bags(tmp
     resumed = dlrm("train", "--resume", "format2", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = meta_of(store / "format2")
-    assert after["format"] == 4 and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
+    assert after["format"] == 5 and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
     assert "rated_items" not in after["features"]["sparse"]
 
 
@@ -316,8 +316,33 @@ def test_checkpoints_of_format_3_are_read_ranked_and_resumed_as_rating_models(tm
     resumed = dlrm("train", "--resume", "format3", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = meta_of(store / "format3")
-    assert after["format"] == 4 and after["epochs_done"] == 3 and after["model"]["heads"] == ["rating"]
+    assert after["format"] == 5 and after["epochs_done"] == 3 and after["model"]["heads"] == ["rating"]
+    assert after["run"]["train"]["retrieval"] == "none" and "stages" not in after  # resumed in one stage
     assert after["run"]["train"]["objective"] == "rating" and "rated_items" in after["features"]["sparse"]
+
+
+FORMAT4 = Path(__file__).parent / "data" / "format4"
+
+
+def test_checkpoints_of_format_4_recommend_in_one_stage_as_before(tmp_path):
+    """tests/data/format4 holds a two-headed checkpoint written by dlrm 0.4.0 on CSV data, before two-stage
+    models: it loads without a retrieval stage and recommends with its ranking head, as 0.4.0 did."""
+    store = tmp_path / "store"
+    shutil.copytree(FORMAT4 / "store", store)
+    data = tmp_path / "shop.csv"
+    shutil.copy(FORMAT1 / "shop.csv", data)
+    meta = meta_of(store / "format4")
+    _rewrite_meta(store / "format4", run={**meta["run"], "data": {**meta["run"]["data"], "path": str(data)}})
+    dlrm = Dlrm(store)
+    result = dlrm("recommend", "--checkpoint", "format4", "--user", "c1", "--json")
+    assert result.exit_code == 0, result.output
+    recommended = json.loads(result.stdout)
+    assert [entry["item"] for entry in recommended["items"]] == ["sku-5", "sku-14", "sku-11", "sku-6"]  # 0.4.0's
+    assert [entry["score"] for entry in recommended["items"]] == pytest.approx(
+        [0.34398, 0.282446, 0.266752, 0.252877], abs=1e-5
+    )
+    shown = json.loads(dlrm("checkpoints", "show", "format4", "--json").stdout)
+    assert shown["format"] == 4 and shown["run"]["train"]["retrieval"] == "none"
 
 
 def meta_of(path: Path) -> dict:

@@ -25,6 +25,7 @@ from dlrm_cli.config import (
     OBJECTIVES,
     POSITIVES,
     PRESETS,
+    RETRIEVALS,
     SPARSE_OPTIMIZERS,
     STORE_ENV,
     TRAIN_FIELDS,
@@ -58,6 +59,7 @@ ObjectiveChoice = _choices("ObjectiveChoice", OBJECTIVES)
 NegativeSampling = _choices("NegativeSampling", NEGATIVE_SAMPLING)
 Positives = _choices("Positives", POSITIVES)
 Device = _choices("Device", DEVICES)
+Retrieval = _choices("Retrieval", RETRIEVALS)
 
 
 def positive(value: float | None) -> float | None:
@@ -152,6 +154,27 @@ PositivesOption = Annotated[
 ]
 RankingWeight = Annotated[
     float, _option("With --objective both: the ranking loss's weight beside the rating's.", OPT, callback=positive)
+]
+
+
+RetrievalOption = Annotated[
+    Retrieval,
+    _option(
+        "Two stages: a candidate generator (ease, or svd for large catalogues; auto picks by size) proposes "
+        "items and a DLRM ranker orders them; none: the main model ranks the whole catalogue.",
+        OPT,
+    ),
+]
+RetrieveOption = Annotated[
+    int, _option("Two stages: the items the retrieval stage proposes per user, for the ranker to order.", OPT, min=1)
+]
+RetrieveQueryOption = Annotated[
+    int | None,
+    typer.Option(
+        "--retrieve",
+        min=1,
+        help="A two-stage checkpoint: items the retrieval stage proposes per user (default: as trained).",
+    ),
 ]
 
 

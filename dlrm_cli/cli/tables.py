@@ -96,6 +96,12 @@ def show_ranking_evaluation(ranking: Any, implicit: bool) -> None:
         out.print(
             f"Candidates: all {ranking.candidates:,} items seen in training, minus each user's own (full ranking)"
         )
+    if ranking.retrieval is not None:
+        out.print(
+            f"Two stages: the retrieval stage proposes {ranking.retrieval['candidates']} items per user, the "
+            f"ranker orders them; Recall@{ranking.retrieval['candidates']} of the retrieval alone (the ranker's "
+            f"ceiling): {ranking.retrieval['recall']:.3f}"
+        )
     for k in ranking.ks:
         table = Table(title=f"Top {k}")
         for column in ("model", *(name.format(k=k) for name in RANKING_COLUMNS), f"cold@{k}", "seconds"):

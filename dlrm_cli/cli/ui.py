@@ -82,7 +82,7 @@ class RichProgress:
         self.console = console
         self.show_plan = show_plan
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            TextColumn("[bold]{task.fields[stage]}epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("batches · loss {task.fields[loss]:.4f} · lr {task.fields[lr]:.2e}"),
@@ -98,6 +98,7 @@ class RichProgress:
         self.lines = not console.is_terminal
         self.last_line = time.monotonic()
         self.epoch, self.lr = "", 0.0
+        self.stage = ""  # "ranker " once the second stage trains
 
     def __enter__(self) -> RichProgress:
         return self
@@ -145,7 +146,7 @@ class RichProgress:
             self.progress.remove_task(self.task)
         self.loss, self.steps = 0.0, 0
         self.epoch, self.lr, self.last_line = f"{epoch}/{epochs}", lr, time.monotonic()
-        self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch}/{epochs}", loss=0.0, lr=lr)
+        self.task = self.progress.add_task("train", total=batches, epoch=self.epoch, stage=self.stage, loss=0.0, lr=lr)
 
     def batch_done(self, loss: float) -> None:
         self.steps += 1
@@ -156,15 +157,22 @@ class RichProgress:
         if self.lines and time.monotonic() - self.last_line >= LINE_SECONDS and self.steps < total:
             self.last_line = time.monotonic()
             self.console.print(
-                f"epoch {self.epoch}: batch {self.steps:,}/{total:,} ({100 * self.steps / total:.0f}%), "
+                f"{self.stage}epoch {self.epoch}: batch {self.steps:,}/{total:,} ({100 * self.steps / total:.0f}%), "
                 f"loss {self.loss:.4f}, lr {self.lr:.2e}"
             )
 
     def epoch_done(self, record: dict[str, float]) -> None:
+        figures = validation_figures(record).replace(
+            "val NDCG@10", "val NDCG@10 (two stages)" if self.stage else "val NDCG@10"
+        )
         self.console.print(
-            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {validation_figures(record)}, "
+            f"{self.stage}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {figures}, "
             f"{record['samples_per_s']:,.0f} samples/s"
         )
+
+    def stage_started(self, description: str) -> None:
+        self.stage = "ranker "
+        self.console.print(description)
 
 
 def plan_table(shards: list[Any]) -> Any:
@@ -202,6 +210,12 @@ def show_training_summary(result: Any) -> None:
         console.print(
             f"Stopped early after epoch {last}: {result.stopped_early} epochs without a better validation {figure} "
             f"(--patience {result.stopped_early})"
+        )
+    if result.stages:
+        alone, both = result.stages["generator_ndcg"], result.stages["ndcg"]
+        change = f" ({both / alone - 1:+.1%})" if alone > 0 else ""
+        console.print(
+            f"Two stages: validation NDCG@10 {both:.4f}, against {alone:.4f} for the candidate generator alone{change}"
         )
     console.print(f"Saved checkpoint {result.name}")
 

@@ -284,13 +284,18 @@ class Catalog:
         item_rows: torch.Tensor,
         leave_out: bool = False,
         user_side_rows: int | None = None,
+        pair_dense: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
-        """Model inputs for B (user, item) pairs: dense features B x (du + di) and a KJT of the sparse ones.
+        """Model inputs for B (user, item) pairs: dense features B x (du + di [+ dp]) and a KJT of the sparse
+        ones. ``pair_dense`` (B x dp): features of each pair itself (a ranking stage's retrieval features),
+        after the user's and the item's.
         ``leave_out`` (training) drops each pair's item from its user's bag and its user from its item's
         bag, so that a rating is never evidence for itself. ``user_side_rows`` = n: only the first n pairs
         carry their user-side sparse features (``user_side``); the others, whose users repeat the first n
         in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.training_outputs``)."""
         dense = dense_values(self.users.dense, self.items.dense, user_rows, item_rows)
+        if pair_dense is not None:
+            dense = torch.cat((dense, pair_dense.to(dense.dtype)), dim=1)
         user_ids, item_ids = self.users.id_rows[user_rows], self.items.id_rows[item_rows]
         rows = {"users": user_rows if user_side_rows is None else user_rows[:user_side_rows], "items": item_rows}
         others = {"users": item_ids, "items": user_ids}  # each pair's other side, left out of its bag
@@ -315,6 +320,10 @@ class Catalog:
             lengths=torch.cat(lengths),
         )
         return dense, kjt
+
+    def without_bags(self) -> Catalog:
+        """The catalog of a model trained without the implicit-feedback bags."""
+        return replace(self, users=replace(self.users, bags={}), items=replace(self.items, bags={}))
 
     def state(self) -> dict[str, object]:
         return {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ from dlrm_cli.config import CsvColumns, DataSource, FileSource, relevant_rating
 from dlrm_cli.data.catalog import Ratings
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
+from dlrm_cli.retrieval.generators import fit_generator
+from dlrm_cli.retrieval.history import History
+from dlrm_cli.retrieval.two_stage import TwoStage
 from dlrm_cli.scoring.metrics import (
     candidate_scorer,
     classification_metrics,
@@ -204,9 +207,15 @@ class RankingEvaluation:
     candidates: int
     models: dict[str, dict[str, Any]]
     seconds: dict[str, float]
+    # Two stages: how many candidates the ranker ordered, and the share of relevant items among them (Recall@N
+    # of the generator alone: the ceiling of the ranker's recall)
+    retrieval: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+TWO_STAGES, MAIN_MODEL, GENERATOR = "DLRM, two stages", "DLRM alone", "retrieval alone"
 
 
 def rank_evaluation(
@@ -217,17 +226,31 @@ def rank_evaluation(
     sampled: int | None = None,
     baselines: bool = True,
     progress: Any = None,
+    retrieve: int | None = None,
 ) -> RankingEvaluation:
     """Rank every candidate item for each held-out user of ``split`` with the model and, with
-    ``baselines``, with most-popular, PureSVD and EASE; ``progress(name, done, total)`` hears the way."""
+    ``baselines``, with most-popular, PureSVD and EASE; ``progress(name, done, total)`` hears the way. A
+    two-stage checkpoint ranks three ways: both stages (``retrieve`` candidates a user, default as trained), its
+    generator alone and its main model alone."""
     from dlrm_cli.scoring.ranking import BASELINES, held_out_task, rank_metrics
 
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    task = held_out_task(load_dataset(loaded.checkpoint.run.data), split, relevant)
+    dataset = load_dataset(loaded.checkpoint.run.data)
+    task = held_out_task(dataset, split, relevant)
     if len(task.users) == 0:
         raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
     fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
+    retrieval = None
+    if loaded.stages is not None:
+        stages = _stages_for(loaded, dataset, split, retrieve)
+        fits = {
+            TWO_STAGES: lambda: stages.full_scores,
+            f"{GENERATOR} ({_generator_name(stages)})": lambda: stages.generator_scores,
+            MAIN_MODEL: fits["DLRM"],
+        }
+        recall = rank_metrics(task, stages.generator_scores, (stages.candidates,))[f"@{stages.candidates}"]
+        retrieval = {"candidates": stages.candidates, "recall": recall["recall"]}  # type: ignore[index]
     if baselines:
         fits.update({name: functools.partial(make, task) for name, make in BASELINES.items()})
     models, seconds = {}, {}
@@ -252,7 +275,27 @@ def rank_evaluation(
         candidates=int(task.candidates.sum()),
         models=models,
         seconds=seconds,
+        retrieval=retrieval,
     )
+
+
+def _stages_for(loaded: LoadedModel, dataset: Any, split: str, retrieve: int | None) -> TwoStage:
+    """The checkpoint's two stages as they rank ``split``: the test rows with the generator it saved (fitted
+    on the training and validation rows, which the test task knows); the validation rows with the generator
+    refitted on the training rows alone, so that it never saw what it is judged on."""
+    stages = loaded.stages
+    assert stages is not None
+    count = retrieve or stages.candidates
+    if split == "test":
+        return replace(stages, candidates=count)
+    train = dataset.train
+    history = History.of_pairs(train.user, train.item, stages.history.n_users, stages.history.n_items)
+    generator = fit_generator(history, stages.generator.kind)
+    return replace(stages, generator=generator, history=history, allowed=history.item_counts() > 0, candidates=count)
+
+
+def _generator_name(stages: TwoStage) -> str:
+    return {"ease": "EASE", "svd": "PureSVD"}[stages.generator.kind]
 
 
 @dataclass(frozen=True)
@@ -278,6 +321,7 @@ def evaluate_checkpoint(
     sampled: int | None = None,
     baselines: bool = True,
     progress: Any = None,
+    retrieve: int | None = None,
 ) -> EvaluationReport:
     """``evaluate`` on ``split`` (or on every rating of ``data``, a ``--data`` value) and, with ``cutoffs``,
     ``rank_evaluation`` of the split: a held-out rating at or above ``relevant`` (default: 4, or the scale's
@@ -286,6 +330,6 @@ def evaluate_checkpoint(
     ranking = None
     if cutoffs is not None:
         threshold = relevant if relevant is not None else relevant_rating(loaded.catalog.rating_max)
-        ranking = rank_evaluation(loaded, split, cutoffs, threshold, sampled, baselines, progress)
+        ranking = rank_evaluation(loaded, split, cutoffs, threshold, sampled, baselines, progress, retrieve)
     rated = "rating" in loaded.model.config.heads
     return EvaluationReport(result, ranking, loaded.catalog.implicit, rated)

@@ -111,6 +111,7 @@ class Query:
     limit: int | None = None
     scored: int = 0
     exclude_seen: bool = False
+    order: torch.Tensor | None = None  # two stages: the ranker's logit of each of item_rows, which orders them
 
 
 class SeenItems:
@@ -137,23 +138,49 @@ def predict_query(loaded: LoadedModel, user: str, items: list[str]) -> Query:
 
 
 def recommend_query(
-    loaded: LoadedModel, user: str, top: int, exclude_seen: bool, seen: SeenItems | None = None
+    loaded: LoadedModel,
+    user: str,
+    top: int,
+    exclude_seen: bool,
+    seen: SeenItems | None = None,
+    candidates: int | None = None,
 ) -> Query:
     """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
-    the user rated in the training rows (``seen``: those items, built here when not given)."""
+    the user rated in the training rows (``seen``: those items, built here when not given). A two-stage
+    checkpoint retrieves ``candidates`` items (default: its own count) and its ranker orders them."""
     user_row = _user_row(loaded, user)
-    candidates = torch.arange(len(loaded.catalog.items.keys))
+    if loaded.stages is not None and exclude_seen:
+        return _two_stage_query(loaded, user, user_row, top, candidates)
+    candidates_rows = torch.arange(len(loaded.catalog.items.keys))
     if exclude_seen:
         seen = seen or SeenItems(loaded)
-        keep = torch.ones(len(candidates), dtype=torch.bool)
+        keep = torch.ones(len(candidates_rows), dtype=torch.bool)
         keep[seen.of(int(user_row[0]))] = False
-        candidates = candidates[keep]
-        if len(candidates) == 0:
+        candidates_rows = candidates_rows[keep]
+        if len(candidates_rows) == 0:
             raise DlrmError(
                 f"nothing to recommend: user {user} rated every one of the {len(keep):,} items this checkpoint "
                 "knows (pass --include-seen to rank them)"
             )
-    return Query(user, user_row, candidates, limit=top, scored=len(candidates), exclude_seen=exclude_seen)
+    scored = len(candidates_rows)
+    return Query(user, user_row, candidates_rows, limit=top, scored=scored, exclude_seen=exclude_seen)
+
+
+def _two_stage_query(loaded: LoadedModel, user: str, user_row: torch.Tensor, top: int, candidates: int | None) -> Query:
+    """The query of a two-stage checkpoint: the generator's best candidates for the user, ordered by the ranker."""
+    stages = loaded.stages
+    assert stages is not None
+    items, logits = stages.recommend(user_row, top, candidates)
+    kept = torch.isfinite(logits[0])
+    if not bool(kept.any()):
+        raise DlrmError(
+            f"nothing to recommend: user {user} knows every one of the {int(stages.allowed.sum()):,} items this "
+            "checkpoint can recommend (pass --include-seen to rank them)"
+        )
+    recommendable = int(stages.allowed.sum()) - len(stages.history.of(int(user_row[0])))
+    return Query(
+        user, user_row, items[0][kept], limit=top, scored=recommendable, exclude_seen=True, order=logits[0][kept]
+    )
 
 
 def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
@@ -169,10 +196,16 @@ def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
     else:
         predicted = orders = score(loaded.model, loaded.catalog, users, items, loaded.device)
     two_heads = "rating" in heads and "ranking" in heads  # whose recommendations show both
-    return [
-        _ranking(loaded, query, part, order if query.limit is not None else part, two_heads and query.limit is not None)
-        for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True)
-    ]
+    rankings = []
+    for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True):
+        if query.order is not None and "rating" in heads:  # two stages: the ranker orders; its probability
+            rankings.append(_ranking(loaded, query, part, query.order, True))  # shows beside the rating
+        elif query.order is not None:  # no rating to show: the ranker's probability is the score
+            rankings.append(_ranking(loaded, query, torch.sigmoid(query.order), query.order))
+        else:
+            recommending = query.limit is not None
+            rankings.append(_ranking(loaded, query, part, order if recommending else part, two_heads and recommending))
+    return rankings
 
 
 def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
@@ -181,12 +214,18 @@ def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
 
 
 def recommend(
-    loaded: LoadedModel, user: str, top: int, exclude_seen: bool, seen: SeenItems | None = None
+    loaded: LoadedModel,
+    user: str,
+    top: int,
+    exclude_seen: bool,
+    seen: SeenItems | None = None,
+    retrieve: int | None = None,
 ) -> Recommendation:
     """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
-    ``exclude_seen`` drops the items the user rated in the training rows (``seen``, built when not given)."""
+    ``exclude_seen`` drops the items the user rated in the training rows (``seen``, built when not given);
+    ``retrieve``: see ``recommend_query``."""
     started = time.perf_counter()
-    query = recommend_query(loaded, user, top, exclude_seen, seen)
+    query = recommend_query(loaded, user, top, exclude_seen, seen, retrieve)
     ranking = answer(loaded, [query])[0]
     return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
 
@@ -277,6 +316,19 @@ class BatchRecommendations:
         # a user who rated nearly everything has fewer items left than --top: those slots are dropped
         return frame[np.isfinite(frame["score"].to_numpy())].reset_index(drop=True)
 
+    def summary(self, output: Path, rows: int, top: int) -> dict[str, Any]:
+        """``recommend --all-users --json``'s document, once ``rows`` rows were written to ``output``."""
+        return {
+            "checkpoint": self.checkpoint,
+            "output": str(output),
+            "users": len(self.users),
+            "rows": rows,
+            "top": top,
+            "exclude_seen": self.exclude_seen,
+            "unknown_users": self.unknown_users,
+            "seconds": self.seconds,
+        }
+
     def write(self, output: Path) -> int:
         """Write CSV or (with pyarrow) Parquet by the suffix, atomically; returns the rows written."""
         from dlrm_cli.runtime.files import temporary_beside
@@ -305,23 +357,49 @@ def recommend_many(
     top: int,
     exclude_seen: bool,
     progress: Any = None,
+    candidates: int | None = None,
 ) -> BatchRecommendations:
     """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
-    in chunks of users scored together; ``progress(done, total)`` hears the way."""
-    from dlrm_cli.scoring.ranking import pairs_matrix
-
+    in chunks of users scored together; ``progress(done, total)`` hears the way. A two-stage checkpoint
+    retrieves ``candidates`` items a user (default: its own count) and its ranker orders them."""
     started = time.perf_counter()
-    catalog = loaded.catalog
-    table = catalog.users
+    table = loaded.catalog.users
     if users is None:  # every user of the training data (side files may list users who rated nothing)
         trained = ~table.unseen_in_training(torch.arange(len(table.keys)))
         users = [str(key) for key in table.keys[trained.numpy()]]
     rows, unknown = table.lookup(users)
     if unknown and table.neutral_row is None:
         raise DlrmUsageError(f"unknown user id {unknown[0]!r}: {_id_range(table)}")
+    top = min(top, len(loaded.catalog.items.keys))
+    two_stage = loaded.stages is not None and exclude_seen
+    best = _two_stage_chunks if two_stage else _one_stage_chunks
+    chosen, scores = best(loaded, rows, top, exclude_seen, progress, candidates)
+    if two_stage or "ranking" in loaded.model.config.heads:  # logits, as the probability recommend shows
+        scores = torch.sigmoid(scores).masked_fill(scores == float("-inf"), float("-inf"))  # -inf: no item
+    keys, titles = loaded.catalog.items.keys, loaded.catalog.items.titles
+    return BatchRecommendations(
+        checkpoint=loaded.checkpoint.name,
+        users=users,
+        rank=torch.arange(1, chosen.shape[1] + 1).expand(len(users), -1),
+        items=[[str(keys[i]) for i in row] for row in chosen.tolist()],
+        scores=scores,
+        unseen_items=loaded.catalog.items.unseen_in_training(chosen.reshape(-1)).view(chosen.shape),
+        titles=[[titles[i] for i in row] for row in chosen.tolist()] if titles else None,
+        unknown_users=unknown,
+        exclude_seen=exclude_seen,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _one_stage_chunks(
+    loaded: LoadedModel, rows: torch.Tensor, top: int, exclude_seen: bool, progress: Any, candidates: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The main model's best ``top`` items of every item for each user row (items, scores: U x top)."""
+    from dlrm_cli.scoring.ranking import pairs_matrix
+
+    catalog = loaded.catalog
     n_items = len(catalog.items.keys)
     items = torch.arange(n_items)
-    top = min(top, n_items)
     seen_users = seen_items = torch.empty(0, dtype=torch.long)
     if exclude_seen:
         train = load_dataset(loaded.checkpoint.run.data).train
@@ -331,28 +409,34 @@ def recommend_many(
         chunk = rows[start : start + USERS_PER_CHUNK]
         predicted = score_grid(loaded.model, catalog, chunk, items, loaded.device)
         if exclude_seen:
-            seen = pairs_matrix(chunk, seen_users, seen_items, len(table.keys) + 1, n_items)
+            seen = pairs_matrix(chunk, seen_users, seen_items, len(catalog.users.keys) + 1, n_items)
             predicted = predicted.masked_fill(seen, float("-inf"))
         values, order = torch.topk(predicted, top, dim=1)  # ties: torch.topk's order, stable on CPU
         best_scores.append(values)
         best_items.append(order)
         if progress is not None:
             progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
-    scores = torch.cat(best_scores) if best_scores else torch.empty(0, top)
-    if "ranking" in loaded.model.config.heads:  # the ranking head's logits, as the probability recommend shows
-        scores = torch.sigmoid(scores)
-    chosen = torch.cat(best_items) if best_items else torch.empty(0, top, dtype=torch.long)
-    keys = catalog.items.keys
-    titles = catalog.items.titles
-    return BatchRecommendations(
-        checkpoint=loaded.checkpoint.name,
-        users=users,
-        rank=torch.arange(1, top + 1).expand(len(users), -1),
-        items=[[str(keys[i]) for i in row] for row in chosen.tolist()],
-        scores=scores,
-        unseen_items=catalog.items.unseen_in_training(chosen.reshape(-1)).view(chosen.shape),
-        titles=[[titles[i] for i in row] for row in chosen.tolist()] if titles else None,
-        unknown_users=unknown,
-        exclude_seen=exclude_seen,
-        seconds=time.perf_counter() - started,
-    )
+    return _joined(best_items, best_scores, top)
+
+
+def _two_stage_chunks(
+    loaded: LoadedModel, rows: torch.Tensor, top: int, exclude_seen: bool, progress: Any, candidates: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two stages' best ``top`` items for each user row (items, ranker logits: U x top; -inf past a
+    user's last recommendable item)."""
+    stages = loaded.stages
+    assert stages is not None
+    best_scores, best_items = [], []
+    for start in range(0, len(rows), USERS_PER_CHUNK):
+        items, logits = stages.recommend(rows[start : start + USERS_PER_CHUNK], top, candidates)
+        best_scores.append(logits)
+        best_items.append(items)
+        if progress is not None:
+            progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
+    return _joined(best_items, best_scores, min(top, candidates or stages.candidates))
+
+
+def _joined(items: list[torch.Tensor], scores: list[torch.Tensor], top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not items:
+        return torch.empty(0, top, dtype=torch.long), torch.empty(0, top)
+    return torch.cat(items), torch.cat(scores)

@@ -132,7 +132,8 @@ def load_verified(store: Path, ref: str) -> Any:
     low, high = catalog.rating_min, catalog.rating_max
     if not bool(torch.isfinite(ratings).all()) or bool(((ratings < low) | (ratings > high)).any()):
         raise DlrmError(f"checkpoint {model.name} scores ratings outside {low:g} to {high:g}; not serving it")
-    _ = model.seen  # the training items recommend excludes, read now rather than by the first request
+    if model.loaded.stages is None:  # a two-stage checkpoint keeps its users' known items itself
+        _ = model.seen  # the training items recommend excludes, read now rather than by the first request
     return model
 
 

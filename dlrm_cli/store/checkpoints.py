@@ -410,8 +410,8 @@ def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
     keeps one run record, ``run``, of the training settings and the data source. Format 3 adds the
     implicit-feedback bags and the id biases, which every run before it trained without. Format 4 adds the
     model's ``heads`` and the run's ``objective``, whose defaults (one rating head) are what every earlier
-    run trained."""
-    if meta["format"] >= 3:
+    run trained. Format 5 adds the two stages (``retrieval``), which no earlier run had."""
+    if meta["format"] >= 5:
         return meta
     meta = dict(meta)
     if meta["format"] == 1:
@@ -420,7 +420,9 @@ def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
         train.setdefault("checkpoint_every", int(options.get("checkpoint_every", 1)))
         meta["run"] = {"train": train, "data": meta.pop("data")}
     run = dict(meta["run"])
-    run["train"] = {**run["train"], "bags": False, "biases": False}
+    run["train"] = {**run["train"], "retrieval": "none"}
+    if meta["format"] < 3:
+        run["train"].update(bags=False, biases=False)
     meta["run"] = run
     return meta
 

@@ -12,6 +12,10 @@ from dlrm_cli.config import ModelConfig
 from dlrm_cli.data.catalog import Catalog
 from dlrm_cli.errors import CorruptCheckpoint
 from dlrm_cli.model.dlrm import RatingDLRM, build_model, pool_bags
+from dlrm_cli.retrieval.features import FeatureScale
+from dlrm_cli.retrieval.generators import generator_from_state
+from dlrm_cli.retrieval.history import History
+from dlrm_cli.retrieval.two_stage import TwoStage
 from dlrm_cli.store.checkpoints import Checkpoint, CheckpointStore
 
 
@@ -21,6 +25,7 @@ class LoadedModel:
     model: RatingDLRM
     catalog: Catalog
     device: torch.device
+    stages: TwoStage | None = None  # a two-stage checkpoint's retrieval stage and ranker
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -44,8 +49,35 @@ def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
     except (KeyError, TypeError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0]
         raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: {first}") from None
+    stages = load_stages(checkpoint, catalog, device) if "stages" in checkpoint.meta else None
     model, catalog = pool_bags(model.eval(), catalog)
-    return LoadedModel(checkpoint, model, catalog, device)
+    return LoadedModel(checkpoint, model, catalog, device, stages)
+
+
+def load_stages(checkpoint: Checkpoint, catalog: Catalog, device: torch.device) -> TwoStage:
+    """A two-stage checkpoint's generator, known items and ranker (its bags pooled, as the main model's)."""
+    record = checkpoint.meta["stages"]
+    try:
+        config = ModelConfig.from_dict(record["ranker"])
+        config.refuse_oversized(copies=2, hint="its meta.json cannot be what dlrm wrote here")
+        retrieval = checkpoint.tensors("retrieval.pt")
+        ranker = build_model(config, device=device)
+        ranker.load_state_dict(checkpoint.tensors("ranker.pt"))
+        view = catalog if any(table.bag for table in config.tables) else catalog.without_bags()
+        ranker, view = pool_bags(ranker.eval(), view)
+        return TwoStage(
+            generator=generator_from_state(retrieval["generator"]),
+            history=History.from_state(retrieval["history"]),
+            allowed=retrieval["allowed"],
+            ranker=ranker,
+            catalog=view,
+            scale=FeatureScale(retrieval["scale"]["mean"], retrieval["scale"]["std"]),
+            candidates=int(record["candidates"]),
+            device=device,
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: its ranking stage ({first})") from None
 
 
 def open_model(store: Path | str, ref: str, device: str = "cpu") -> LoadedModel:

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.runtime.files import temporary_beside
-from dlrm_cli.scoring.evaluation import evaluation_of, rank_evaluation, score_ratings
+from dlrm_cli.scoring.evaluation import TWO_STAGES, evaluation_of, rank_evaluation, score_ratings
 from dlrm_cli.store.loading import open_model
 
 
@@ -36,7 +36,8 @@ def _runs(store: Path, refs: list[str], k: int) -> list[dict[str, Any]]:
         ranking = None
         if k:
             try:
-                ranking = rank_evaluation(loaded, "test", (k,), baselines=False).models["DLRM"][f"@{k}"]
+                models = rank_evaluation(loaded, "test", (k,), baselines=False).models
+                ranking = models.get(TWO_STAGES, models.get("DLRM"))[f"@{k}"]  # type: ignore[index]
             except DlrmError:  # no test user with a relevant rating: nothing to rank
                 ranking = None
         runs.append({"name": loaded.checkpoint.name, "meta": loaded.meta, "test": report, "ranking": ranking,

@@ -41,6 +41,7 @@ from dlrm_cli.training import distributed
 from dlrm_cli.training.distributed import Parallel, Shard
 from dlrm_cli.training.request import TrainRequest
 from dlrm_cli.training.signals import StopOnSignal
+from dlrm_cli.training.stages import Stages, stage_description, train_stages
 
 
 class TrainingObserver(Protocol):
@@ -53,6 +54,7 @@ class TrainingObserver(Protocol):
     def epoch_started(self, epoch: int, epochs: int, batches: int, lr: float) -> None: ...
     def batch_done(self, loss: float) -> None: ...
     def epoch_done(self, record: dict[str, float]) -> None: ...
+    def stage_started(self, description: str) -> None: ...
 
 
 class SilentObserver:
@@ -77,6 +79,9 @@ class SilentObserver:
         pass
 
     def epoch_done(self, record: dict[str, float]) -> None:
+        pass
+
+    def stage_started(self, description: str) -> None:
         pass
 
 
@@ -106,6 +111,7 @@ class TrainResult:
     seconds: float
     best_epoch: int
     stopped_early: int | None = None  # the --patience that ended the run before its last epoch, if it did
+    stages: dict[str, float] | None = None  # a two-stage run's validation NDCG@10: generator alone, two stages
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -169,6 +175,8 @@ def train(
     try:
         run.setup()
         result = run.train()
+        distributed.leave(clean=True)  # the ranks are done; rank 0 trains the second stage alone
+        result = run.second_stage(result)
     except DlrmError as error:
         run.cleanup(failed=True)
         raise run.blame(error) from None
@@ -199,6 +207,7 @@ class TrainingRun:
         self.seconds_before = 0.0
         self.governor: ThreadGovernor | None = None  # None when the thread count is fixed
         self.published = request.resume is not None  # whether the checkpoint self.name is this run's
+        self.saved: EpochState | None = None  # the epoch last written to the store
         self.claimed: str | None = None
         self._stop_requested: Callable[[], int | None] = _nothing
         self._signals: StopOnSignal | None = None
@@ -459,22 +468,56 @@ class TrainingRun:
             return self.name
         with self._signals.deferred() if self._signals is not None else contextlib.nullcontext():
             self.name = self._save(state, complete)
-        self.published = True
+        self.published, self.saved = True, state
         return self.name
 
-    def _save(self, state: EpochState, complete: bool) -> str:
+    def _save(self, state: EpochState, complete: bool, stages: Stages | None = None) -> str:
+        tensors = {
+            "model.pt": state.best.weights,
+            "catalog.pt": self.dataset.catalog.state(),
+            "train_state.pt": state.resume_state(),
+        }
+        meta = self._meta(state, complete)
+        if stages is not None:
+            tensors.update(stages.tensors())
+            meta["stages"] = stages.record()
         return self.store.save(
             name=self.name,
             prefix=self.dataset.source.kind,
-            meta=self._meta(state, complete),
-            tensors={
-                "model.pt": state.best.weights,
-                "catalog.pt": self.dataset.catalog.state(),
-                "train_state.pt": state.resume_state(),
-            },
+            meta=meta,
+            tensors=tensors,
             replace=self.published,
             before_publish=self.faults.before_publish,
         )
+
+    # The second stage ----------------------------------------------------------------------------
+    def second_stage(self, result: TrainResult | None) -> TrainResult | None:
+        """Fit the candidate generator and train the ranker over its candidates (``dlrm_cli.training.stages``),
+        then save them into the run's checkpoint beside the main model; on rank 0, for a run that asks for
+        two stages and saved its main model."""
+        if result is None or self.settings.retrieval == "none" or self.saved is None:
+            return result
+        task = self.ranking_task or validation_ranking_task(self.dataset)
+        if len(task.users) == 0:  # nothing to judge a ranker on: the main model alone recommends
+            return result
+        self.observer.stage_started(stage_description(self.settings, len(self.dataset.catalog.items)))
+        with StopOnSignal() as signals:
+            check = functools.partial(self._stage_signal, signals)
+            stages = train_stages(self.dataset, self.settings, task, self.observer, model_config_for, check)
+            with signals.deferred():
+                self._save(self.saved, complete=True, stages=stages)
+        return replace(result, stages=stages.metrics, seconds=self._seconds())
+
+    def _stage_signal(self, signals: StopOnSignal) -> None:
+        """A signal during the second stage ends the run; its checkpoint keeps the main model, in one stage."""
+        number = signals.requested()
+        if number:
+            signame = {2: "SIGINT", 15: "SIGTERM"}.get(number, f"signal {number}")
+            raise Interrupted(
+                f"interrupted by {signame} while training the ranking stage; checkpoint {self.name} holds the "
+                "main model, which recommends on its own",
+                128 + number,
+            )
 
     def _meta(self, state: EpochState, complete: bool) -> dict[str, Any]:
         """The checkpoint's metadata: the run record, the model's shape, metrics, history, provenance."""

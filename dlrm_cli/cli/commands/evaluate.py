@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dlrm_cli.cli.options import CheckpointOption, Device, DeviceOption, JsonOption, StoreOption
+from dlrm_cli.cli.options import CheckpointOption, Device, DeviceOption, JsonOption, RetrieveQueryOption, StoreOption
 from dlrm_cli.config import DEFAULT_STORE
 
 EXAMPLE = "Example: dlrm evaluate --checkpoint latest --split test --json"
@@ -42,6 +42,7 @@ def evaluate_command(
         ),
     ] = None,
     baselines: Annotated[bool, typer.Option(help="With --k: also rank with the baselines.")] = True,
+    retrieve: RetrieveQueryOption = None,
     json_output: JsonOption = False,
     device: DeviceOption = Device.auto,
     store: StoreOption = DEFAULT_STORE,
@@ -64,7 +65,7 @@ def evaluate_command(
             raise DlrmUsageError("--k ranks a split of the checkpoint's own data; leave out --data")
     loaded = open_model(store, checkpoint, device)
     with tables.ranking_progress() as progress:
-        report = evaluate_checkpoint(loaded, split, data, cutoffs, relevant, candidates, baselines, progress)
+        report = evaluate_checkpoint(loaded, split, data, cutoffs, relevant, candidates, baselines, progress, retrieve)
     if json_output:
         ui.print_json(report.to_dict())
         return

@@ -33,6 +33,7 @@ def recommend_command(
         typer.Option(help="With --all-users or --users: write user, rank, item, score rows to a .csv or .parquet."),
     ] = None,
     force: o.ForceOutputOption = False,
+    retrieve: o.RetrieveQueryOption = None,
     checkpoint: o.CheckpointOption = "latest",
     json_output: o.JsonOption = False,
     device: o.DeviceOption = o.Device.auto,
@@ -51,7 +52,7 @@ def recommend_command(
             raise DlrmUsageError("--all-users and --users write a file: give --output recs.csv (or .parquet)")
         output = parse_table_output(output, force)
         wanted = read_id_list(f"@{users}", "--users") if users is not None else None
-        _recommend_many(store, checkpoint, device, wanted, top, exclude_seen, output, json_output)
+        _recommend_many(store, checkpoint, device, wanted, top, exclude_seen, output, json_output, retrieve)
         return
     if output is not None:
         raise DlrmUsageError("--output goes with --all-users or --users; one user's ranking is shown, or --json")
@@ -61,7 +62,7 @@ def recommend_command(
     from dlrm_cli.scoring.recommending import recommend
     from dlrm_cli.store.loading import open_model
 
-    result = recommend(open_model(store, checkpoint, device), user, top, exclude_seen)
+    result = recommend(open_model(store, checkpoint, device), user, top, exclude_seen, retrieve=retrieve)
     if json_output:
         ui.print_json(result.to_dict())
         return
@@ -79,6 +80,7 @@ def _recommend_many(
     exclude_seen: bool,
     output: Path,
     json_output: bool,
+    retrieve: int | None,
 ) -> None:
     from dlrm_cli.cli import tables, ui
     from dlrm_cli.scoring.recommending import recommend_many
@@ -89,21 +91,16 @@ def _recommend_many(
         bar.start()
         task = bar.add_task("users", total=0)
         result = recommend_many(
-            loaded, users, top, exclude_seen, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            loaded,
+            users,
+            top,
+            exclude_seen,
+            lambda done, total: bar.update(task, completed=done, total=total),
+            retrieve,
         )
     rows = result.write(output)
-    summary = {
-        "checkpoint": result.checkpoint,
-        "output": str(output),
-        "users": len(result.users),
-        "rows": rows,
-        "top": top,
-        "exclude_seen": exclude_seen,
-        "unknown_users": result.unknown_users,
-        "seconds": result.seconds,
-    }
     if json_output:
-        ui.print_json(summary)
+        ui.print_json(result.summary(output, rows, top))
         return
     ui.out().print(
         f"Wrote {rows:,} recommendations for {len(result.users):,} users to {output} "

@@ -53,6 +53,8 @@ def train_command(
     negative_sampling: o.NegativeSamplingOption = o.NegativeSampling(T.negative_sampling),
     positives: o.PositivesOption = o.Positives(T.positives),
     ranking_weight: o.RankingWeight = T.ranking_weight,
+    retrieval: o.RetrievalOption = o.Retrieval(T.retrieval),
+    retrieve: o.RetrieveOption = T.retrieve,
     patience: o.Patience = T.patience,
     checkpoint_every: o.CheckpointEvery = T.checkpoint_every,
     nproc_per_node: o.NprocPerNode = 1,

@@ -1,0 +1,82 @@
+"""Each user's known items: the interactions a checkpoint learned from, kept in its file so that recommending,
+serving and exporting never re-read the training data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class History:
+    """Known (user row, item row) pairs as compressed rows: user ``u``'s items are
+    ``items[offsets[u]:offsets[u + 1]]``, sorted. Legend: U user rows, I item rows, B users asked about."""
+
+    offsets: torch.Tensor  # U + 1, int64
+    items: torch.Tensor  # int64
+    n_items: int
+
+    @classmethod
+    def of_pairs(cls, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> History:
+        """The history of ``(users[k], items[k])`` pairs (repeats kept once)."""
+        keys = torch.unique(users.to(torch.int64) * n_items + items.to(torch.int64))
+        rows = torch.div(keys, n_items, rounding_mode="floor")
+        counts = torch.bincount(rows, minlength=n_users)
+        offsets = torch.cat((torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)))
+        return cls(offsets, keys % n_items, n_items)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    def of(self, user: int) -> torch.Tensor:
+        """User row ``user``'s items, sorted."""
+        return self.items[self.offsets[user] : self.offsets[user + 1]]
+
+    def counts(self) -> torch.Tensor:
+        """U: how many items each user row has."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def item_counts(self) -> torch.Tensor:
+        """I: how many users have each item row."""
+        return torch.bincount(self.items, minlength=self.n_items)
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every known pair as (user rows, item rows)."""
+        users = torch.repeat_interleave(torch.arange(self.n_users), self.counts())
+        return users, self.items
+
+    def matrix(self, users: torch.Tensor) -> torch.Tensor:
+        """B x I float32, 1 where the user knows the item."""
+        lengths = self.offsets[users + 1] - self.offsets[users]
+        starts = torch.repeat_interleave(self.offsets[users] - (torch.cumsum(lengths, 0) - lengths), lengths)
+        index = starts + torch.arange(int(lengths.sum()))
+        rows = torch.repeat_interleave(torch.arange(users.shape[0]), lengths)
+        out = torch.zeros(users.shape[0], self.n_items)
+        out[rows, self.items[index]] = 1.0
+        return out
+
+    def sparse(self) -> torch.Tensor:
+        """U x I sparse COO matrix of ones."""
+        users, items = self.pairs()
+        values = torch.ones(len(items))
+        shape = (self.n_users, self.n_items)
+        return torch.sparse_coo_tensor(torch.stack((users, items)), values, shape, check_invariants=False).coalesce()
+
+    def without(self, users: torch.Tensor, items: torch.Tensor) -> History:
+        """This history less the given pairs."""
+        own_users, own_items = self.pairs()
+        dropped = torch.isin(own_users * self.n_items + own_items, users * self.n_items + items)
+        return History.of_pairs(own_users[~dropped], own_items[~dropped], self.n_users, self.n_items)
+
+    def state(self) -> dict[str, Any]:
+        return {"offsets": self.offsets, "items": self.items, "n_items": self.n_items}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> History:
+        return cls(state["offsets"], state["items"], int(state["n_items"]))

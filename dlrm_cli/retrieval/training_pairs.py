@@ -1,0 +1,132 @@
+"""The ranking stage's training pairs, with pair features that no generator computed from the pair itself.
+
+A generator fitted on the same rows scores its own training pairs optimistically, so the rows are split into
+``folds`` parts: the generator fitted on the other parts scores each part's users, from their other items.
+Each part's liked pairs are the positives; negatives are drawn from each user's top candidates (hard ones,
+what the ranker must tell apart at prediction time) and uniformly from the catalogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dlrm_cli.retrieval.features import pair_features, standing
+from dlrm_cli.retrieval.generators import fit_generator, masked_scores
+from dlrm_cli.retrieval.history import History
+
+USER_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class TrainingPairs:
+    """Pairs for the ranker: user rows, item rows, raw pair features (N x P) and labels (1: liked)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    @classmethod
+    def concat(cls, parts: list[TrainingPairs]) -> TrainingPairs:
+        return cls(
+            *(torch.cat([getattr(part, name) for part in parts]) for name in ("users", "items", "features", "labels"))
+        )
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """How the ranker's training pairs are drawn."""
+
+    folds: int = 5
+    candidates: int = 100  # the top of each user's scores that hard negatives come from
+    hard: int = 20  # hard negatives per user and fold
+    uniform: int = 20  # uniform negatives per user and fold
+    generator: str = "auto"
+    seed: int = 0
+
+
+def out_of_fold_pairs(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    liked: torch.Tensor,
+    n_users: int,
+    allowed: torch.Tensor,
+    settings: PairSettings,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> TrainingPairs:
+    """Training pairs from known ``(users, items)`` rows, ``liked`` marking those that are positives; only
+    ``allowed`` items (I, bool) are drawn as negatives. ``progress(done, folds)`` hears each fold."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    fold = folds_of(users.shape[0], settings, generator)
+    n_items = int(allowed.shape[0])
+    parts = []
+    for k in range(settings.folds):
+        held = fold == k
+        others = History.of_pairs(users[~held], items[~held], n_users, n_items)
+        model = fit_generator(others, settings.generator)
+        positive = History.of_pairs(users[held & liked], items[held & liked], n_users, n_items)
+        part_users = torch.unique(users[held])
+        for start in range(0, len(part_users), USER_CHUNK):
+            chunk = part_users[start : start + USER_CHUNK]
+            parts.append(_pairs_of(chunk, others, positive, model, allowed, settings, generator))
+        progress(k + 1, settings.folds)
+    return TrainingPairs.concat(parts)
+
+
+def folds_of(rows: int, settings: PairSettings, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each known row's fold, drawn at random (the first draw of ``settings.seed``'s generator)."""
+    generator = generator or torch.Generator().manual_seed(settings.seed)
+    return torch.randint(settings.folds, (rows,), generator=generator)
+
+
+def _pairs_of(
+    chunk: torch.Tensor,
+    others: History,
+    positive: History,
+    model: object,
+    allowed: torch.Tensor,
+    settings: PairSettings,
+    generator: torch.Generator,
+) -> TrainingPairs:
+    """One chunk of users' positives, hard negatives and uniform negatives, with their pair features."""
+    known = others.matrix(chunk)
+    scores = masked_scores(model, known, allowed)  # type: ignore[arg-type]
+    wanted = positive.matrix(chunk) > 0
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+    top = order[:, : settings.candidates]
+    hard = _draw(~wanted.gather(1, top) & torch.isfinite(scores.gather(1, top)), settings.hard, generator)
+    pickable = ~wanted & torch.isfinite(scores)
+    uniform = _draw(pickable, settings.uniform, generator)
+    rows, columns = [], []
+    for mask, cols in ((wanted & torch.isfinite(scores), None), (hard, top), (uniform, None)):
+        row, column = torch.nonzero(mask, as_tuple=True)
+        rows.append(row)
+        columns.append(column if cols is None else cols[row, column])
+    row, column = torch.cat(rows), torch.cat(columns)
+    mean, std = standing(scores)
+    features = pair_features(
+        scores[row, column],
+        mean[row],
+        std[row],
+        ranks[row, column],
+        others.item_counts()[column],
+        others.counts()[chunk[row]],
+    )
+    labels = wanted[row, column].float()
+    return TrainingPairs(chunk[row], column, features, labels)
+
+
+def _draw(eligible: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """B x C bool: up to ``count`` of each row's eligible slots, drawn uniformly without replacement."""
+    noise = torch.rand(eligible.shape, generator=generator).masked_fill(~eligible, 2.0)
+    chosen = torch.zeros_like(eligible)
+    chosen.scatter_(1, torch.argsort(noise, dim=1)[:, :count], True)
+    return chosen & eligible

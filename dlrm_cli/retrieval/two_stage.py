@@ -1,0 +1,102 @@
+"""Recommending in two stages: a candidate generator proposes each user's best ``candidates`` items, and a DLRM
+ranker, reading each pair's retrieval features beside the user's and the item's own, orders them.
+
+Legend: B users, C candidates per user, I item rows, P pair features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dlrm_cli.data.catalog import Catalog
+from dlrm_cli.model.dlrm import RatingDLRM
+from dlrm_cli.retrieval.features import FeatureScale, top_candidates
+from dlrm_cli.retrieval.generators import Generator, masked_scores
+from dlrm_cli.retrieval.history import History
+
+RANK_BATCH = 8192  # pairs the ranker scores at once
+CANDIDATES = 100  # candidates per user, unless a run or a request says otherwise
+
+
+@dataclass
+class TwoStage:
+    """The two stages of a checkpoint, ready to recommend: the generator and the users' known items it scores
+    from, which items it may propose (``allowed``, I), and the ranker with the catalog it reads and the scale
+    of its pair features."""
+
+    generator: Generator
+    history: History
+    allowed: torch.Tensor
+    ranker: RatingDLRM
+    catalog: Catalog
+    scale: FeatureScale
+    candidates: int = CANDIDATES
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.item_counts = self.history.item_counts()
+        self.user_counts = self.history.counts()
+
+    def retrieve(self, users: torch.Tensor, candidates: int | None = None) -> tuple[torch.Tensor, ...]:
+        """The first stage for B user rows: items B x C (best first), the generator's scores B x C (-inf in
+        slots past a user's last recommendable item), and the raw pair features B x C x P."""
+        known = self.history.matrix(users)
+        scores = masked_scores(self.generator, known, self.allowed)
+        return top_candidates(scores, candidates or self.candidates, self.item_counts, self.user_counts[users])
+
+    def rank(self, users: torch.Tensor, items: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The second stage: the ranker's logit of each (user b, ``items[b, c]``) pair, B x C."""
+        pairs_users = users[:, None].expand_as(items).reshape(-1)
+        pairs_items = items.reshape(-1)
+        scaled = self.scale.apply(features.reshape(-1, features.shape[-1]))
+        out = []
+        was_training = self.ranker.training
+        self.ranker.eval()
+        # FBGEMM's fused training tables run only behind autograd on CPU: they score under no_grad
+        fused = getattr(self.ranker, "uses_fused_kernels", False)
+        with torch.no_grad() if fused else torch.inference_mode():
+            for start in range(0, pairs_items.shape[0], RANK_BATCH):
+                chunk = slice(start, start + RANK_BATCH)
+                dense, kjt = self.catalog.batch(pairs_users[chunk], pairs_items[chunk], pair_dense=scaled[chunk])
+                out.append(self.ranker.logits(dense.to(self.device), kjt.to(self.device))[:, 0].float().cpu())
+        self.ranker.train(was_training)
+        return (torch.cat(out) if out else torch.empty(0)).view(items.shape)
+
+    def recommend(
+        self, users: torch.Tensor, top: int, candidates: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best ``top`` items of B user rows, two stages: items B x top and the ranker's logits (-inf in
+        slots past a user's last recommendable item)."""
+        items, values, features = self.retrieve(users, candidates)
+        logits = self.rank(users, items, features).masked_fill(values == -math.inf, -math.inf)
+        best, order = torch.topk(logits, min(top, logits.shape[1]), dim=1)
+        return items.gather(1, order), best
+
+    def full_scores(self, users: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
+        """B x I float64 scores that order every item as the two stages do (for
+        ``dlrm_cli.scoring.ranking.rank_metrics``): the candidates by the ranker, above every other item, which
+        follow in the generator's order; -inf where nothing may be recommended. Only the order means anything."""
+        scores = masked_scores(self.generator, self.history.matrix(users), self.allowed)
+        items, values, features = top_candidates(
+            scores, candidates or self.candidates, self.item_counts, self.user_counts[users]
+        )
+        logits = self.rank(users, items, features).masked_fill(values == -math.inf, -math.inf)
+        order = torch.argsort(logits, dim=1, descending=True, stable=True)
+        position = torch.empty_like(order)
+        position.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
+        plain = scores.double()
+        spread = plain.abs().masked_fill(~torch.isfinite(plain), 0.0).amax(dim=1, keepdim=True) + 1.0
+        out = 1e6 + plain / spread  # the other items, in (1e6 - 1, 1e6 + 1), -inf kept
+        ranked = (2e6 - position.double()).masked_fill(values == -math.inf, -math.inf)
+        return out.scatter(1, items, ranked)
+
+    def generator_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """B x I: the first stage alone, -inf where nothing may be recommended."""
+        return masked_scores(self.generator, self.history.matrix(users), self.allowed)
+
+    def describe(self) -> dict[str, Any]:
+        return {"generator": self.generator.kind, "candidates": self.candidates, "known_pairs": len(self.history)}
