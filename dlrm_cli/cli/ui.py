@@ -216,6 +216,7 @@ def show_training_summary(result: Any) -> None:
         change = f" ({both / alone - 1:+.1%})" if alone > 0 else ""
         console.print(
             f"Two stages: validation NDCG@10 {both:.4f}, against {alone:.4f} for the candidate generator alone{change}"
+            f"; the generator's weight in the final order {result.stages['blend']:g}"
         )
     console.print(f"Saved checkpoint {result.name}")
 

@@ -17,16 +17,6 @@ PAIR_FEATURES = ("retrieval_score", "retrieval_z", "retrieval_log_rank", "item_l
 
 
 @dataclass(frozen=True)
-class Candidates:
-    """The best ``C`` items of B users by the generator, best first, with their pair features."""
-
-    users: torch.Tensor  # B
-    items: torch.Tensor  # B x C
-    scores: torch.Tensor  # B x C, the generator's
-    features: torch.Tensor  # B x C x P, standardised
-
-
-@dataclass(frozen=True)
 class FeatureScale:
     """Each pair feature's mean and standard deviation over the ranker's training pairs."""
 

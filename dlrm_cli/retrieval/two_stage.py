@@ -14,12 +14,24 @@ import torch
 
 from dlrm_cli.data.catalog import Catalog
 from dlrm_cli.model.dlrm import RatingDLRM
-from dlrm_cli.retrieval.features import FeatureScale, top_candidates
+from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale, top_candidates
 from dlrm_cli.retrieval.generators import Generator, masked_scores
 from dlrm_cli.retrieval.history import History
 
+Z_SCORE = PAIR_FEATURES.index("retrieval_z")
 RANK_BATCH = 8192  # pairs the ranker scores at once
 CANDIDATES = 100  # candidates per user, unless a run or a request says otherwise
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """B users' candidates as both stages see them."""
+
+    scores: torch.Tensor | None  # B x I, the generator's (-inf: not recommendable), when kept
+    items: torch.Tensor  # B x C, the generator's best first
+    values: torch.Tensor  # B x C, their generator scores (-inf: an empty slot)
+    logits: torch.Tensor  # B x C, the ranker's
+    z: torch.Tensor  # B x C, the generator's score's standing among the user's scores
 
 
 @dataclass
@@ -35,6 +47,7 @@ class TwoStage:
     catalog: Catalog
     scale: FeatureScale
     candidates: int = CANDIDATES
+    blend: float = 0.0  # the generator's z-score's weight in the final order, chosen on validation rows
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
@@ -66,37 +79,60 @@ class TwoStage:
         self.ranker.train(was_training)
         return (torch.cat(out) if out else torch.empty(0)).view(items.shape)
 
+    def ranked(self, users: torch.Tensor, candidates: int | None = None, keep_scores: bool = True) -> Ranked:
+        """Both stages for B user rows (``keep_scores``: keep the generator's scores of every item)."""
+        known = self.history.matrix(users)
+        scores = masked_scores(self.generator, known, self.allowed)
+        count = candidates or self.candidates
+        items, values, features = top_candidates(scores, count, self.item_counts, self.user_counts[users])
+        logits = self.rank(users, items, features)
+        return Ranked(scores if keep_scores else None, items, values, logits, features[..., Z_SCORE])
+
+    def order(self, ranked: Ranked, blend: float | None = None) -> torch.Tensor:
+        """B x C: what orders the candidates, the ranker's logit blended with the generator's z-score
+        (``blend``: the z-score's weight, default the checkpoint's), -inf in empty slots."""
+        weight = self.blend if blend is None else blend
+        mixed = ranked.logits if weight == 0 else (1 - weight) * ranked.logits + weight * ranked.z
+        return mixed.masked_fill(ranked.values == -math.inf, -math.inf)
+
     def recommend(
         self, users: torch.Tensor, top: int, candidates: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The best ``top`` items of B user rows, two stages: items B x top and the ranker's logits (-inf in
-        slots past a user's last recommendable item)."""
-        items, values, features = self.retrieve(users, candidates)
-        logits = self.rank(users, items, features).masked_fill(values == -math.inf, -math.inf)
-        best, order = torch.topk(logits, min(top, logits.shape[1]), dim=1)
-        return items.gather(1, order), best
+        """The best ``top`` items of B user rows, two stages: items B x top and their ``order`` values (-inf
+        in slots past a user's last recommendable item). The generator proposes at least ``top`` candidates."""
+        ranked = self.ranked(users, max(candidates or self.candidates, top), keep_scores=False)
+        best, order = torch.topk(self.order(ranked), min(top, ranked.items.shape[1]), dim=1)
+        return ranked.items.gather(1, order), best
 
     def full_scores(self, users: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
         """B x I float64 scores that order every item as the two stages do (for
-        ``dlrm_cli.scoring.ranking.rank_metrics``): the candidates by the ranker, above every other item, which
-        follow in the generator's order; -inf where nothing may be recommended. Only the order means anything."""
-        scores = masked_scores(self.generator, self.history.matrix(users), self.allowed)
-        items, values, features = top_candidates(
-            scores, candidates or self.candidates, self.item_counts, self.user_counts[users]
-        )
-        logits = self.rank(users, items, features).masked_fill(values == -math.inf, -math.inf)
-        order = torch.argsort(logits, dim=1, descending=True, stable=True)
+        ``dlrm_cli.scoring.ranking.rank_metrics``): see ``spread``."""
+        return self.spread(self.ranked(users, candidates))
+
+    def spread(self, ranked: Ranked, blend: float | None = None) -> torch.Tensor:
+        """B x I float64: the candidates in their ``order``, above every other item, which follow in the
+        generator's order (all tied when ``ranked`` kept no scores); -inf where nothing may be recommended.
+        Only the order means anything."""
+        order = torch.argsort(self.order(ranked, blend), dim=1, descending=True, stable=True)
         position = torch.empty_like(order)
         position.scatter_(1, order, torch.arange(order.shape[1]).expand_as(order))
-        plain = scores.double()
-        spread = plain.abs().masked_fill(~torch.isfinite(plain), 0.0).amax(dim=1, keepdim=True) + 1.0
-        out = 1e6 + plain / spread  # the other items, in (1e6 - 1, 1e6 + 1), -inf kept
-        ranked = (2e6 - position.double()).masked_fill(values == -math.inf, -math.inf)
-        return out.scatter(1, items, ranked)
+        if ranked.scores is None:
+            out = torch.full((len(ranked.items), len(self.allowed)), 1e6, dtype=torch.float64)
+        else:
+            plain = ranked.scores.double()
+            spread = plain.abs().masked_fill(~torch.isfinite(plain), 0.0).amax(dim=1, keepdim=True) + 1.0
+            out = 1e6 + plain / spread  # the other items, in (1e6 - 1, 1e6 + 1), -inf kept
+        placed = (2e6 - position.double()).masked_fill(ranked.values == -math.inf, -math.inf)
+        return out.scatter(1, ranked.items, placed)
 
     def generator_scores(self, users: torch.Tensor) -> torch.Tensor:
         """B x I: the first stage alone, -inf where nothing may be recommended."""
         return masked_scores(self.generator, self.history.matrix(users), self.allowed)
 
     def describe(self) -> dict[str, Any]:
-        return {"generator": self.generator.kind, "candidates": self.candidates, "known_pairs": len(self.history)}
+        return {
+            "generator": self.generator.kind,
+            "candidates": self.candidates,
+            "blend": self.blend,
+            "known_pairs": len(self.history),
+        }

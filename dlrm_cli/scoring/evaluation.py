@@ -28,6 +28,7 @@ from dlrm_cli.scoring.metrics import (
     error_metrics,
     score,
 )
+from dlrm_cli.scoring.recommending import check_retrieve
 from dlrm_cli.store.loading import LoadedModel
 
 SPLITS = ("test", "validation")
@@ -236,6 +237,7 @@ def rank_evaluation(
 
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    check_retrieve(loaded, retrieve)
     dataset = load_dataset(loaded.checkpoint.run.data)
     task = held_out_task(dataset, split, relevant)
     if len(task.users) == 0:
@@ -243,7 +245,7 @@ def rank_evaluation(
     fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
     retrieval = None
     if loaded.stages is not None:
-        stages = _stages_for(loaded, dataset, split, retrieve)
+        stages = split_stages(loaded, dataset, split, retrieve)
         fits = {
             TWO_STAGES: lambda: stages.full_scores,
             f"{GENERATOR} ({_generator_name(stages)})": lambda: stages.generator_scores,
@@ -279,7 +281,7 @@ def rank_evaluation(
     )
 
 
-def _stages_for(loaded: LoadedModel, dataset: Any, split: str, retrieve: int | None) -> TwoStage:
+def split_stages(loaded: LoadedModel, dataset: Any, split: str, retrieve: int | None) -> TwoStage:
     """The checkpoint's two stages as they rank ``split``: the test rows with the generator it saved (fitted
     on the training and validation rows, which the test task knows); the validation rows with the generator
     refitted on the training rows alone, so that it never saw what it is judged on."""

@@ -148,6 +148,7 @@ def recommend_query(
     """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
     the user rated in the training rows (``seen``: those items, built here when not given). A two-stage
     checkpoint retrieves ``candidates`` items (default: its own count) and its ranker orders them."""
+    check_retrieve(loaded, candidates, exclude_seen)
     user_row = _user_row(loaded, user)
     if loaded.stages is not None and exclude_seen:
         return _two_stage_query(loaded, user, user_row, top, candidates)
@@ -164,6 +165,20 @@ def recommend_query(
             )
     scored = len(candidates_rows)
     return Query(user, user_row, candidates_rows, limit=top, scored=scored, exclude_seen=exclude_seen)
+
+
+def check_retrieve(loaded: LoadedModel, candidates: int | None, exclude_seen: bool = True) -> None:
+    """Refuse a count of candidates that nothing would use."""
+    if candidates is None:
+        return
+    if candidates < 1:
+        raise DlrmUsageError(f"--retrieve must be at least 1, got {candidates}")
+    if loaded.stages is None:
+        raise DlrmUsageError(
+            f"--retrieve needs a two-stage checkpoint; {loaded.checkpoint.name} ranks every item with one model"
+        )
+    if not exclude_seen:
+        raise DlrmUsageError("--retrieve does not go with --include-seen, which ranks every item with the main model")
 
 
 def _two_stage_query(loaded: LoadedModel, user: str, user_row: torch.Tensor, top: int, candidates: int | None) -> Query:
@@ -362,6 +377,7 @@ def recommend_many(
     """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
     in chunks of users scored together; ``progress(done, total)`` hears the way. A two-stage checkpoint
     retrieves ``candidates`` items a user (default: its own count) and its ranker orders them."""
+    check_retrieve(loaded, candidates, exclude_seen)
     started = time.perf_counter()
     table = loaded.catalog.users
     if users is None:  # every user of the training data (side files may list users who rated nothing)
@@ -433,7 +449,7 @@ def _two_stage_chunks(
         best_items.append(items)
         if progress is not None:
             progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
-    return _joined(best_items, best_scores, min(top, candidates or stages.candidates))
+    return _joined(best_items, best_scores, top)
 
 
 def _joined(items: list[torch.Tensor], scores: list[torch.Tensor], top: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,6 +73,7 @@ def load_stages(checkpoint: Checkpoint, catalog: Catalog, device: torch.device) 
             catalog=view,
             scale=FeatureScale(retrieval["scale"]["mean"], retrieval["scale"]["std"]),
             candidates=int(record["candidates"]),
+            blend=float(record.get("blend", 0.0)),
             device=device,
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as error:

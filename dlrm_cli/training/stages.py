@@ -28,7 +28,7 @@ from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale
 from dlrm_cli.retrieval.generators import EASE_MAX_ITEMS, fit_generator, masked_scores
 from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.training_pairs import PairSettings, TrainingPairs, out_of_fold_pairs
-from dlrm_cli.retrieval.two_stage import TwoStage
+from dlrm_cli.retrieval.two_stage import Ranked, TwoStage
 from dlrm_cli.scoring.ranking import RankingTask, rank_metrics
 
 RANKER_EPOCHS = 2
@@ -37,6 +37,7 @@ RANKER_BATCH = 512
 # over fresh pairs is where it peaks; later ones fit the training pairs at the expense of new ones.
 RANKER = {"lr": 1e-3, "sparse_lr": 0.05, "embedding_l2": 3e-3, "objective": "ranking"}
 PAIRS = PairSettings(folds=5, hard=20, uniform=60)
+BLENDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the generator's weight in the final order; 1: the generator alone
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Stages:
         return {
             "generator": self.two_stage.generator.kind,
             "candidates": self.two_stage.candidates,
+            "blend": self.two_stage.blend,
             "ranker": self.ranker_config.to_dict(),
             "pair_features": list(PAIR_FEATURES),
             "metrics": self.metrics,
@@ -115,11 +117,32 @@ def train_stages(
         elif epoch > best[1]:
             break
     model.load_state_dict(best[2])
+    blend, blends = _choose_blend(task, judge)
     parts = (dataset.train, dataset.validation)
     users, items = torch.cat([part.user for part in parts]), torch.cat([part.item for part in parts])
     final = _two_stage(users, items, catalog, model.eval(), settings, judge.scale)
-    metrics = {"generator_ndcg": alone, "ndcg": best[0], "best_epoch": float(best[1])}
+    final.blend = blend
+    metrics = {"generator_ndcg": alone, "ranker_ndcg": best[0], "ndcg": blends[blend], "blend": blend}
+    metrics["best_epoch"] = float(best[1])
     return Stages(final, config, metrics, history, time.perf_counter() - started)
+
+
+def _choose_blend(task: RankingTask, judge: TwoStage) -> tuple[float, dict[float, float]]:
+    """The weight of the generator's z-score beside the ranker's logit that ranks the validation users best
+    (the smallest of equals), and every weight's NDCG@10. The ranker scores each user's candidates once."""
+    memo: dict[tuple[int, ...], Ranked] = {}
+
+    def scorer(blend: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        def scores(users: torch.Tensor) -> torch.Tensor:
+            key = tuple(users.tolist())
+            if key not in memo:  # only the candidates' order reaches NDCG@10: the other items stay tied
+                memo[key] = judge.ranked(users, keep_scores=False)
+            return judge.spread(memo[key], blend)
+
+        return scores
+
+    found = {blend: _ndcg(task, scorer(blend)) for blend in BLENDS}
+    return max(found, key=lambda blend: (found[blend], -blend)), found
 
 
 def _two_stage(

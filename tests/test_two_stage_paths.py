@@ -1,0 +1,129 @@
+"""A two-stage checkpoint, end to end: every path that recommends gives the same top items, and what a user can
+get wrong about the stages gets one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import Dlrm, assert_error, snapshot
+from fixtures import write_generic_csv
+from test_serve import Server
+
+COLUMNS = ["--user-col", "customer", "--item-col", "sku", "--rating-col", "stars", "--sparse-cols", "brand"]
+USERS = ["c3", "c17", "c42"]
+TOP = 5
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Dlrm:
+    folder = tmp_path_factory.mktemp("two_stage")
+    data = write_generic_csv(folder / "shop.csv")
+    dlrm = Dlrm(folder / "store")
+    result = dlrm("train", "--data", f"csv:{data}", *COLUMNS, "--epochs", "2", "--embedding-dim", "8", "--name", "shop")
+    assert result.exit_code == 0, result.output
+    assert "Two stages: validation NDCG@10" in result.output
+    return dlrm
+
+
+def _top_of_evaluation(dlrm: Dlrm, users: list[str]) -> list[list[str]]:
+    """The top items of each user in the order ``evaluate --k`` ranks the test split by."""
+    from dlrm_cli.data.sources import load_dataset
+    from dlrm_cli.scoring.evaluation import split_stages
+    from dlrm_cli.store.loading import open_model
+
+    loaded = open_model(dlrm.store, "shop")
+    stages = split_stages(loaded, load_dataset(loaded.checkpoint.run.data), "test", None)
+    rows, unknown = loaded.catalog.users.lookup(users)
+    assert not unknown
+    order = torch.argsort(stages.full_scores(rows), dim=1, descending=True, stable=True)[:, :TOP]
+    keys = loaded.catalog.items.keys
+    return [[str(keys[int(row)]) for row in ranked] for ranked in order]
+
+
+@pytest.mark.slow
+def test_every_path_recommends_the_same_top_items(shop, tmp_path):
+    from dlrm_cli import load
+
+    expected = _top_of_evaluation(shop, USERS)
+    model = load("shop", store=shop.store)
+    store = tmp_path / "store"
+    shutil.copytree(shop.store, store)
+    server = Server(store, "--checkpoint", "shop").wait_ready()
+    try:
+        for user, wanted in zip(USERS, expected, strict=True):
+            printed = json.loads(shop("recommend", "--user", user, "--top", str(TOP), "--json").stdout)
+            assert [e["item"] for e in printed["items"]] == wanted
+            assert [e.item for e in model.recommend(user, top=TOP).ranking.items] == wanted
+            response = server.post("/recommend", {"user": user, "top": TOP})
+            assert response.status_code == 200, response.text
+            served = response.json()["items"]
+            assert [e["item"] for e in served] == wanted
+            assert [e["score"] for e in served] == pytest.approx([e["score"] for e in printed["items"]], abs=1e-5)
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.fixture
+def shop_copy(shop: Dlrm, tmp_path: Path) -> Dlrm:
+    shutil.copytree(shop.store, tmp_path / "store")
+    return Dlrm(tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["recommend", "--user", "c3", "--retrieve", "0"], 2, "--retrieve"),
+        (["evaluate", "--k", "10", "--retrieve", "-3"], 2, "--retrieve"),
+        (["recommend", "--user", "c3", "--retrieve", "5", "--include-seen"], 2, "does not go with --include-seen"),
+        (["train", "--retrieve", "0"], 2, "--retrieve"),
+        (["train", "--retrieval", "two-tower"], 2, "--retrieval"),
+    ],
+)
+def test_bad_counts_of_candidates_get_one_line(shop_copy, args, code, message):
+    before = snapshot(shop_copy.store)
+    assert_error(shop_copy(*args), code, message)
+    assert snapshot(shop_copy.store) == before
+
+
+def test_retrieve_on_a_one_stage_checkpoint_is_refused(trained):
+    assert_error(trained("recommend", "--user", "42", "--retrieve", "20"), 2, "--retrieve needs a two-stage checkpoint")
+    assert_error(trained("evaluate", "--k", "5", "--retrieve", "20"), 2, "--retrieve needs a two-stage checkpoint")
+
+
+def test_more_items_than_candidates_widens_the_retrieval(shop_copy):
+    printed = json.loads(shop_copy("recommend", "--user", "c3", "--top", "12", "--retrieve", "4", "--json").stdout)
+    assert len(printed["items"]) == 12
+
+
+@pytest.mark.parametrize("stage", ["ranker.pt", "retrieval.pt"])
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_a_missing_or_damaged_stage_gets_one_line_and_changes_nothing(shop_copy, stage, damage):
+    path = shop_copy.store / "shop" / stage
+    assert path.exists()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(b"not a tensor file" * 10)
+    before = snapshot(shop_copy.store)
+    for args in (
+        ["recommend", "--user", "c3"],
+        ["evaluate", "--k", "5"],
+        ["predict", "--user", "c3", "--items", "sku-1"],
+    ):
+        result = shop_copy(*args, "--checkpoint", "shop")
+        assert_error(result, 1, "shop")
+        assert "corrupt" in result.stderr or "missing" in result.stderr, result.stderr
+    assert snapshot(shop_copy.store) == before
+
+
+def test_a_stage_record_without_its_parts_gets_one_line(shop_copy):
+    meta_path = shop_copy.store / "shop" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["stages"]["ranker"]
+    meta_path.write_text(json.dumps(meta))
+    result = shop_copy("recommend", "--user", "c3", "--checkpoint", "shop")
+    assert_error(result, 1, "shop")
