@@ -16,6 +16,7 @@ from test_serve import Server
 COLUMNS = ["--user-col", "customer", "--item-col", "sku", "--rating-col", "stars", "--sparse-cols", "brand"]
 USERS = ["c3", "c17", "c42"]
 TOP = 5
+TRAINED = ["--retrieve", "20"]  # candidates the ranker learns to order, of the 40 items
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,9 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Dlrm:
     folder = tmp_path_factory.mktemp("two_stage")
     data = write_generic_csv(folder / "shop.csv")
     dlrm = Dlrm(folder / "store")
-    result = dlrm("train", "--data", f"csv:{data}", *COLUMNS, "--epochs", "2", "--embedding-dim", "8", "--name", "shop")
+    result = dlrm(
+        "train", "--data", f"csv:{data}", *COLUMNS, "--epochs", "2", "--embedding-dim", "8", *TRAINED, "--name", "shop"
+    )
     assert result.exit_code == 0, result.output
     assert "Two stages: validation NDCG@10" in result.output
     return dlrm
@@ -63,6 +66,9 @@ def test_every_path_recommends_the_same_top_items(shop, tmp_path):
             served = response.json()["items"]
             assert [e["item"] for e in served] == wanted
             assert [e["score"] for e in served] == pytest.approx([e["score"] for e in printed["items"]], abs=1e-5)
+        too_many = server.post("/recommend", {"user": USERS[0], "top": 25})
+        assert too_many.status_code == 422 and "more than the 20 candidates" in too_many.json()["error"]
+        assert server.post("/recommend", {"user": USERS[0], "top": 3}).status_code == 200  # still serving
     finally:
         assert server.stop() == 0
 
@@ -94,9 +100,17 @@ def test_retrieve_on_a_one_stage_checkpoint_is_refused(trained):
     assert_error(trained("evaluate", "--k", "5", "--retrieve", "20"), 2, "--retrieve needs a two-stage checkpoint")
 
 
-def test_more_items_than_candidates_widens_the_retrieval(shop_copy):
+def test_more_items_than_candidates_widens_the_retrieval_up_to_what_the_ranker_learned(shop_copy):
     printed = json.loads(shop_copy("recommend", "--user", "c3", "--top", "12", "--retrieve", "4", "--json").stdout)
     assert len(printed["items"]) == 12
+    assert_error(shop_copy("recommend", "--user", "c3", "--top", "25"), 2, "top 25 is more than the 20 candidates")
+    assert_error(shop_copy("recommend", "--user", "c3", "--retrieve", "30"), 2, "--retrieve 30 is more than the 20")
+    assert_error(
+        shop_copy("recommend", "--all-users", "--top", "25", "--output", shop_copy.store / "r.csv"), 2, "top 25"
+    )
+    assert_error(shop_copy("evaluate", "--k", "10", "--retrieve", "30"), 2, "--retrieve 30 is more than the 20")
+    whole = json.loads(shop_copy("recommend", "--user", "c3", "--top", "25", "--include-seen", "--json").stdout)
+    assert len(whole["items"]) == 25  # the main model ranks every item
 
 
 @pytest.mark.parametrize("stage", ["ranker.pt", "retrieval.pt"])
@@ -127,3 +141,12 @@ def test_a_stage_record_without_its_parts_gets_one_line(shop_copy):
     meta_path.write_text(json.dumps(meta))
     result = shop_copy("recommend", "--user", "c3", "--checkpoint", "shop")
     assert_error(result, 1, "shop")
+
+
+def test_export_of_a_two_stage_checkpoint_says_what_the_artifact_holds(shop_copy, tmp_path):
+    output = tmp_path / "shop.pt2"
+    result = shop_copy("export", "--checkpoint", "shop", "--output", output)
+    assert result.exit_code == 0, result.output
+    assert "Not in the artifact: the retrieval stage and the ranker" in result.stdout
+    note = json.loads(output.with_name("shop.pt2.json").read_text())["two_stages"]
+    assert "EASE proposes 20 candidates" in note and "holds the main model alone" in note

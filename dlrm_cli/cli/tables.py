@@ -97,10 +97,10 @@ def show_ranking_evaluation(ranking: Any, implicit: bool) -> None:
             f"Candidates: all {ranking.candidates:,} items seen in training, minus each user's own (full ranking)"
         )
     if ranking.retrieval is not None:
+        generator, count = ranking.retrieval["generator"], ranking.retrieval["candidates"]
         out.print(
-            f"Two stages: the retrieval stage proposes {ranking.retrieval['candidates']} items per user, the "
-            f"ranker orders them; Recall@{ranking.retrieval['candidates']} of the retrieval alone (the ranker's "
-            f"ceiling): {ranking.retrieval['recall']:.3f}"
+            f"Two stages: {generator} proposes {count} items per user, DLRM orders them; Recall@{count} of "
+            f"{generator} alone, the ranker's ceiling: {ranking.retrieval['recall']:.3f}"
         )
     for k in ranking.ks:
         table = Table(title=f"Top {k}")

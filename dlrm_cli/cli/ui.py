@@ -212,12 +212,10 @@ def show_training_summary(result: Any) -> None:
             f"(--patience {result.stopped_early})"
         )
     if result.stages:
-        alone, both = result.stages["generator_ndcg"], result.stages["ndcg"]
+        alone, both, blend = result.stages["generator_ndcg"], result.stages["ndcg"], result.stages["blend"]
         change = f" ({both / alone - 1:+.1%})" if alone > 0 else ""
-        console.print(
-            f"Two stages: validation NDCG@10 {both:.4f}, against {alone:.4f} for the candidate generator alone{change}"
-            f"; the generator's weight in the final order {result.stages['blend']:g}"
-        )
+        order = f"; order = {1 - blend:g} x ranker + {blend:g} x retrieval z-score" if blend else ""
+        console.print(f"Two stages: validation NDCG@10 {both:.4f}, retrieval alone {alone:.4f}{change}{order}")
     console.print(f"Saved checkpoint {result.name}")
 
 

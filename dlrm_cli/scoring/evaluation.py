@@ -216,7 +216,7 @@ class RankingEvaluation:
         return asdict(self)
 
 
-TWO_STAGES, MAIN_MODEL, GENERATOR = "DLRM, two stages", "DLRM alone", "retrieval alone"
+TWO_STAGES, MAIN_MODEL, GENERATOR = "two stages", "DLRM alone", "retrieval"
 
 
 def rank_evaluation(
@@ -248,11 +248,12 @@ def rank_evaluation(
         stages = split_stages(loaded, dataset, split, retrieve)
         fits = {
             TWO_STAGES: lambda: stages.full_scores,
-            f"{GENERATOR} ({_generator_name(stages)})": lambda: stages.generator_scores,
+            GENERATOR: lambda: stages.generator_scores,
             MAIN_MODEL: fits["DLRM"],
         }
         recall = rank_metrics(task, stages.generator_scores, (stages.candidates,))[f"@{stages.candidates}"]
-        retrieval = {"candidates": stages.candidates, "recall": recall["recall"]}  # type: ignore[index]
+        retrieval = {"generator": _generator_name(stages), "candidates": stages.candidates}
+        retrieval["recall"] = recall["recall"]  # type: ignore[index]
     if baselines:
         fits.update({name: functools.partial(make, task) for name, make in BASELINES.items()})
     models, seconds = {}, {}

@@ -148,7 +148,7 @@ def recommend_query(
     """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
     the user rated in the training rows (``seen``: those items, built here when not given). A two-stage
     checkpoint retrieves ``candidates`` items (default: its own count) and its ranker orders them."""
-    check_retrieve(loaded, candidates, exclude_seen)
+    check_retrieve(loaded, candidates, exclude_seen, top)
     user_row = _user_row(loaded, user)
     if loaded.stages is not None and exclude_seen:
         return _two_stage_query(loaded, user, user_row, top, candidates)
@@ -167,18 +167,35 @@ def recommend_query(
     return Query(user, user_row, candidates_rows, limit=top, scored=scored, exclude_seen=exclude_seen)
 
 
-def check_retrieve(loaded: LoadedModel, candidates: int | None, exclude_seen: bool = True) -> None:
-    """Refuse a count of candidates that nothing would use."""
-    if candidates is None:
+def check_retrieve(
+    loaded: LoadedModel, candidates: int | None, exclude_seen: bool = True, top: int | None = None
+) -> None:
+    """Refuse a count of candidates that nothing would use, or more than a two-stage checkpoint's ranker
+    was trained to order (``top`` items need at least as many candidates)."""
+    stages = loaded.stages
+    if candidates is not None:
+        if candidates < 1:
+            raise DlrmUsageError(f"--retrieve must be at least 1, got {candidates}")
+        if stages is None:
+            raise DlrmUsageError(
+                f"--retrieve needs a two-stage checkpoint; {loaded.checkpoint.name} ranks every item with one model"
+            )
+        if not exclude_seen:
+            raise DlrmUsageError("--retrieve does not go with --include-seen (the main model ranks every item)")
+    if stages is None or not exclude_seen:
         return
-    if candidates < 1:
-        raise DlrmUsageError(f"--retrieve must be at least 1, got {candidates}")
-    if loaded.stages is None:
+    trained = stages.candidates
+    if candidates is not None and candidates > trained:
         raise DlrmUsageError(
-            f"--retrieve needs a two-stage checkpoint; {loaded.checkpoint.name} ranks every item with one model"
+            f"--retrieve {candidates:,} is more than the {trained:,} candidates checkpoint {loaded.checkpoint.name}'s "
+            f"ranker was trained to order (train with --retrieve {candidates:,})"
         )
-    if not exclude_seen:
-        raise DlrmUsageError("--retrieve does not go with --include-seen, which ranks every item with the main model")
+    wanted = min(top or 0, int(stages.allowed.sum()))
+    if wanted > trained:
+        raise DlrmUsageError(
+            f"top {wanted:,} is more than the {trained:,} candidates checkpoint {loaded.checkpoint.name} ranks in two "
+            f"stages (ask for at most {trained:,}, train with --retrieve {wanted:,}, or pass --include-seen)"
+        )
 
 
 def _two_stage_query(loaded: LoadedModel, user: str, user_row: torch.Tensor, top: int, candidates: int | None) -> Query:
@@ -377,7 +394,7 @@ def recommend_many(
     """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
     in chunks of users scored together; ``progress(done, total)`` hears the way. A two-stage checkpoint
     retrieves ``candidates`` items a user (default: its own count) and its ranker orders them."""
-    check_retrieve(loaded, candidates, exclude_seen)
+    check_retrieve(loaded, candidates, exclude_seen, top)
     started = time.perf_counter()
     table = loaded.catalog.users
     if users is None:  # every user of the training data (side files may list users who rated nothing)

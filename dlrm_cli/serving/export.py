@@ -187,6 +187,20 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
     }
 
 
+def two_stage_note(loaded: LoadedModel) -> str:
+    """What an artifact of a two-stage checkpoint leaves out, and where the two stages are served."""
+    stages = loaded.stages
+    assert stages is not None
+    generator = {"ease": "EASE", "svd": "PureSVD"}[stages.generator.kind]
+    return (
+        f"checkpoint {loaded.checkpoint.name} recommends in two stages: {generator} proposes {stages.candidates} "
+        "candidates per user from the items the user knows, and a DLRM ranker orders them by pair features. "
+        "This artifact holds the main model alone, not the retrieval stage or the ranker: it scores any "
+        "(user, item) pair you give it, and ranks items only as the main model does. Recommend with both "
+        "stages through dlrm serve (/recommend), dlrm recommend or the Python API."
+    )
+
+
 def _feature_ids(catalog: Catalog, feature: str) -> str:
     """What an artifact's ``ids`` hold for one sparse feature: embedding rows, or for a pooled bag the row of
     the entity that owns it."""
@@ -259,9 +273,12 @@ class ExportResult:
     parity_samples: int
     max_abs_difference: float
     quantization: Quantization | None = None
+    two_stages: str | None = None  # a two-stage checkpoint: what the artifact leaves out
 
     def to_dict(self) -> dict[str, Any]:
         report = asdict(self)
+        if self.two_stages is None:
+            del report["two_stages"]
         if self.quantization is None:
             del report["quantization"]
         else:
@@ -294,6 +311,8 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
     sidecar = sidecar_path(output)
     tmp, sidecar_tmp = temporary_beside(output), temporary_beside(sidecar)
     description = describe(loaded.model, catalog, spec, loaded.checkpoint.name)
+    if loaded.stages is not None:
+        description["two_stages"] = two_stage_note(loaded)
     try:
         tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
         artifact = export_model(loaded.model, catalog, spec, tmp, inputs, description)
@@ -335,6 +354,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
         parity_samples=len(users),
         max_abs_difference=difference,
         quantization=_quantization(loaded, data, artifact, size, spec) if spec.quantize else None,
+        two_stages=description.get("two_stages"),
     )
 
 

@@ -86,6 +86,8 @@ def export_command(
             f"({_size_change(q.bytes, q.float_bytes)}); {change}"
         )
     console.print(f"Inputs described in {result.description}")
+    if result.two_stages:
+        console.print("Not in the artifact: the retrieval stage and the ranker (see two_stages in the description)")
 
 
 def _size_change(size: int, reference: int) -> str:
