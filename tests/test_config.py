@@ -89,7 +89,8 @@ def test_format_1_metadata_becomes_one_run_record():
     assert {"train", "options", "data"}.isdisjoint(new) and "train" in old
     assert new["run"]["data"] == old["data"]
     checkpoint_every = old["options"]["checkpoint_every"]
-    assert new["run"]["train"] == {**old["train"], "checkpoint_every": checkpoint_every, "bags": False, "biases": False}
+    upgraded = {"checkpoint_every": checkpoint_every, "bags": False, "biases": False, "retrieval": "none"}
+    assert new["run"]["train"] == {**old["train"], **upgraded}  # a checkpoint before format 5 has one stage
     config = RunConfig.from_dict(new["run"])
     assert config.data.columns == CsvColumns(
         user="customer", item="sku", rating="stars", dense=("price",), sparse=("brand",)

@@ -19,7 +19,9 @@ from dlrm_cli.training.run import NegativeSampler, Objective
 
 GROUPS, USERS, ITEMS_PER_GROUP, RATED = 2, 60, 20, 12
 # Small enough to train in seconds; each rated pair meets several negatives.
+# The main model alone (its heads are what these tests are about): two stages are tests/test_two_stage_paths.py's.
 TRAIN = ["--epochs", "6", "--embedding-dim", "8", "--batch-size", "64", "--lr", "3e-3", "--patience", "6"]
+TRAIN += ["--retrieval", "none"]
 
 
 @pytest.fixture(scope="module")

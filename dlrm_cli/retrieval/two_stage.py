@@ -85,7 +85,8 @@ class TwoStage:
         scores = masked_scores(self.generator, known, self.allowed)
         count = candidates or self.candidates
         items, values, features = top_candidates(scores, count, self.item_counts, self.user_counts[users])
-        logits = self.rank(users, items, features)
+        empty = values == -math.inf  # past the user's last recommendable item: any row the ranker can read
+        logits = self.rank(users, items.masked_fill(empty, 0), features)
         return Ranked(scores if keep_scores else None, items, values, logits, features[..., Z_SCORE])
 
     def order(self, ranked: Ranked, blend: float | None = None) -> torch.Tensor:

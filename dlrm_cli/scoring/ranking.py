@@ -177,12 +177,13 @@ def rank_metrics(
         first = rankable.double().argmax(dim=1)
         sums.mrr += float(torch.where(rankable.any(dim=1), 1.0 / (first + 1).double(), 0.0).sum())
         for k in sums.ks:
-            top = rankable[:, :k].double()
+            top = rankable[:, :k].double()  # fewer than k columns where the catalogue is smaller
+            width = top.shape[1]
             found = top.sum(dim=1)
             ideal = torch.clamp(n_relevant, max=k)
-            dcg = (top * discounts[:k]).sum(dim=1)
+            dcg = (top * discounts[:width]).sum(dim=1)
             idcg = torch.cumsum(discounts[:k], 0)[ideal - 1]
-            precision_at = torch.cumsum(top, dim=1) / torch.arange(1, k + 1, dtype=torch.float64)
+            precision_at = torch.cumsum(top, dim=1) / torch.arange(1, width + 1, dtype=torch.float64)
             metrics = sums.per_k[k]
             metrics["ndcg"] += float((dcg / idcg).sum())
             metrics["recall"] += float((found / ideal).sum())

@@ -27,7 +27,15 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from dlrm_cli.config import RELEVANT_RATING, ModelConfig, RunConfig, TableConfig, TrainConfig, relevant_rating
+from dlrm_cli.config import (
+    RELEVANT_RATING,
+    ModelConfig,
+    RunConfig,
+    SyntheticSpec,
+    TableConfig,
+    TrainConfig,
+    relevant_rating,
+)
 from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
@@ -495,7 +503,9 @@ class TrainingRun:
         """Fit the candidate generator and train the ranker over its candidates (``dlrm_cli.training.stages``),
         then save them into the run's checkpoint beside the main model; on rank 0, for a run that asks for
         two stages and saved its main model."""
-        if result is None or self.settings.retrieval == "none" or self.saved is None:
+        kind = self.settings.retrieval
+        synthetic = isinstance(self.request.config.data, SyntheticSpec)  # who rates what is random there
+        if result is None or kind == "none" or (kind == "auto" and synthetic) or self.saved is None:
             return result
         task = self.ranking_task or validation_ranking_task(self.dataset)
         if len(task.users) == 0:  # nothing to judge a ranker on: the main model alone recommends
@@ -504,6 +514,9 @@ class TrainingRun:
         with StopOnSignal() as signals:
             check = functools.partial(self._stage_signal, signals)
             stages = train_stages(self.dataset, self.settings, task, self.observer, model_config_for, check)
+            if stages is None:
+                self.observer.stage_started("Ranking stage left out: no user has items both to pick and to pass over")
+                return result
             with signals.deferred():
                 self._save(self.saved, complete=True, stages=stages)
         return replace(result, stages=stages.metrics, seconds=self._seconds())

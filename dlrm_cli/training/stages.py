@@ -89,10 +89,10 @@ def train_stages(
     observer: Any,
     model_config_for: Callable[[Dataset, TrainConfig], ModelConfig],
     check_stop: Callable[[], None] = lambda: None,
-) -> Stages:
+) -> Stages | None:
     """Fit the generator and train the ranker on ``dataset`` (its catalog as the main model reads it), judged on
     the validation ``task``; ``observer`` hears each epoch as the main run's do; ``check_stop`` may raise
-    between batches (a signal)."""
+    between batches (a signal). None when the data leaves the ranker nothing to learn."""
     started = time.perf_counter()
     ranker_settings = replace(settings, **RANKER)
     catalog = dataset.catalog if ranker_settings.bags else dataset.catalog.without_bags()
@@ -107,6 +107,8 @@ def train_stages(
     for epoch in range(1, RANKER_EPOCHS + 1):
         pairs = _pairs(dataset, judge, replace(PAIRS, candidates=settings.retrieve, seed=settings.seed + epoch))
         if epoch == 1:
+            if len(pairs) == 0 or pairs.labels.min() == pairs.labels.max():
+                return None  # no user has both an item to like and one to pass over: nothing to rank
             judge.scale = FeatureScale.of(pairs.features)
         record = _epoch(model, optimizers, pairs, judge, ranker_settings, epoch, observer, check_stop)
         record["val_ndcg"] = _ndcg(task, judge.full_scores)
@@ -208,4 +210,5 @@ def _epoch(
     lr = optimizers.lr
     optimizers.epoch_done()
     seconds = time.perf_counter() - started
-    return {"epoch": epoch, "train_loss": total / len(pairs), "lr": lr, "samples_per_s": len(pairs) / seconds}
+    rate = len(pairs) / max(seconds, 1e-9)
+    return {"epoch": epoch, "train_loss": total / max(len(pairs), 1), "lr": lr, "samples_per_s": rate}
