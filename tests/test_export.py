@@ -1,4 +1,4 @@
-"""Exported artifacts that take raw ids: the README's loader, verbatim, against `dlrm predict`."""
+"""Exported artifacts that take raw ids: the documented loader (docs/serving.md), verbatim, against `dlrm predict`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY, Dlrm, assert_error
 from fixtures import write_generic_csv, write_ml1m
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SERVING = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 FAST = ["--epochs", "1", "--embedding-dim", "8", "--batch-size", "256"]
 CSV = [
     "--user-col", "customer", "--item-col", "sku", "--rating-col", "stars",
@@ -32,9 +32,9 @@ exec(compile(open(SCRIPT).read(), SCRIPT, "exec"), {"__name__": "__main__"})
 """
 
 
-def readme_loader() -> str:
-    """The README's serving snippet, exactly as written there."""
-    text = README.read_text().split("### `dlrm export`", 1)[1]
+def documented_loader() -> str:
+    """The documented loader that needs PyTorch alone, exactly as written there."""
+    text = SERVING.read_text().split("## A loader that needs PyTorch alone", 1)[1]
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
@@ -72,12 +72,12 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Dlrm:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["synthetic", "movielens"])
-def test_the_readme_loader_runs_verbatim_and_agrees_with_predict(which, trained, movielens, tmp_path):
+def test_the_documented_loader_runs_verbatim_and_agrees_with_predict(which, trained, movielens, tmp_path):
     dlrm = trained if which == "synthetic" else movielens
     result = dlrm("export", "--output", tmp_path / "model.pt2")
     assert result.exit_code == 0, result.output
     assert "as pt2 taking ids" in result.stdout  # the defaults: torch.export, raw ids
-    ratings, known = ast.literal_eval(run_without_dlrm(readme_loader(), tmp_path))
+    ratings, known = ast.literal_eval(run_without_dlrm(documented_loader(), tmp_path))
     expected = predicted(dlrm, "42", ["101", "102"])
     assert ratings == pytest.approx([expected["101"], expected["102"]], abs=1e-4)  # the snippet rounds to 4
     # the synthetic data has items 0..149; the small MovieLens folder has 40 items, so 101 and 102 are unknown
@@ -91,7 +91,7 @@ def test_string_ids_and_unknown_ids_through_the_loader(shop, tmp_path, fmt):
     assert shop("export", "--format", fmt, "--output", output).exit_code == 0
     description = json.loads(Path(f"{output}.json").read_text())
     assert "c3" in description["users"]["vocabulary"] and "sku-1" in description["items"]["vocabulary"]
-    loader = readme_loader().split("\n\nmodel = ")[0]  # the class, used on this artifact
+    loader = documented_loader().split("\n\nmodel = ")[0]  # the class, used on this artifact
     items = ["sku-1", "sku-2", "sku-new"]
     script = f"{loader}\n\nprint(Ratings({str(output)!r}).predict('c3', {items!r}))\n"
     ratings, known = ast.literal_eval(run_without_dlrm(script, tmp_path))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dlrm_cli.retrieval.features import pair_features, standing, top_candidates
-from dlrm_cli.retrieval.generators import Ease, PureSvd, fit_generator, masked_scores
+from dlrm_cli.retrieval.generators import Ease, PureSvd, check_generator, fit_generator, masked_scores
 from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.training_pairs import PairSettings, folds_of, out_of_fold_pairs
 from dlrm_cli.scoring.ranking import build_task, ease
@@ -114,3 +114,22 @@ def test_no_training_row_feeds_its_own_pair_feature():
     assert not any(
         pair in known for pair in zip(pairs.users[negatives].tolist(), pairs.items[negatives].tolist(), strict=True)
     )
+
+
+def test_a_user_who_knows_nothing_gets_the_most_popular_items():
+    history = History.of_pairs(*_clicks(), 40, 30)
+    counts, allowed = history.item_counts(), history.item_counts() > 0
+    nobody = torch.zeros(1, 30)
+    for kind in ("ease", "svd"):
+        generator = fit_generator(history, kind)
+        assert bool((generator.scores(nobody) == 0).all())  # the generator alone has nothing to go on
+        scores = masked_scores(generator, nobody, allowed, counts)[0]
+        best = torch.topk(scores, 5).indices
+        assert counts[best].tolist() == sorted(counts[allowed].tolist(), reverse=True)[:5]
+
+
+def test_ease_is_refused_where_its_matrix_cannot_fit():
+    check_generator("ease", 20_000)
+    check_generator("svd", 60_000)
+    with pytest.raises(ValueError, match=r"60,000 items would take 13\.4 GiB"):
+        check_generator("ease", 60_000)

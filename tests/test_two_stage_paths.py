@@ -32,17 +32,17 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Dlrm:
     return dlrm
 
 
-def _top_of_evaluation(dlrm: Dlrm, users: list[str]) -> list[list[str]]:
-    """The top items of each user in the order ``evaluate --k`` ranks the test split by."""
+def _top_of_evaluation(dlrm: Dlrm, users: list[str], top: int = TOP, retrieve: int | None = None) -> list[list[str]]:
+    """The top items of each user in the order ``evaluate --k TOP [--retrieve N]`` ranks the test split by."""
     from dlrm_cli.data.sources import load_dataset
     from dlrm_cli.scoring.evaluation import split_stages
     from dlrm_cli.store.loading import open_model
 
     loaded = open_model(dlrm.store, "shop")
-    stages = split_stages(loaded, load_dataset(loaded.checkpoint.run.data), "test", None)
+    stages = split_stages(loaded, load_dataset(loaded.checkpoint.run.data), "test", retrieve, top)
     rows, unknown = loaded.catalog.users.lookup(users)
     assert not unknown
-    order = torch.argsort(stages.full_scores(rows), dim=1, descending=True, stable=True)[:, :TOP]
+    order = torch.argsort(stages.full_scores(rows), dim=1, descending=True, stable=True)[:, :top]
     keys = loaded.catalog.items.keys
     return [[str(keys[int(row)]) for row in ranked] for ranked in order]
 
@@ -87,6 +87,7 @@ def shop_copy(shop: Dlrm, tmp_path: Path) -> Dlrm:
         (["recommend", "--user", "c3", "--retrieve", "5", "--include-seen"], 2, "does not go with --include-seen"),
         (["train", "--retrieve", "0"], 2, "--retrieve"),
         (["train", "--retrieval", "two-tower"], 2, "--retrieval"),
+        (["evaluate", "--retrieve", "5"], 2, "--retrieve goes with --k"),
     ],
 )
 def test_bad_counts_of_candidates_get_one_line(shop_copy, args, code, message):
@@ -102,7 +103,7 @@ def test_retrieve_on_a_one_stage_checkpoint_is_refused(trained):
 
 def test_more_items_than_candidates_widens_the_retrieval_up_to_what_the_ranker_learned(shop_copy):
     printed = json.loads(shop_copy("recommend", "--user", "c3", "--top", "12", "--retrieve", "4", "--json").stdout)
-    assert len(printed["items"]) == 12
+    assert [e["item"] for e in printed["items"]] == _top_of_evaluation(shop_copy, ["c3"], 12, 4)[0]  # evaluate too
     assert_error(shop_copy("recommend", "--user", "c3", "--top", "25"), 2, "top 25 is more than the 20 candidates")
     assert_error(shop_copy("recommend", "--user", "c3", "--retrieve", "30"), 2, "--retrieve 30 is more than the 20")
     assert_error(
@@ -150,3 +151,14 @@ def test_export_of_a_two_stage_checkpoint_says_what_the_artifact_holds(shop_copy
     assert "Not in the artifact: the retrieval stage and the ranker" in result.stdout
     note = json.loads(output.with_name("shop.pt2.json").read_text())["two_stages"]
     assert "EASE proposes 20 candidates" in note and "holds the main model alone" in note
+
+
+def test_every_user_gets_what_there_is_when_fewer_items_are_left_than_asked_for(shop_copy, tmp_path):
+    output = tmp_path / "all.csv"
+    result = shop_copy("recommend", "--all-users", "--top", "20", "--output", output)
+    assert result.exit_code == 0, result.output
+    rows = output.read_text().splitlines()[1:]
+    per_user: dict[str, int] = {}
+    for row in rows:
+        per_user[row.split(",")[0]] = per_user.get(row.split(",")[0], 0) + 1
+    assert max(per_user.values()) == 20 and min(per_user.values()) < 20  # some users know all but a few

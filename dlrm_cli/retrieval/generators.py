@@ -90,6 +90,16 @@ def fit_generator(history: History, kind: str = "auto") -> Generator:
     return Ease.fit(history) if kind == "ease" else PureSvd.fit(history)
 
 
+def check_generator(kind: str, items: int) -> None:
+    """Refuse EASE on a catalogue whose items x items matrix would not fit (ValueError, for the run to word)."""
+    if kind == "ease" and items > EASE_MAX_ITEMS:
+        size = items**2 * 4 / 2**30
+        raise ValueError(
+            f"--retrieval ease keeps an items x items matrix: {items:,} items would take {size:.1f} GiB, and three "
+            f"times that to fit; use --retrieval auto or svd (PureSVD) above {EASE_MAX_ITEMS:,} items"
+        )
+
+
 def generator_from_state(state: dict[str, Any]) -> Generator:
     if state["kind"] == "ease":
         return Ease(state["weights"], float(state["regularisation"]))
@@ -98,8 +108,14 @@ def generator_from_state(state: dict[str, Any]) -> Generator:
     raise ValueError(f"unknown candidate generator {state['kind']!r}")
 
 
-def masked_scores(generator: Generator, known: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+def masked_scores(
+    generator: Generator, known: torch.Tensor, allowed: torch.Tensor, popularity: torch.Tensor | None = None
+) -> torch.Tensor:
     """B x I scores with -inf on the items a user knows and on the items that cannot be recommended
-    (``allowed``: I, bool)."""
+    (``allowed``: I, bool). A user who knows no item scores nothing with either generator (all zeros): with
+    ``popularity`` (I: each item's known users) such a user's scores are the items' shares of the largest."""
     scores = generator.scores(known)
+    if popularity is not None:
+        empty = (known.sum(dim=1) == 0)[:, None]
+        scores = torch.where(empty, (popularity.float() / popularity.max().clamp(min=1))[None, :], scores)
     return scores.masked_fill((known > 0) | ~allowed[None, :], -math.inf)

@@ -96,7 +96,7 @@ def _pairs_of(
 ) -> TrainingPairs:
     """One chunk of users' positives, hard negatives and uniform negatives, with their pair features."""
     known = others.matrix(chunk)
-    scores = masked_scores(model, known, allowed)  # type: ignore[arg-type]
+    scores = masked_scores(model, known, allowed, others.item_counts())  # type: ignore[arg-type]
     wanted = positive.matrix(chunk) > 0
     order = torch.argsort(scores, dim=1, descending=True, stable=True)
     ranks = torch.empty_like(order)

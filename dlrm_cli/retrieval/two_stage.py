@@ -58,7 +58,7 @@ class TwoStage:
         """The first stage for B user rows: items B x C (best first), the generator's scores B x C (-inf in
         slots past a user's last recommendable item), and the raw pair features B x C x P."""
         known = self.history.matrix(users)
-        scores = masked_scores(self.generator, known, self.allowed)
+        scores = masked_scores(self.generator, known, self.allowed, self.item_counts)
         return top_candidates(scores, candidates or self.candidates, self.item_counts, self.user_counts[users])
 
     def rank(self, users: torch.Tensor, items: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,7 @@ class TwoStage:
     def ranked(self, users: torch.Tensor, candidates: int | None = None, keep_scores: bool = True) -> Ranked:
         """Both stages for B user rows (``keep_scores``: keep the generator's scores of every item)."""
         known = self.history.matrix(users)
-        scores = masked_scores(self.generator, known, self.allowed)
+        scores = masked_scores(self.generator, known, self.allowed, self.item_counts)
         count = candidates or self.candidates
         items, values, features = top_candidates(scores, count, self.item_counts, self.user_counts[users])
         empty = values == -math.inf  # past the user's last recommendable item: any row the ranker can read
@@ -103,7 +103,7 @@ class TwoStage:
         in slots past a user's last recommendable item). The generator proposes at least ``top`` candidates."""
         ranked = self.ranked(users, max(candidates or self.candidates, top), keep_scores=False)
         best, order = torch.topk(self.order(ranked), min(top, ranked.items.shape[1]), dim=1)
-        return ranked.items.gather(1, order), best
+        return ranked.items.gather(1, order).masked_fill(best == -math.inf, 0), best  # no item: row 0, -inf
 
     def full_scores(self, users: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
         """B x I float64 scores that order every item as the two stages do (for
@@ -128,7 +128,7 @@ class TwoStage:
 
     def generator_scores(self, users: torch.Tensor) -> torch.Tensor:
         """B x I: the first stage alone, -inf where nothing may be recommended."""
-        return masked_scores(self.generator, self.history.matrix(users), self.allowed)
+        return masked_scores(self.generator, self.history.matrix(users), self.allowed, self.item_counts)
 
     def describe(self) -> dict[str, Any]:
         return {

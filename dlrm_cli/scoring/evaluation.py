@@ -245,7 +245,7 @@ def rank_evaluation(
     fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
     retrieval = None
     if loaded.stages is not None:
-        stages = split_stages(loaded, dataset, split, retrieve)
+        stages = split_stages(loaded, dataset, split, retrieve, max(ks))
         fits = {
             TWO_STAGES: lambda: stages.full_scores,
             GENERATOR: lambda: stages.generator_scores,
@@ -282,13 +282,14 @@ def rank_evaluation(
     )
 
 
-def split_stages(loaded: LoadedModel, dataset: Any, split: str, retrieve: int | None) -> TwoStage:
+def split_stages(loaded: LoadedModel, dataset: Any, split: str, retrieve: int | None, top: int = 0) -> TwoStage:
     """The checkpoint's two stages as they rank ``split``: the test rows with the generator it saved (fitted
     on the training and validation rows, which the test task knows); the validation rows with the generator
-    refitted on the training rows alone, so that it never saw what it is judged on."""
+    refitted on the training rows alone, so that it never saw what it is judged on. Like ``recommend``, the
+    ranker orders at least ``top`` candidates, up to as many as it was trained on."""
     stages = loaded.stages
     assert stages is not None
-    count = retrieve or stages.candidates
+    count = max(retrieve or stages.candidates, min(top, stages.candidates))
     if split == "test":
         return replace(stages, candidates=count)
     train = dataset.train
@@ -329,6 +330,9 @@ def evaluate_checkpoint(
     """``evaluate`` on ``split`` (or on every rating of ``data``, a ``--data`` value) and, with ``cutoffs``,
     ``rank_evaluation`` of the split: a held-out rating at or above ``relevant`` (default: 4, or the scale's
     top if lower) makes its item relevant; ``progress(name, done, total)`` hears the ranking's way."""
+    if retrieve is not None and cutoffs is None:
+        raise DlrmUsageError("--retrieve goes with --k: it sets how many candidates the two stages rank")
+    check_retrieve(loaded, retrieve)
     result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None)
     ranking = None
     if cutoffs is not None:

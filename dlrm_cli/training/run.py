@@ -41,6 +41,7 @@ from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
 from dlrm_cli.model.dlrm import build_model, resolve_device, table_name, to_rating
 from dlrm_cli.model.optim import Optimizers, build_for_training
+from dlrm_cli.retrieval.generators import check_generator
 from dlrm_cli.runtime.quiet import quiet_library_logs
 from dlrm_cli.runtime.threads import ThreadGovernor, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import EVAL_BATCH, candidate_scorer, error_metrics, evaluate_split
@@ -249,6 +250,7 @@ class TrainingRun:
         self.dataset = training_data(self.dataset, self.settings)
         try:  # recorded resolved: a resumed run, and --print-config of its record, say what it trained
             self.settings = replace(self.settings, objective=self.settings.objective_for(self.dataset.catalog.implicit))
+            check_generator(self.settings.retrieval, len(self.dataset.catalog.items))
         except ValueError as error:
             raise DlrmUsageError(str(error)) from None
         self.negatives = NegativeSampler.for_run(self.dataset, self.settings)

@@ -25,7 +25,7 @@ from dlrm_cli.config import ModelConfig, TrainConfig, relevant_rating
 from dlrm_cli.data.catalog import Dataset
 from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale
-from dlrm_cli.retrieval.generators import EASE_MAX_ITEMS, fit_generator, masked_scores
+from dlrm_cli.retrieval.generators import EASE_MAX_ITEMS, fit_generator
 from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.training_pairs import PairSettings, TrainingPairs, out_of_fold_pairs
 from dlrm_cli.retrieval.two_stage import Ranked, TwoStage
@@ -101,7 +101,7 @@ def train_stages(
     torch.manual_seed(settings.seed)
     model, optimizers = build_for_training(config, ranker_settings, torch.device("cpu"))
     judge = _two_stage(dataset.train.user, dataset.train.item, catalog, model, settings)
-    alone = _ndcg(task, lambda users: masked_scores(judge.generator, judge.history.matrix(users), judge.allowed))
+    alone = _ndcg(task, judge.generator_scores)
     best: tuple[float, int, Any] = (-1.0, 0, None)
     history = []
     for epoch in range(1, RANKER_EPOCHS + 1):
