@@ -8,7 +8,6 @@ Legend: B users, C items per user, I item rows, P = ``len(PAIR_FEATURES)``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +72,7 @@ def top_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best ``count`` items of each of B users (``scores`` B x I, -inf where not recommendable;
     ``user_counts``: B) and their raw features: items B x C, scores B x C, features B x C x P. Slots past a
-    user's last recommendable item hold -inf scores (``unranked``)."""
+    user's last recommendable item hold -inf scores."""
     count = min(count, scores.shape[1])
     values, items = torch.topk(scores, count, dim=1)
     mean, std = standing(scores)
@@ -81,8 +80,3 @@ def top_candidates(
     plain = torch.where(torch.isfinite(values), values, mean[:, None])
     features = pair_features(plain, mean[:, None], std[:, None], ranks, item_counts[items], user_counts[:, None])
     return items, values, features
-
-
-def unranked(values: torch.Tensor) -> torch.Tensor:
-    """B x C, True where a slot holds no candidate (the user had fewer recommendable items)."""
-    return values == -math.inf

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -54,13 +53,6 @@ class TwoStage:
         self.item_counts = self.history.item_counts()
         self.user_counts = self.history.counts()
 
-    def retrieve(self, users: torch.Tensor, candidates: int | None = None) -> tuple[torch.Tensor, ...]:
-        """The first stage for B user rows: items B x C (best first), the generator's scores B x C (-inf in
-        slots past a user's last recommendable item), and the raw pair features B x C x P."""
-        known = self.history.matrix(users)
-        scores = masked_scores(self.generator, known, self.allowed, self.item_counts)
-        return top_candidates(scores, candidates or self.candidates, self.item_counts, self.user_counts[users])
-
     def rank(self, users: torch.Tensor, items: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """The second stage: the ranker's logit of each (user b, ``items[b, c]``) pair, B x C."""
         pairs_users = users[:, None].expand_as(items).reshape(-1)
@@ -81,8 +73,7 @@ class TwoStage:
 
     def ranked(self, users: torch.Tensor, candidates: int | None = None, keep_scores: bool = True) -> Ranked:
         """Both stages for B user rows (``keep_scores``: keep the generator's scores of every item)."""
-        known = self.history.matrix(users)
-        scores = masked_scores(self.generator, known, self.allowed, self.item_counts)
+        scores = self.generator_scores(users)
         count = candidates or self.candidates
         items, values, features = top_candidates(scores, count, self.item_counts, self.user_counts[users])
         empty = values == -math.inf  # past the user's last recommendable item: any row the ranker can read
@@ -129,11 +120,3 @@ class TwoStage:
     def generator_scores(self, users: torch.Tensor) -> torch.Tensor:
         """B x I: the first stage alone, -inf where nothing may be recommended."""
         return masked_scores(self.generator, self.history.matrix(users), self.allowed, self.item_counts)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.kind,
-            "candidates": self.candidates,
-            "blend": self.blend,
-            "known_pairs": len(self.history),
-        }
