@@ -17,19 +17,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dlrm_cli.config import DEFAULT_STORE, STORE_ENV
+from dlrm_cli.data.catalog import EntityTable
+from dlrm_cli.errors import DlrmUsageError
+from dlrm_cli.retrieval.history import History
 from dlrm_cli.scoring.metrics import score
 from dlrm_cli.scoring.recommending import (
     Query,
     Ranking,
     Recommendation,
-    SeenItems,
     answer,
     entity_rows,
     predict_query,
@@ -46,17 +47,25 @@ def load(checkpoint: str = "latest", store: str | Path | None = None, device: st
     """The checkpoint ``checkpoint`` of the store at ``store`` (default: $DLRM_CHECKPOINT_DIR, else
     ./checkpoints), ready to answer on ``device`` (``cpu``, ``cuda`` or ``auto``).
 
+    The model names the checkpoint it loaded (``model.name``; ``repr(model)`` says which alias chose it).
     Raises ``dlrm_cli.errors.DlrmError`` (a one-line message) for a missing or corrupt checkpoint."""
     store = store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE))
-    return Model(open_model(store, checkpoint, device))
+    return Model(open_model(store, checkpoint, device), asked=checkpoint)
 
 
 class Model:
-    """A loaded checkpoint. Ids may be given as ints or strings, as they appear in the data."""
+    """A loaded checkpoint. Ids may be given as ints or strings, as they appear in the data; a number for a
+    model whose ids are strings must name a known id (else it is an error, not a silent cold start)."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, asked: str | None = None) -> None:
         self.loaded = loaded
         self.loaded_at = time.time()
+        self.asked = asked  # the name or alias it was loaded by
+
+    def __repr__(self) -> str:
+        chosen = f" ({self.asked})" if self.asked not in (None, self.name) else ""
+        heads = "+".join(self.loaded.model.config.heads)
+        return f"<dlrm Model {self.name}{chosen}: {heads}, from {self.loaded.checkpoint.path.parent}>"
 
     @property
     def name(self) -> str:
@@ -67,22 +76,19 @@ class Model:
         """The checkpoint's record: its run settings, metrics and history."""
         return self.loaded.meta
 
-    @cached_property
-    def seen(self) -> SeenItems:
-        """The items each user rated in training, read from the training data on first use."""
-        return SeenItems(self.loaded)
+    @property
+    def seen(self) -> History:
+        """The items each user rated in training, kept in the checkpoint (read from it on first use)."""
+        return self.loaded.known.seen
 
     def predict_query(self, user: Id, items: Sequence[Id]) -> Query:
         """``predict``'s question, checked (unknown ids: see ``recommending.predict_query``) but not yet scored."""
-        return predict_query(self.loaded, str(user), [str(item) for item in items])
-
-    def _seen(self, exclude_seen: bool) -> SeenItems | None:
-        """The training data's seen items, where recommending needs them (a two-stage checkpoint keeps its own)."""
-        return self.seen if exclude_seen and self.loaded.stages is None else None
+        catalog = self.loaded.catalog
+        return predict_query(self.loaded, _ids(catalog.users, [user])[0], _ids(catalog.items, items))
 
     def recommend_query(self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None) -> Query:
         """``recommend``'s question, checked but not yet scored (a two-stage checkpoint retrieves and ranks here)."""
-        return recommend_query(self.loaded, str(user), top, exclude_seen, self._seen(exclude_seen), retrieve)
+        return recommend_query(self.loaded, _ids(self.loaded.catalog.users, [user])[0], top, exclude_seen, retrieve)
 
     def answer(self, queries: list[Query]) -> list[Ranking]:
         """Rankings for many queries, scored together in one pass of the model."""
@@ -90,20 +96,36 @@ class Model:
 
     def predict(self, user: Id, items: Sequence[Id]) -> Ranking:
         """``items`` ranked best first by ``user``'s predicted rating, as ``dlrm predict`` shows them."""
-        return rank_items(self.loaded, str(user), [str(item) for item in items])
+        catalog = self.loaded.catalog
+        return rank_items(self.loaded, _ids(catalog.users, [user])[0], _ids(catalog.items, items))
 
     def recommend(
         self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None
     ) -> Recommendation:
         """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them (a two-stage
         checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker)."""
-        return recommend(self.loaded, str(user), top, exclude_seen, self._seen(exclude_seen), retrieve)
+        return recommend(self.loaded, _ids(self.loaded.catalog.users, [user])[0], top, exclude_seen, retrieve)
 
     def score(self, users: Sequence[Id], items: Sequence[Id]) -> torch.Tensor:
         """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``)."""
         if len(users) != len(items):
             raise ValueError(f"{len(users)} users and {len(items)} items: give one user per item")
         catalog = self.loaded.catalog
-        user_rows = entity_rows(catalog.users, [str(user) for user in users])
-        item_rows = entity_rows(catalog.items, [str(item) for item in items])
+        user_rows = entity_rows(catalog.users, _ids(catalog.users, users))
+        item_rows = entity_rows(catalog.items, _ids(catalog.items, items))
         return score(self.loaded.model, catalog, user_rows, item_rows, self.loaded.device)
+
+
+def _ids(table: EntityTable, values: Sequence[Id]) -> list[str]:
+    """Ids as the catalog looks them up. A number given to a model whose ids are strings must be a known id
+    (say "42" and "42" is looked up): otherwise it would silently be scored as a stranger."""
+    ids = [str(value) for value in values]
+    if not table.integer_ids and len(table.keys):
+        numbers = [text for value, text in zip(values, ids, strict=True) if isinstance(value, int | float)]
+        _, unknown = table.lookup(numbers) if numbers else (None, [])
+        if unknown:
+            raise DlrmUsageError(
+                f"{table.kind} id {unknown[0]} was given as a number, but this model's {table.kind} ids are "
+                f"strings such as {str(table.keys[0])!r}: send it as a string"
+            )
+    return ids

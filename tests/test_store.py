@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import TINY, Dlrm, assert_error, snapshot
 
+from dlrm_cli import CHECKPOINT_FORMAT
 from dlrm_cli.store.checkpoints import CheckpointStore, _meta_digest, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,7 +276,7 @@ def test_checkpoints_of_format_1_are_read_evaluated_and_resumed(tmp_path):
     resumed = dlrm("train", "--resume", "format1", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = json.loads((store / "format1" / "meta.json").read_text())
-    assert after["format"] == 5 and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
+    assert after["format"] == CHECKPOINT_FORMAT and after["epochs_done"] == 3 and after["run"]["train"]["epochs"] == 3
     assert after["run"]["data"] == meta_of(FORMAT1 / "store" / "format1")["data"]
     assert after["run"]["train"]["bags"] is False  # resumed as trained: without implicit-feedback bags
 
@@ -296,7 +297,7 @@ def test_checkpoints_of_format_2_are_read_evaluated_and_resumed_without_bags(tmp
     resumed = dlrm("train", "--resume", "format2", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = meta_of(store / "format2")
-    assert after["format"] == 5 and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
+    assert after["format"] == CHECKPOINT_FORMAT and after["epochs_done"] == 3 and after["run"]["train"]["bags"] is False
     assert "rated_items" not in after["features"]["sparse"]
 
 
@@ -316,7 +317,7 @@ def test_checkpoints_of_format_3_are_read_ranked_and_resumed_as_rating_models(tm
     resumed = dlrm("train", "--resume", "format3", "--epochs", "3")
     assert resumed.exit_code == 0, resumed.output
     after = meta_of(store / "format3")
-    assert after["format"] == 5 and after["epochs_done"] == 3 and after["model"]["heads"] == ["rating"]
+    assert after["format"] == CHECKPOINT_FORMAT and after["epochs_done"] == 3 and after["model"]["heads"] == ["rating"]
     assert after["run"]["train"]["retrieval"] == "none" and "stages" not in after  # resumed in one stage
     assert after["run"]["train"]["objective"] == "rating" and "rated_items" in after["features"]["sparse"]
 

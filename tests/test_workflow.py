@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import TINY, assert_error, snapshot
 
+from dlrm_cli import CHECKPOINT_FORMAT
+
 
 def test_train_saves_a_named_checkpoint_and_prints_a_summary(dlrm):
     result = dlrm("train", "--epochs", "1", "--name", "run-a", *TINY)
@@ -21,7 +23,7 @@ def test_train_saves_a_named_checkpoint_and_prints_a_summary(dlrm):
     meta = json.loads((dlrm.store / "run-a" / "meta.json").read_text())
     assert meta["model"]["embedding_dim"] == 16
     assert meta["run"]["data"]["kind"] == "synthetic" and meta["run"]["data"]["users"] == 200
-    assert meta["run"]["train"]["epochs"] == 1 and meta["format"] == 5
+    assert meta["run"]["train"]["epochs"] == 1 and meta["format"] == CHECKPOINT_FORMAT
     assert len(meta["history"]) == 1
     assert set(meta["versions"]) >= {"python", "torch", "torchrec"}
     assert [p.name for p in dlrm.store.iterdir()] == ["run-a"]  # no temporary folder left behind

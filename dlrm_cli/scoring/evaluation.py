@@ -127,13 +127,13 @@ def seeded_negatives(
 
 def _training_overlap(loaded: LoadedModel, ratings: Ratings) -> int | None:
     """How many of ``ratings`` are (user, item) pairs the checkpoint was trained on: scoring them flatters
-    it. None when the training data cannot be read any more (moved or changed)."""
+    it. None when an older checkpoint's training data cannot be read any more (moved or changed)."""
     try:
-        train = load_dataset(loaded.checkpoint.run.data).train
+        users, items = loaded.known.seen.pairs()
     except DataError:
         return None
     width = len(loaded.catalog.items) + 1
-    trained = (train.user * width + train.item).numpy()
+    trained = (users * width + items).numpy()
     return int(np.isin((ratings.user * width + ratings.item).numpy(), trained).sum())
 
 

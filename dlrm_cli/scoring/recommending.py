@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from dlrm_cli.data.catalog import EntityTable
-from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.scoring.metrics import (
     score,
@@ -114,20 +113,6 @@ class Query:
     order: torch.Tensor | None = None  # two stages: the ranker's logit of each of item_rows, which orders them
 
 
-class SeenItems:
-    """The items each user rated in the training rows, built once (recommend's ``exclude_seen``)."""
-
-    def __init__(self, loaded: LoadedModel) -> None:
-        train = load_dataset(loaded.checkpoint.run.data).train
-        order = torch.argsort(train.user, stable=True)
-        self.items = train.item[order]
-        counts = torch.bincount(train.user, minlength=len(loaded.catalog.users) + 1)
-        self.starts = torch.cat((torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)))
-
-    def of(self, user_row: int) -> torch.Tensor:
-        return self.items[self.starts[user_row] : self.starts[user_row + 1]]
-
-
 def predict_query(loaded: LoadedModel, user: str, items: list[str]) -> Query:
     """The query that scores ``items`` for ``user``.
 
@@ -142,11 +127,10 @@ def recommend_query(
     user: str,
     top: int,
     exclude_seen: bool,
-    seen: SeenItems | None = None,
     candidates: int | None = None,
 ) -> Query:
     """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
-    the user rated in the training rows (``seen``: those items, built here when not given). A two-stage
+    the user rated in the training rows (kept in the checkpoint). A two-stage
     checkpoint retrieves ``candidates`` items (default: its own count) and its ranker orders them."""
     check_retrieve(loaded, candidates, exclude_seen, top)
     user_row = _user_row(loaded, user)
@@ -154,9 +138,8 @@ def recommend_query(
         return _two_stage_query(loaded, user, user_row, top, candidates)
     candidates_rows = torch.arange(len(loaded.catalog.items.keys))
     if exclude_seen:
-        seen = seen or SeenItems(loaded)
         keep = torch.ones(len(candidates_rows), dtype=torch.bool)
-        keep[seen.of(int(user_row[0]))] = False
+        keep[loaded.known.seen.of(int(user_row[0]))] = False
         candidates_rows = candidates_rows[keep]
         if len(candidates_rows) == 0:
             raise DlrmError(
@@ -250,14 +233,12 @@ def recommend(
     user: str,
     top: int,
     exclude_seen: bool,
-    seen: SeenItems | None = None,
     retrieve: int | None = None,
 ) -> Recommendation:
     """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
-    ``exclude_seen`` drops the items the user rated in the training rows (``seen``, built when not given);
-    ``retrieve``: see ``recommend_query``."""
+    ``exclude_seen`` drops the items the user rated in the training rows; ``retrieve``: see ``recommend_query``."""
     started = time.perf_counter()
-    query = recommend_query(loaded, user, top, exclude_seen, seen, retrieve)
+    query = recommend_query(loaded, user, top, exclude_seen, retrieve)
     ranking = answer(loaded, [query])[0]
     return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
 
@@ -435,8 +416,7 @@ def _one_stage_chunks(
     items = torch.arange(n_items)
     seen_users = seen_items = torch.empty(0, dtype=torch.long)
     if exclude_seen:
-        train = load_dataset(loaded.checkpoint.run.data).train
-        seen_users, seen_items = train.user, train.item
+        seen_users, seen_items = loaded.known.seen.pairs()
     best_scores, best_items = [], []
     for start in range(0, len(rows), USERS_PER_CHUNK):
         chunk = rows[start : start + USERS_PER_CHUNK]

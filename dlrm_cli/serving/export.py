@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from dlrm_cli.config import ExportSpec
-from dlrm_cli.data.catalog import Catalog, EntityTable
+from dlrm_cli.data.catalog import Catalog, EntityTable, Ratings
 from dlrm_cli.data.sources import load_dataset
-from dlrm_cli.errors import DlrmError, DlrmUsageError
+from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.model.dlrm import RatingDLRM, to_rating
 from dlrm_cli.runtime.files import sidecar_path, temporary_beside
 from dlrm_cli.runtime.quiet import quiet_library_logs
@@ -299,10 +299,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
             "train with --objective both for both): leave out --head"
         )
     spec = replace(spec, head=spec.head or heads[0])
-    data = load_dataset(loaded.checkpoint.run.data)
-    held_out = data.test
-    rows = torch.arange(min(len(held_out), 1024))
-    users, items = held_out.user[rows], held_out.item[rows]
+    users, items = loaded.known.parity_users, loaded.known.parity_items  # held-out pairs kept in the checkpoint
     if spec.inputs == "ids" and catalog.users.has_oov and catalog.items.has_oov:
         # an unknown user with a known item, and the other way round: both take the neutral rows
         users = torch.cat((users, torch.tensor([catalog.users.neutral_row, users[0]])))
@@ -353,7 +350,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
         bytes=size,
         parity_samples=len(users),
         max_abs_difference=difference,
-        quantization=_quantization(loaded, data, artifact, size, spec) if spec.quantize else None,
+        quantization=_quantization(loaded, artifact, size, spec) if spec.quantize else None,
         two_stages=description.get("two_stages"),
     )
 
@@ -373,9 +370,20 @@ def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch
     return plain_inputs(catalog, user_rows, item_rows)
 
 
-def _quantization(loaded: LoadedModel, data: Any, artifact: Any, size: int, spec: ExportSpec) -> Quantization:
+def _test_rows(loaded: LoadedModel) -> tuple[Ratings, Ratings]:
+    """The test and training rows to measure an int8 artifact on: the data's where it can be read, else the
+    held-out ratings and the training pairs that the checkpoint keeps."""
+    try:
+        data = load_dataset(loaded.checkpoint.run.data)
+        return data.test, data.train
+    except DataError:
+        users, items = loaded.known.seen.pairs()
+        return loaded.known.held_out, Ratings(users, items, torch.zeros(len(items)))
+
+
+def _quantization(loaded: LoadedModel, artifact: Any, size: int, spec: ExportSpec) -> Quantization:
     """The int8 artifact against the float model on the test rows."""
-    held_out, catalog = data.test, loaded.catalog
+    (held_out, train), catalog = _test_rows(loaded), loaded.catalog
 
     def served(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         out = []
@@ -390,7 +398,7 @@ def _quantization(loaded: LoadedModel, data: Any, artifact: Any, size: int, spec
     if spec.head == "ranking":
         from dlrm_cli.scoring.evaluation import seeded_negatives
 
-        negative_users, negative_items = seeded_negatives(loaded, held_out, data.train)
+        negative_users, negative_items = seeded_negatives(loaded, held_out, train)
         int8 = auc(served(held_out.user, held_out.item), served(negative_users, negative_items))
         exact = auc(
             *(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from dlrm_cli.retrieval.generators import generator_from_state
 from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.two_stage import TwoStage
 from dlrm_cli.store.checkpoints import Checkpoint, CheckpointStore
+from dlrm_cli.store.known import Known, known_of
 
 
 @dataclass
@@ -30,6 +32,11 @@ class LoadedModel:
     @property
     def meta(self) -> dict[str, Any]:
         return self.checkpoint.meta
+
+    @cached_property
+    def known(self) -> Known:
+        """The items each user rated in training and export's check pairs, read from the checkpoint on first use."""
+        return known_of(self.checkpoint, len(self.catalog.users) + 1, len(self.catalog.items) + 1)
 
 
 def load_model(checkpoint: Checkpoint, device: torch.device) -> LoadedModel:

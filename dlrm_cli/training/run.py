@@ -46,6 +46,7 @@ from dlrm_cli.runtime.quiet import quiet_library_logs
 from dlrm_cli.runtime.threads import ThreadGovernor, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import EVAL_BATCH, candidate_scorer, error_metrics, evaluate_split
 from dlrm_cli.store.checkpoints import CheckpointStore
+from dlrm_cli.store.known import KNOWN_FILE, Known
 from dlrm_cli.training import distributed
 from dlrm_cli.training.distributed import Parallel, Shard
 from dlrm_cli.training.request import TrainRequest
@@ -470,6 +471,11 @@ class TrainingRun:
         return _cpu_copy(self.model.state_dict())
 
     # Saving ----------------------------------------------------------------------------------------
+    @functools.cached_property
+    def known(self) -> Known:
+        """What the checkpoint keeps of the data so that it serves without it (built on the first save)."""
+        return Known.of(self.dataset)
+
     def save_checkpoint(self, *, complete: bool) -> str | None:
         """Write the last completed epoch into the run's checkpoint (created on the first save, replaced
         after that) and return its name. Rank 0 writes; the other ranks only forget the epoch."""
@@ -486,6 +492,7 @@ class TrainingRun:
             "model.pt": state.best.weights,
             "catalog.pt": self.dataset.catalog.state(),
             "train_state.pt": state.resume_state(),
+            KNOWN_FILE: self.known.state(),
         }
         meta = self._meta(state, complete)
         if stages is not None:
