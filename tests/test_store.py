@@ -214,7 +214,7 @@ def test_incompatible_version_is_refused_naming_both(trained):
     assert_error(
         trained("evaluate", "--checkpoint", "tiny"),
         1,
-        "written by dlrm 9.9.0 in checkpoint format 99; this is dlrm 0.4.0, which reads formats 1, 2, 3, 4 and 5",
+        "written by dlrm 9.9.0 in checkpoint format 99; this is dlrm 0.4.0, which reads formats 1, 2, 3, 4, 5 and 6",
     )
 
 
