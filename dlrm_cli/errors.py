@@ -13,12 +13,20 @@ code   meaning, and the rule that decides it
 1      ``DlrmError``: the request was well formed, but the work failed: data that cannot be read or
        is malformed (named with file and line), a corrupt or incompatible checkpoint, a write that
        the operating system refused midway, a diverging run, a failing rank.
-128+N  ``Interrupted``: training stopped by signal N (130 for Ctrl-C, 143 for SIGTERM) after saving
-       the last completed epoch.
+128+N  ``Interrupted``: stopped by signal N (130 for Ctrl-C, 143 for SIGTERM). Training first saves the
+       last completed epoch; a file being written outside the store is left as it was.
 =====  ==========================================================================================
+
+A failure that is none of these (a bug, or a library's error) is not caught by the ``dlrm`` command and
+shows Python's traceback (exit 1); on a torchrun worker it becomes one line naming the rank and the file
+that keeps its traceback (``dlrm_cli.training.launch``). docs/promises.md has the whole table.
 """
 
 from __future__ import annotations
+
+import signal
+
+OUT_OF_MEMORY = "out of memory: the data or model is too large for this machine; try smaller sizes"
 
 
 class DlrmError(Exception):
@@ -51,11 +59,34 @@ class DataChanged(DataError):
 
 
 class Interrupted(DlrmError):
-    """Training stopped by SIGINT or SIGTERM; the last completed epoch is in the store (exit 128 + signal)."""
+    """Stopped by SIGINT or SIGTERM (exit 128 + signal); the message says what was kept."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where Python raises KeyboardInterrupt for Ctrl-C, so that every clean-up
+    (``finally``) runs before the process ends with 128 + the signal (``dlrm_cli.training.signals``)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal_name(signum))
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def signal_name(signum: int) -> str:
+    """``SIGINT`` for 2: how messages name a signal."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def interrupt_code(stop: BaseException) -> int:
+    """The exit code for a KeyboardInterrupt: 128 + its signal (Ctrl-C, 130, when it does not say)."""
+    return getattr(stop, "exit_code", 128 + signal.SIGINT)
 
 
 def error_for_exit_code(code: int, message: str) -> DlrmError:

@@ -38,6 +38,8 @@ MATRIX = [
     (["evaluate", "--split", ""], 2, "--split must be one of test, validation"),
     (["evaluate", "--data", "csv:/no/such.csv"], 1, "/no/such.csv does not exist"),
     (["evaluate", "--device", "gpu"], 2, "Invalid value for '--device'"),
+    (["evaluate", "--k", "151"], 2, "--k 151 is more than the 150 items checkpoint tiny can rank; give at most 150"),
+    (["evaluate", "--k", f"10,{HUGE}"], 2, f"--k {HUGE} is more than the 150 items"),
     # predict / recommend
     (["predict", "--user", "", "--items", "1"], 2, "--user must not be empty"),
     (["predict", "--user", "1", "--items", ","], 2, "--items must be a comma-separated list"),

@@ -70,9 +70,15 @@ def test_usage_errors_exit_2_with_one_line(dlrm, args, message):
     assert_error(dlrm(*args), 2, message)
 
 
-def test_empty_store_is_a_runtime_error(dlrm):
-    for args in (["evaluate"], ["predict", "--user", "1", "--items", "2"], ["export", "--output", "m.pt"]):
-        assert_error(dlrm(*args), 1, "no checkpoints in")
+def test_empty_store_is_a_usage_error_as_an_unknown_name_is(dlrm):
+    for args in (
+        ["evaluate"],
+        ["predict", "--user", "1", "--items", "2"],
+        ["export", "--output", "m.pt"],
+        ["checkpoints", "show", "latest"],
+        ["recommend", "--checkpoint", "best", "--user", "1"],
+    ):
+        assert_error(dlrm(*args), 2, "no checkpoints in")
     assert not dlrm.store.exists()
 
 

@@ -107,6 +107,34 @@ def test_a_failing_rank_ends_the_run_with_one_clear_error(tmp_path, capfd):
     assert not store.exists() or not any(p for p in store.iterdir() if not p.name.startswith("."))
 
 
+@pytest.mark.parametrize(
+    ("fault", "said", "kept"),
+    [
+        ("bug", "rank 1: ValueError: a bug injected on rank 1 (traceback in ", "ValueError: a bug injected on rank 1"),
+        ("kill", "rank 1 ended without a message (killed by SIGKILL); torchrun's report is in ", "exitcode  : -9"),
+    ],
+)
+def test_a_rank_failing_another_way_is_one_line_naming_it_and_its_log(tmp_path, monkeypatch, capfd, fault, said, kept):
+    import tempfile
+
+    from dlrm_cli.errors import DlrmError
+    from dlrm_cli.training.launch import launch
+    from dlrm_cli.training.request import prepare
+
+    monkeypatch.setenv("FAULT", fault)  # tests/failing_worker.py: how rank 1 fails
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the log goes
+    request = prepare(replace(tiny_request(tmp_path / "store", name=None), processes=2))
+    with pytest.raises(DlrmError) as failure:
+        launch(request, worker=[str(ROOT / "tests" / "failing_worker.py")])
+    message = str(failure.value)
+    assert failure.value.exit_code == 1 and message.startswith(said), message
+    log = Path(message.removeprefix(said).removesuffix(")"))
+    assert log.parent == tmp_path and log.name.startswith("dlrm-train-"), message
+    assert kept in log.read_text()
+    stderr = capfd.readouterr().err
+    assert "Traceback" not in stderr and "Error" not in stderr and "rank1" not in stderr, stderr
+
+
 def test_ctrl_c_stops_every_rank_and_saves(tmp_path):
     store = tmp_path / "store"
     process = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -329,8 +330,112 @@ def test_a_checkpoint_whose_metadata_claims_a_model_too_big_for_memory_is_refuse
 
     path = trained.store / "tiny" / "meta.json"
     meta = json.loads(path.read_text())
-    meta["model"]["top_mlp"] = [2_000_000_000, 16]  # an edit that keeps meta.json's checksum right
+    # an edit that keeps meta.json's checksum right (the run record agrees, so only the size is wrong)
+    meta["model"]["top_mlp"] = meta["run"]["train"]["top_mlp"] = [2_000_000_000, 16]
     meta["meta_sha256"] = _meta_digest(meta)
     path.write_text(json.dumps(meta))
     for command in (["evaluate"], ["predict", "--user", "1", "--items", "1"], ["export", "--output", "m.pt"]):
         assert_error(trained(*command), 1, "checkpoint tiny is corrupt: bad model settings (a model of")
+
+
+# What any client can send to dlrm serve -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(trained_store, tmp_path_factory):
+    """The service over a copy of the trained store, in this process (tests/test_serve_faults.py)."""
+    pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from test_serve_faults import LiveServer
+
+    store = tmp_path_factory.mktemp("served") / "store"
+    shutil.copytree(trained_store, store)
+    server = LiveServer(store, "tiny").wait_ready()
+    yield server
+    server.stop()
+
+
+LONG = b"9" * 5000  # more digits than Python reads as an integer
+HOSTILE_BODIES = [
+    ("/predict", b'{"user": 9223372036854775808, "items": [1]}', 422, "user: an integer id must fit in 64 bits"),
+    ("/predict", b'{"user": 1, "items": [1, -9223372036854775809]}', 422, "items.1: an integer id must fit in 64 bits"),
+    ("/predict", b'{"user": 100000000000000000000000000, "items": [1]}', 422, "user: an integer id must fit in 64"),
+    ("/predict", b'{"user": 1, "items": [1e26]}', 422, "items.0: an id must be an integer or a string"),
+    ("/predict", b'{"user": "100000000000000000000000000", "items": [1]}', 422, "unknown user id '1000000000"),
+    ("/recommend", b'{"user": "\\ud800", "top": 3}', 422, "user: an id must be valid Unicode text"),
+    ("/predict", b'{"user": 1, "items": ["\\udfff"]}', 422, "items.0: an id must be valid Unicode text"),
+    ("/predict", b'{"user": 1, "items": [1], "\\ud800": 1}', 422, "a field name must be valid Unicode text"),
+    ("/predict", b"", 400, "the body is empty: send a JSON object"),
+    ("/predict", b"[" * 100_000 + b"]" * 100_000, 400, "the body is not valid JSON: it is nested too deeply"),
+    ("/predict", b'{"user": ' + LONG + b', "items": [1]}', 400, "it holds a number too long to read"),
+    ("/predict", b'{"user": {"id": 1}, "items": [1]}', 422, "user: an id must be an integer or a string"),
+    ("/predict", b'{"user": 1, "items": [[1]]}', 422, "items.0: an id must be an integer or a string"),
+    ("/predict", b"null", 422, "the body must be a JSON object"),
+    ("/recommend", b'{"user": 1, "top": "5"}', 422, "top: Input should be a valid integer"),
+    ("/recommend", b'{"user": 1, "top": 0}', 422, "top: Input should be greater than or equal to 1"),
+    ("/recommend", b'{"user": 1, "exclude_seen": "maybe"}', 422, "exclude_seen: Input should be a valid boolean"),
+]
+
+
+@pytest.mark.parametrize(("path", "content", "status", "message"), HOSTILE_BODIES)
+def test_a_hostile_body_gets_its_json_4xx_and_harms_no_one(served, path, content, status, message):
+    response = served.send(path, content)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert list(response.json()) == ["error"] and message in response.json()["error"], response.text
+    good = served.post("/predict", {"user": 1, "items": [1, 2]})
+    assert good.status_code == 200 and good.json()["user"] == "1"
+
+
+def test_a_request_that_is_not_http_gets_a_json_400(served):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", served.port), timeout=60) as connection:
+        connection.sendall(b"\x00\x01 not http at all\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(4096):  # the server closes the connection after answering
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body) == {"error": "the request is not valid HTTP"}
+
+
+@pytest.mark.slow
+def test_a_ranking_only_checkpoint_swapped_in_under_load_is_served_and_drops_no_request(tmp_path):
+    pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    import threading
+
+    from test_serve_faults import LiveServer, train_movielens
+
+    store, data = tmp_path / "store", tmp_path / "ml"
+    train_movielens(store, data, "rater", "rating")  # ratings 1 to 5, which a ranking head's scores are not
+    server = LiveServer(store, "latest", watch=0.1).wait_ready()
+    stop, answers = threading.Event(), []
+
+    def load() -> None:
+        user = 0
+        while not stop.is_set():
+            user = user % 60 + 1
+            answers.append(server.post("/predict", {"user": user, "items": [1, 2, 3]}))
+
+    clients = [threading.Thread(target=load) for _ in range(3)]
+    for client in clients:
+        client.start()
+    try:
+        server.wait_for(lambda: len(answers) > 10, "answers from the first checkpoint")
+        train_movielens(store, data, "ranker", "ranking")
+        server.wait_for(lambda: server.state.reloads or server.state.refused, "the new checkpoint's verdict")
+        count = len(answers)
+        server.wait_for(lambda: len(answers) > count + 10, "answers from the new checkpoint")
+    finally:
+        stop.set()
+        for client in clients:
+            client.join()
+        server.stop()
+    assert server.state.refused == [] and server.state.reloads >= 1
+    assert [r.status_code for r in answers] == [200] * len(answers), {r.text for r in answers if r.status_code != 200}
+    names = [r.json()["checkpoint"] for r in answers]
+    assert names[0] == "rater" and names[-1] == "ranker" and names == sorted(names, key=lambda n: n == "ranker")
+    assert "score" in answers[-1].json()["items"][0] and "rating" not in answers[-1].json()["items"][0]

@@ -359,7 +359,7 @@ def test_serve_refuses_an_empty_store_and_a_port_in_use(trained_store, tmp_path)
     empty = subprocess.run(
         [*DLRM, "serve", "--port", "0", "--store", str(tmp_path / "none")], capture_output=True, text=True, timeout=300
     )
-    assert empty.returncode == 1, empty.stderr
+    assert empty.returncode == 2, empty.stderr  # nothing to serve: a usage error, as an unknown name is
     assert empty.stderr.strip().startswith("Error: no checkpoints in") and len(empty.stderr.splitlines()) == 1
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

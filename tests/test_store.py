@@ -379,3 +379,52 @@ def test_best_is_the_lowest_validation_rmse_among_runs_on_the_same_data(tmp_path
     assert dlrm("train", "--name", "other", "--epochs", "1", *TINY, "--noise", "0.01").exit_code == 0
     aliases = CheckpointStore(store).aliases()
     assert aliases == {"latest": "other", "best": "other"}
+
+
+def _rewrite_record(folder: Path, later: float = 0.0, **validation: float) -> None:
+    """Set validation figures (and the recorded one that chose the epoch) and move the date ``later``
+    hours on, as a tool would: the checksum made anew."""
+    from datetime import datetime, timedelta
+
+    meta = meta_of(folder)
+    meta["metrics"]["validation"].update(validation)
+    selection = meta.get("selection")
+    if selection is not None:
+        selection["value"] = meta["metrics"]["validation"][{"RMSE": "rmse", "NDCG@10": "ndcg"}[selection["metric"]]]
+    meta["created"] = (datetime.fromisoformat(meta["created"]) + timedelta(hours=later)).isoformat()
+    _rewrite_meta(folder, **meta)
+
+
+def test_best_follows_each_checkpoints_own_metric_and_latests_kind(trained):
+    store = trained.store
+    assert trained("train", "--name", "r1", "--objective", "ranking", "--epochs", "1", *TINY).exit_code == 0
+    ndcg = meta_of(store / "r1")["metrics"]["validation"]["ndcg"]
+    assert meta_of(store / "r1")["selection"] == {"metric": "NDCG@10", "value": ndcg, "higher_is_better": True}
+    rmse = meta_of(store / "tiny")["metrics"]["validation"]["rmse"]
+    assert meta_of(store / "tiny")["selection"] == {"metric": "RMSE", "value": rmse, "higher_is_better": False}
+    for name, later, change in (("r2", 1, 0.05), ("r3", 2, -0.05)):  # the same run, its NDCG@10 higher, lower
+        shutil.copytree(store / "r1", store / name)
+        _rewrite_record(store / name, later, ndcg=ndcg + change)
+    # latest is a ranking checkpoint: best is the highest NDCG@10 among them, never the rating one (which
+    # alone has an RMSE).
+    assert CheckpointStore(store).aliases() == {"latest": "r3", "best": "r2"}
+    rows = {row["name"]: row for row in json.loads(trained("checkpoints", "--json").stdout)["checkpoints"]}
+    assert rows["r2"]["selection"] == {
+        "metric": "NDCG@10",
+        "value": pytest.approx(ndcg + 0.05),
+        "higher_is_better": True,
+    }
+    assert rows["tiny"]["selection"]["metric"] == "RMSE" and rows["r2"]["best"]
+    table = trained("checkpoints").stdout
+    assert f"val NDCG@10 {ndcg + 0.05:.4f}" in table and f"val RMSE {rmse:.4f}" in table
+    # Written before dlrm recorded the metric: the same choice, inferred from the metrics.
+    for name in ("tiny", "r1", "r2", "r3"):
+        record = meta_of(store / name)
+        del record["selection"]
+        record["meta_sha256"] = _meta_digest(record)
+        (store / name / "meta.json").write_text(json.dumps(record))
+    assert CheckpointStore(store).aliases() == {"latest": "r3", "best": "r2"}
+    # latest is a rating checkpoint again: best is the lowest RMSE among the rating ones.
+    shutil.copytree(store / "tiny", store / "t2")
+    _rewrite_record(store / "t2", 3, rmse=rmse + 0.1)
+    assert CheckpointStore(store).aliases() == {"latest": "t2", "best": "tiny"}

@@ -24,7 +24,8 @@ from dlrm_cli.cli.commands import (
     serve,
     train,
 )
-from dlrm_cli.errors import DlrmError
+from dlrm_cli.errors import OUT_OF_MEMORY, DlrmError, interrupt_code, signal_name
+from dlrm_cli.training import signals
 
 
 class OneLineErrors(TyperGroup):
@@ -44,10 +45,11 @@ class OneLineErrors(TyperGroup):
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except DlrmError as error:
             _fail(str(error), error.exit_code)
-        except (typer.Abort, KeyboardInterrupt):
-            _fail("interrupted", 130)
+        except (typer.Abort, KeyboardInterrupt) as stop:
+            code = interrupt_code(stop)
+            _fail(f"interrupted by {signal_name(code - 128)}", code)
         except MemoryError:
-            _fail("out of memory: the data or model is too large for this machine; try smaller sizes", 1)
+            _fail(OUT_OF_MEMORY, 1)
         except Exception as error:
             if not _is_click_error(error):
                 raise
@@ -57,7 +59,9 @@ class OneLineErrors(TyperGroup):
             ctx = getattr(error, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             _fail(f"{error.format_message()}{hint}", error.exit_code)
-        sys.exit(result if isinstance(result, int) else 0)
+        code = result if isinstance(result, int) else 0
+        signals.done(code)
+        sys.exit(code)
 
 
 def _is_click_error(error: Exception) -> bool:
@@ -68,9 +72,11 @@ def _is_click_error(error: Exception) -> bool:
 
 
 def _fail(message: str, code: int) -> None:
+    signals.stopping()  # a signal now would cut the line short or print a traceback after it
     message = " ".join(message.split())  # one line, whatever the message held
     sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
+    signals.done(code)
     sys.exit(code)
 
 
@@ -96,4 +102,7 @@ app.add_typer(checkpoints.app, name="checkpoints")
 
 
 def main() -> None:
+    """``dlrm`` in a process of its own: SIGINT and SIGTERM stop it with one line and 128 + the signal,
+    after the clean-ups (a half-written file is removed); see ``dlrm_cli.training.signals``."""
+    signals.install()
     typer.main.get_command(app).main(prog_name="dlrm")

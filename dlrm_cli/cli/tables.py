@@ -77,6 +77,29 @@ def show_evaluation(report: Any, where: str) -> None:
         show_ranking_evaluation(report.ranking, report.implicit)
 
 
+def show_checkpoints(listing: Any) -> None:
+    """``dlrm checkpoints``: one row per checkpoint, with the validation metric that chose its epoch (RMSE,
+    or NDCG@10 for a model with only a ranking head) and its aliases; one that cannot be read says why."""
+    from rich.table import Table
+
+    from dlrm_cli.store.record import Selection
+
+    table = Table(title=f"Checkpoints in {listing.store}")
+    for column in ("name", "created", "data", "epochs", "chosen by", ""):
+        table.add_column(column, justify="right" if column == "epochs" else "left", no_wrap=column == "name")
+    for row in listing.checkpoints:
+        created = (row.created or "")[:19].replace("T", " ")
+        if row.problem:
+            table.add_row(row.name, created, "", "", "", f"[red]unusable: {row.problem}")
+            continue
+        labels = [alias for alias in ("latest", "best") if getattr(row, alias)]
+        if not row.complete:
+            labels.append("[yellow]incomplete")
+        chosen = Selection(**row.selection).label if row.selection else ""
+        table.add_row(row.name, created, row.data or "?", str(row.epochs), chosen, ", ".join(labels))
+    ui.out().print(table)
+
+
 RANKING_COLUMNS = ("NDCG@{k}", "Recall@{k}", "Precision@{k}", "HitRate@{k}", "MAP@{k}", "MRR", "coverage@{k}")
 
 

@@ -187,10 +187,12 @@ class EntityTable:
 
 
 def _as_int(raw: str) -> int | None:
+    """The integer an id names, or None where it names none that an int64 key could be (an unknown id)."""
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         return None
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def _search(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:

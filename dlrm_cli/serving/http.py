@@ -6,6 +6,10 @@ thread (``Model.answer``), so that concurrent clients share forward passes. Whil
 (the last batch held more than one), a batch also waits up to ``max_wait`` seconds for more; a lone
 client's request is scored at once. A batch takes the model it runs on when it starts: a hot reload
 (``--watch``) swaps the model for later batches while the batches in flight finish on the old one.
+
+One client's bad request is never another's failure: a request is checked whole before it joins a batch
+(its ids too: an integer past 64 bits, text with a lone surrogate), each is turned into its query on its
+own, and a batch that fails all the same is scored again request by request.
 """
 
 from __future__ import annotations
@@ -21,21 +25,43 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlrm_cli import __version__
 from dlrm_cli.config import ServeSettings
-from dlrm_cli.errors import DlrmError, DlrmUsageError
+from dlrm_cli.errors import CheckpointNotFound, CorruptCheckpoint, DataError, DlrmError, DlrmUsageError
 
 log = logging.getLogger("dlrm.serve")
 
-Id = StrictInt | StrictStr
+SCORING = ("/predict", "/recommend")
+
+
+def _id(value: object) -> int | str:
+    """An id as a request may give it: an integer that fits in 64 bits, or text that can be answered back
+    (no lone surrogate such as ``"\\ud800"``). Checked here, so that no request reaches a batch that it
+    would fail."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise PydanticCustomError("id_type", "an id must be an integer or a string")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise PydanticCustomError("id_range", "an integer id must fit in 64 bits")
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError(
+                "id_text", "an id must be valid Unicode text (it holds a lone surrogate)"
+            ) from None
+    return value
+
+
+Id = Annotated[int | str, PlainValidator(_id, json_schema_input_type=int | str)]
 
 
 class PredictRequest(BaseModel):
@@ -56,11 +82,16 @@ class RecommendRequest(BaseModel):
 
 
 class RankedItemResponse(BaseModel):
+    """An item: its predicted rating and stars, or for a model without a rating head (``--objective
+    ranking``) its ``score``, the probability that the user picks it; a two-headed model's recommendations
+    show both."""
+
     rank: int
     item: str
     title: str | None
-    rating: float
-    stars: str
+    rating: float | None = None
+    stars: str | None = None
+    score: float | None = None
     unseen_in_training: bool
 
 
@@ -105,6 +136,8 @@ class ServiceState:
     received: int = 0  # requests queued for scoring
     batches: int = 0
     batched_requests: int = 0  # requests answered (or refused) by a batch
+    answered: int = 0  # answers to /predict and /recommend, whatever their status
+    errors: int = 0  # those of them with a 4xx or 5xx status
 
 
 def checkpoint_identity(store: Path, ref: str) -> tuple[str, str]:
@@ -119,7 +152,8 @@ def checkpoint_identity(store: Path, ref: str) -> tuple[str, str]:
 
 def load_verified(store: Path, ref: str) -> Any:
     """Load the checkpoint (checksums verified on the way), read its training items, and check that it
-    scores finite ratings inside its scale before it may serve."""
+    scores finite ratings inside its scale (a model without a rating head: probabilities, 0 to 1) before
+    it may serve."""
     import torch
 
     from dlrm_cli.api import load
@@ -128,10 +162,13 @@ def load_verified(store: Path, ref: str) -> Any:
     model = load(ref, store)
     catalog = model.loaded.catalog
     rows = torch.arange(min(len(catalog.users), len(catalog.items), 16))  # user i with item i
-    ratings = score(model.loaded.model, catalog, rows, rows, model.loaded.device)
-    low, high = catalog.rating_min, catalog.rating_max
-    if not bool(torch.isfinite(ratings).all()) or bool(((ratings < low) | (ratings > high)).any()):
-        raise DlrmError(f"checkpoint {model.name} scores ratings outside {low:g} to {high:g}; not serving it")
+    scores = score(model.loaded.model, catalog, rows, rows, model.loaded.device)  # what /predict answers
+    if "rating" in model.loaded.model.config.heads:
+        what, low, high = "ratings", catalog.rating_min, catalog.rating_max
+    else:
+        what, low, high = "probabilities", 0.0, 1.0
+    if not bool(torch.isfinite(scores).all()) or bool(((scores < low) | (scores > high)).any()):
+        raise DlrmError(f"checkpoint {model.name} scores {what} outside {low:g} to {high:g}; not serving it")
     if model.loaded.stages is None:  # a two-stage checkpoint keeps its users' known items itself
         _ = model.seen  # the training items recommend excludes, read now rather than by the first request
     return model
@@ -220,9 +257,29 @@ class Batcher:
 
 
 def _answer_batch(model: Any, batch: list[_Pending]) -> list[Any]:
-    """Check each request against ``model`` (a bad one fails alone), then score the good ones together."""
+    """Check each request against ``model`` (a bad one fails alone), then score the good ones together.
+    Should the batch fail all the same, each request is scored again alone: one request's failure is its
+    own answer, never its neighbours'."""
+    queries, places = _queries(model, batch)
+    rankings = _rankings(model, queries)
+    answers: list[Any] = []
+    for pending, place in zip(batch, places, strict=True):
+        if isinstance(place, BaseException):
+            answers.append(place)
+        elif isinstance(rankings[place], BaseException):
+            answers.append(rankings[place])
+        elif pending.kind == "predict":
+            answers.append(rankings[place].to_dict())
+        else:
+            query = queries[place]
+            answers.append(rankings[place].to_dict(scored=query.scored, exclude_seen=query.exclude_seen))
+    return answers
+
+
+def _queries(model: Any, batch: list[_Pending]) -> tuple[list[Any], list[Any]]:
+    """Each request's query, and its place among them (or the error that refused it)."""
     queries: list[Any] = []
-    results: list[Any] = []
+    places: list[Any] = []
     for pending in batch:
         request = pending.request
         try:
@@ -230,24 +287,29 @@ def _answer_batch(model: Any, batch: list[_Pending]) -> list[Any]:
                 query = model.predict_query(request.user, request.items)
             else:
                 query = model.recommend_query(request.user, request.top, request.exclude_seen)
-        except DlrmError as error:
-            results.append(error)
+        except Exception as error:  # this request's answer, whatever went wrong
+            places.append(error)
             continue
-        results.append(len(queries))
+        places.append(len(queries))
         queries.append(query)
-    rankings = model.answer(queries)
-    answers: list[Any] = []
-    for pending, result in zip(batch, results, strict=True):
-        if isinstance(result, BaseException):
-            answers.append(result)
-            continue
-        ranking = rankings[result]
-        if pending.kind == "predict":
-            answers.append(ranking.to_dict())
-        else:
-            query = queries[result]
-            answers.append(ranking.to_dict(scored=query.scored, exclude_seen=query.exclude_seen))
-    return answers
+    return queries, places
+
+
+def _rankings(model: Any, queries: list[Any]) -> list[Any]:
+    """The queries' rankings from one pass; if that pass fails, each query's ranking (or error) alone."""
+    try:
+        return list(model.answer(queries))
+    except Exception as error:
+        if len(queries) == 1:
+            return [error]
+        log.warning("a batch of %d requests failed (%s); scoring each alone", len(queries), _line(error))
+    rankings: list[Any] = []
+    for query in queries:
+        try:
+            rankings.extend(model.answer([query]))
+        except Exception as error:
+            rankings.append(error)
+    return rankings
 
 
 class Watcher:
@@ -310,8 +372,58 @@ class DeclaredLengthLimit:
         await self.app(scope, receive, send)
 
 
+class AnswerCounter:
+    """Counts the answers to /predict and /recommend as they go out, whatever their status: what /model
+    and the closing line of ``dlrm serve`` report."""
+
+    def __init__(self, app: Any, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") not in SCORING:
+            return await self.app(scope, receive, send)
+
+        async def counted(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.state.answered += 1
+                self.state.errors += message["status"] >= 400
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
+def _line(error: BaseException | str) -> str:
+    """A message on one line, as text that can be sent (a lone surrogate is escaped, not a failure)."""
+    text = " ".join(str(error).split())
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
+    return JSONResponse({"error": _line(message)}, status_code=status)
+
+
+def error_status(error: DlrmError) -> int:
+    """The HTTP status of an error met while answering: 422 for a request that names what the checkpoint
+    does not know or asks what it cannot do; 503 when the checkpoint served cannot answer (a file of it is
+    missing or damaged); 409 for another well-formed request that cannot be answered (nothing left to
+    recommend)."""
+    if isinstance(error, CheckpointNotFound | CorruptCheckpoint | DataError):
+        return 503
+    if isinstance(error, DlrmUsageError):
+        return 422
+    return 409
+
+
+def _body_error(cause: BaseException | None) -> str:
+    """What was wrong with a body that FastAPI could not parse (it says only "error parsing the body")."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not valid UTF-8 JSON"
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON: it is nested too deeply"
+    if isinstance(cause, ValueError):  # Python's limit on the digits of an integer
+        return "the body is not valid JSON: it holds a number too long to read"
+    return "the body is not valid JSON"
 
 
 def _validation_message(error: RequestValidationError, content_type: str) -> tuple[int, str]:
@@ -323,18 +435,20 @@ def _validation_message(error: RequestValidationError, content_type: str) -> tup
     if kind == "json_invalid":
         return 400, "the body is not valid JSON"
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    if not location and kind in ("model_attributes_type", "dict_type"):
-        if "json" not in content_type:
+    where = ".".join(location)
+    if not location:
+        if kind == "string_unicode":  # a field's name that is not text
+            return 422, "a field name must be valid Unicode text (one holds a lone surrogate)"
+        if kind == "missing":
+            return 400, "the body is empty: send a JSON object"
+        if kind in ("model_attributes_type", "dict_type") and "json" not in content_type:
             return 415, "send the body as JSON, with Content-Type: application/json"
-        return 422, "the body must be a JSON object"
-    union = location and location[-1] in ("int", "str")  # which branch of ``int | str`` pydantic tried
-    where = ".".join(location[:-1] if union else location)
+        if kind in ("model_attributes_type", "dict_type"):
+            return 422, "the body must be a JSON object"
     if kind == "extra_forbidden":
         return 422, f"unknown field {where!r}"
     if kind == "missing":
         return 422, f"missing field {where!r}"
-    if union:
-        return 422, f"{where}: an id must be an integer or a string"
     return 422, f"{where}: {first.get('msg', 'invalid value')}"
 
 
@@ -370,7 +484,8 @@ def create_app(
     _add_error_handlers(app, settings)
     _add_scoring_routes(app, settings, state, batcher)
     _add_status_routes(app, settings, state)
-    return DeclaredLengthLimit(app, settings.max_body)  # outside FastAPI's own limit, which answers first
+    # outside FastAPI's own limit, which answers first; outside both, the count of what was answered
+    return AnswerCounter(DeclaredLengthLimit(app, settings.max_body), state)
 
 
 def _first_load(
@@ -414,19 +529,24 @@ def _add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         message = str(error.detail)
-        if message == "There was an error parsing the body":  # FastAPI's words for bytes that are not UTF-8
-            message = "the body is not valid UTF-8 JSON"
+        if message == "There was an error parsing the body":  # FastAPI's words for any body it cannot parse
+            message = _body_error(error.__cause__)
         elif error.status_code == 413:
             message = f"the request body is over the limit of {settings.max_body:,} bytes"
         return _error(error.status_code, message)
 
     @app.exception_handler(DlrmError)
     async def refused(request: Request, error: DlrmError) -> JSONResponse:
-        return _error(422 if isinstance(error, DlrmUsageError) else 409, str(error))
+        return _error(error_status(error), str(error))
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(request: Request, error: MemoryError) -> JSONResponse:
+        log.error("out of memory answering %s", request.url.path)
+        return _error(503, "the server ran out of memory answering this request; try again with fewer items")
 
     @app.exception_handler(Exception)
     async def failed(request: Request, error: Exception) -> JSONResponse:
-        log.exception("internal error answering %s", request.url.path)
+        log.error("internal error answering %s", request.url.path, exc_info=error)
         return _error(500, "internal error; the server log has the details")
 
     @app.exception_handler(_NotReady)
@@ -492,8 +612,9 @@ def _add_status_routes(app: FastAPI, settings: ServeSettings, state: ServiceStat
             "reloads": state.reloads,
             "refused": state.refused,
             "requests": {
-                "received": state.received,
-                "answered": state.batched_requests,
+                "received": state.received,  # queued for scoring
+                "answered": state.answered,  # answers to /predict and /recommend, errors included
+                "errors": state.errors,
                 "batches": state.batches,
             },
             "limits": {"max_items": settings.max_items, "max_top": settings.max_top, "max_body": settings.max_body},

@@ -4,6 +4,8 @@ SIGTERM. Importing this module imports uvicorn and FastAPI (the ``serve`` extra)
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import signal
 import socket
@@ -11,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from dlrm_cli.config import ServeSettings
 from dlrm_cli.errors import DlrmUsageError
@@ -42,6 +45,8 @@ def serve(
     except OSError as error:
         raise DlrmUsageError(f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}") from None
     imports = time.monotonic() - started
+    if warning := exposure_warning(settings.host):
+        say(warning)
     state = ServiceState(settings)
     server: uvicorn.Server | None = None
 
@@ -58,7 +63,12 @@ def serve(
         f"after {imports:.1f} s of imports"
     )
     config = uvicorn.Config(
-        app, log_level="warning", access_log=settings.access_log, lifespan="on", timeout_keep_alive=30
+        app,
+        http=JsonHttpErrors,
+        log_level="warning",
+        access_log=settings.access_log,
+        lifespan="on",
+        timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
     # uvicorn drains in-flight requests on SIGTERM or Ctrl-C, then raises the signal again for the handler
@@ -68,8 +78,48 @@ def serve(
     server.run(sockets=[listener])
     if state.fatal is not None:
         raise state.fatal
-    say(f"Stopped after answering {state.batched_requests:,} requests in {state.batches:,} batches")
+    say(closing_line(state))
     return state
+
+
+def closing_line(state: ServiceState) -> str:
+    """What ``dlrm serve`` says once stopped: every answer to /predict and /recommend, errors included."""
+    answered, batches = state.answered, state.batches
+    return (
+        f"Stopped after answering {answered:,} request{'' if answered == 1 else 's'} to /predict and /recommend "
+        f"({state.errors:,} of them with an error) in {batches:,} batch{'' if batches == 1 else 'es'}"
+    )
+
+
+def exposure_warning(host: str) -> str | None:
+    """One line for a host that other machines can reach (``0.0.0.0``, a public address or any name but
+    ``localhost``): the server has no authentication and no TLS."""
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to any interface
+    return (
+        f"Warning: listening on {host}: anyone who can reach this machine on the network can query the model "
+        "(no authentication, no TLS); put it behind a reverse proxy that provides both"
+    )
+
+
+_MALFORMED = json.dumps({"error": "the request is not valid HTTP"}).encode()
+
+
+class JsonHttpErrors(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol, answering a request it cannot parse (a malformed request line or header) with
+    a JSON error like every other answer, where uvicorn's own is plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(_MALFORMED)]
+        self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", _MALFORMED]))
+        self.transport.close()
 
 
 def _log_to_stderr() -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dlrm_cli import CHECKPOINT_FORMAT, READABLE_FORMATS, __version__
 from dlrm_cli.errors import CheckpointNotFound, CorruptCheckpoint, DlrmError, DlrmUsageError
+from dlrm_cli.store.record import created_at, format_problem, record_problem, selection_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,7 +64,14 @@ class CheckpointInfo:
 
     @property
     def created(self) -> str:
-        return (self.meta or {}).get("created", "")
+        """When it was written, as its record says (ISO 8601), or "" where the record names no date."""
+        value = (self.meta or {}).get("created")
+        return value if isinstance(value, str) and created_at(value) is not None else ""
+
+    @property
+    def order(self) -> tuple[datetime, str]:
+        """Oldest first; one without a readable date comes before all the others."""
+        return created_at(self.created) or datetime.min.replace(tzinfo=UTC), self.name
 
 
 @dataclass
@@ -140,7 +148,7 @@ class CheckpointStore:
                 infos.append(CheckpointInfo(path.name, path, None, LINK_PROBLEM))
             elif path.is_dir():
                 infos.append(self._info(path))
-        return sorted(infos, key=lambda info: (info.created, info.name))
+        return sorted(infos, key=lambda info: info.order)
 
     def _recover(self) -> None:
         """Finish what a killed writer left: put back a checkpoint it was replacing, drop its temporary files
@@ -181,6 +189,8 @@ class CheckpointStore:
             return CheckpointInfo(path.name, path, None, "meta.json was not written by dlrm")
         if meta.get("meta_sha256") != _meta_digest(meta):
             return CheckpointInfo(path.name, path, None, "meta.json does not match its recorded checksum")
+        if format_problem(meta) is not None:
+            return CheckpointInfo(path.name, path, None, format_problem(meta))
         if meta["format"] not in READABLE_FORMATS:
             *earlier, last = (str(f) for f in READABLE_FORMATS)
             readable = f"{', '.join(earlier)} and {last}" if earlier else last
@@ -191,19 +201,27 @@ class CheckpointStore:
                 f"written by dlrm {meta.get('dlrm_version', '?')} in checkpoint format {meta['format']}; "
                 f"this is dlrm {__version__}, which reads formats {readable}",
             )
-        return CheckpointInfo(path.name, path, upgrade_meta(meta))
+        try:
+            meta = upgrade_meta(meta)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            problem = f"meta.json is damaged (it does not hold what a format {meta['format']} record holds)"
+            return CheckpointInfo(path.name, path, None, problem)
+        problem = record_problem(meta)
+        return CheckpointInfo(path.name, path, None if problem else meta, problem)
 
     def aliases(self, infos: list[CheckpointInfo] | None = None) -> dict[str, str]:
         """``latest``: the newest complete checkpoint. ``best``: of the complete checkpoints trained on the
-        same data as ``latest``, the one with the lowest validation RMSE."""
+        same data as ``latest`` and chosen by the same validation metric (``record.selection_of``: RMSE, or
+        NDCG@10 for a model with only a ranking head), the one where that metric is best. A damaged or
+        unreadable checkpoint is neither."""
         infos = self.infos() if infos is None else infos
         complete = [i for i in infos if i.problem is None and (i.meta or {}).get("complete", False)]
         if not complete:
             return {}
         latest = complete[-1]
-        data = _data_key(latest.meta)
-        same = [i for i in complete if _data_key(i.meta) == data]
-        best = min(same, key=lambda i: ((i.meta or {}).get("metrics", {}).get("validation") or {}).get("rmse", 1e300))
+        kind = (_data_key(latest.meta), selection_of(latest.meta or {}).metric)
+        same = [i for i in complete if (_data_key(i.meta), selection_of(i.meta or {}).metric) == kind]
+        best = min(same, key=lambda i: selection_of(i.meta or {}).rank())
         return {"latest": latest.name, "best": best.name}
 
     def resolve(self, ref: str) -> str:
@@ -212,23 +230,35 @@ class CheckpointStore:
         if ref in ALIASES:
             aliases = self.aliases(infos)
             if ref not in aliases:
-                unfinished = [i.name for i in infos if i.problem is None and not (i.meta or {}).get("complete")]
-                if unfinished:
-                    name = unfinished[-1]
-                    raise DlrmError(
-                        f"no complete checkpoint in {self.root} for {ref!r}: {name} is from a run that was stopped "
-                        f"before its last epoch; use it with --checkpoint {name}, or finish it with "
-                        f"`dlrm train --resume {name}`"
-                    )
-                if infos:
-                    raise DlrmError(f"no complete checkpoint in {self.root} for {ref!r}; `dlrm checkpoints` lists them")
-                raise DlrmError(f"no checkpoints in {self.root}; train one with `dlrm train`")
+                raise self._no_alias(ref, infos)
             return aliases[ref]
         if not any(info.name == ref for info in infos):
             if not infos:
                 raise CheckpointNotFound(f"no checkpoint named {ref!r}: the store {self.root} is empty")
             raise CheckpointNotFound(f"no checkpoint named {ref!r} in {self.root}; `dlrm checkpoints` lists them")
         return ref
+
+    def _no_alias(self, ref: str, infos: list[CheckpointInfo]) -> DlrmError:
+        """Why ``ref`` points at nothing: an empty store (a usage error, as an unknown name is), a run
+        stopped before its last epoch, or checkpoints that cannot be read."""
+        if not infos:
+            return CheckpointNotFound(f"no checkpoints in {self.root}; train one with `dlrm train`")
+        readable = [info.name for info in infos if info.problem is None]
+        if readable:
+            name = readable[-1]
+            return DlrmError(
+                f"no complete checkpoint in {self.root} for {ref!r}: {name} is from a run that was stopped "
+                f"before its last epoch; use it with --checkpoint {name}, or finish it with "
+                f"`dlrm train --resume {name}`"
+            )
+        if len(infos) == 1:
+            return CorruptCheckpoint(
+                f"no checkpoint in {self.root} for {ref!r}: the only one, {infos[0].name}, is corrupt: "
+                f"{infos[0].problem}"
+            )
+        return CorruptCheckpoint(
+            f"no checkpoint in {self.root} for {ref!r}: all {len(infos)} are corrupt; `dlrm checkpoints` says why"
+        )
 
     def load(self, ref: str) -> Checkpoint:
         name = self.resolve(ref)
@@ -333,6 +363,8 @@ class CheckpointStore:
                 **meta,
                 "files": files,
             }
+            if "metrics" in full_meta and "selection" not in full_meta:  # what chose the epoch: best follows it
+                full_meta["selection"] = selection_of(full_meta).to_dict()
             full_meta["meta_sha256"] = _meta_digest(full_meta)
             with (tmp / META).open("w") as handle:
                 json.dump(full_meta, handle, indent=2)

@@ -3,23 +3,26 @@ that return results (their ``to_dict()`` is the ``--json`` document)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dlrm_cli.config import RunConfig
 from dlrm_cli.errors import DlrmUsageError
 from dlrm_cli.store.checkpoints import ALIASES, CheckpointInfo, CheckpointStore
+from dlrm_cli.store.record import selection_of
 
 
 @dataclass(frozen=True)
 class CheckpointRow:
-    """One line of ``dlrm checkpoints``."""
+    """One line of ``dlrm checkpoints``. A checkpoint that cannot be read (``problem``) shows only its name
+    and, if its record names one readably, its date."""
 
     name: str
     created: str | None
     data: str | None
-    epochs: int
+    epochs: int | None
     val_rmse: float | None
+    selection: dict[str, Any] | None  # the metric that chose its epoch: metric, value, higher_is_better
     complete: bool
     latest: bool
     best: bool
@@ -39,24 +42,25 @@ def list_checkpoints(store: CheckpointStore) -> Listing:
     """Every checkpoint in the store, oldest first, with its aliases; unreadable ones name their problem."""
     infos = store.infos()
     aliases = store.aliases(infos)
-    rows = []
-    for info in infos:
-        meta = info.meta or {}
-        validation = (meta.get("metrics") or {}).get("validation") or {}
-        rows.append(
-            CheckpointRow(
-                name=info.name,
-                created=meta.get("created"),
-                data=((meta.get("run") or {}).get("data") or {}).get("kind"),
-                epochs=len(meta.get("history") or []),
-                val_rmse=validation.get("rmse"),
-                complete=bool(meta.get("complete")),
-                latest=info.name == aliases.get("latest"),
-                best=info.name == aliases.get("best"),
-                problem=info.problem,
-            )
-        )
-    return Listing(str(store.root), rows)
+    return Listing(str(store.root), [_row(info, aliases) for info in infos])
+
+
+def _row(info: CheckpointInfo, aliases: dict[str, str]) -> CheckpointRow:
+    meta = info.meta if info.problem is None and info.meta is not None else None
+    if meta is None:
+        return CheckpointRow(info.name, info.created or None, None, None, None, None, False, False, False, info.problem)
+    return CheckpointRow(
+        name=info.name,
+        created=meta["created"],
+        data=meta["run"]["data"]["kind"],
+        epochs=len(meta["history"]),
+        val_rmse=meta["metrics"]["validation"].get("rmse"),
+        selection=selection_of(meta).to_dict(),
+        complete=meta["complete"],
+        latest=info.name == aliases.get("latest"),
+        best=info.name == aliases.get("best"),
+        problem=None,
+    )
 
 
 def _protected(store: CheckpointStore, infos: list[CheckpointInfo] | None = None) -> dict[str, str]:
@@ -84,26 +88,31 @@ def remove_checkpoints(store: CheckpointStore, names: list[str], force: bool = F
 
 @dataclass(frozen=True)
 class Pruning:
-    """What ``prune`` removed (or, with ``dry_run``, would remove), and the old ones an alias kept."""
+    """What ``prune`` removed (or, with ``dry_run``, would remove), the old ones an alias kept, and the
+    checkpoints it left alone because they cannot be read (``damaged``: name -> problem)."""
 
     removed: list[str]
     kept: list[str]
     aliases: dict[str, str]
     dry_run: bool
+    damaged: dict[str, str] = field(default_factory=dict)
 
 
 def prune_checkpoints(store: CheckpointStore, keep: int, force: bool = False, dry_run: bool = False) -> Pruning:
-    """Remove all but the newest ``keep`` checkpoints; 'latest' and 'best' stay unless ``force``."""
+    """Remove all but the newest ``keep`` readable checkpoints; 'latest' and 'best' stay unless ``force``.
+    One that cannot be read neither counts nor goes: its date may be wrong, and `rm` removes it by name."""
     infos = store.infos()
     protected = _protected(store, infos)
-    older = [info.name for info in infos[: max(len(infos) - keep, 0)]]
+    readable = [info for info in infos if info.problem is None]
+    older = [info.name for info in readable[: max(len(readable) - keep, 0)]]
     doomed = [name for name in older if (force or name not in protected) and store.busy(name) is None]
     if not dry_run:
         for name in doomed:
             store.remove(name)
     kept = [name for name in older if name not in doomed]
     reasons = {name: "training" if store.busy(name) is not None else protected[name] for name in kept}
-    return Pruning(doomed, kept, reasons, dry_run)
+    damaged = {info.name: info.problem or "" for info in infos if info.problem is not None}
+    return Pruning(doomed, kept, reasons, dry_run, damaged)
 
 
 def _refuse_busy(store: CheckpointStore, name: str) -> None:

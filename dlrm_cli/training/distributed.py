@@ -10,6 +10,7 @@ alone writes them, as ordinary single-process checkpoints.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -86,9 +87,20 @@ def join() -> Parallel:
     return Parallel(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+class _Failure:
+    at: int | None = None  # when this rank gave up (``time.time_ns()``)
+
+
+def failed_at() -> int | None:
+    """When this rank failed: before it left the group, so before any peer could fail for lack of it."""
+    return _Failure.at
+
+
 def leave(clean: bool = True) -> None:
     """Leave the process group. After a clean run, wait for every rank first: tearing down gloo's
     connections while a peer still sends is what aborts a process ("terminate called ...")."""
+    if not clean and _Failure.at is None:
+        _Failure.at = time.time_ns()
     if dist.is_initialized():
         if clean:
             dist.barrier()

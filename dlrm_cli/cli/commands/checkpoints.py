@@ -13,6 +13,7 @@ from dlrm_cli.cli.options import JsonOption, StoreOption
 from dlrm_cli.config import DEFAULT_STORE
 from dlrm_cli.store import manage as core
 from dlrm_cli.store.checkpoints import CheckpointStore
+from dlrm_cli.store.record import selection_of
 
 app = typer.Typer(
     help="List the checkpoint store; rm, prune and show manage it.",
@@ -24,32 +25,18 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Also remove what 'la
 
 @app.callback()
 def list_command(ctx: typer.Context, json_output: JsonOption = False, store: StoreOption = DEFAULT_STORE) -> None:
-    """List checkpoints: name, created, data, epochs, validation RMSE."""
+    """List checkpoints: name, created, data, epochs, the validation metric that chose the epoch."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.table import Table
+    from dlrm_cli.cli.tables import show_checkpoints
 
     listing = core.list_checkpoints(CheckpointStore(Path(store)))
     if json_output:
         ui.print_json(listing.to_dict())
-        return
-    if not listing.checkpoints:
+    elif not listing.checkpoints:
         ui.err().print(f"No checkpoints in {listing.store}. Train one with `dlrm train`.")
-        return
-    table = Table(title=f"Checkpoints in {listing.store}")
-    for column in ("name", "created", "data", "epochs", "val RMSE", ""):
-        table.add_column(
-            column, justify="right" if column in ("epochs", "val RMSE") else "left", no_wrap=column == "name"
-        )
-    for row in listing.checkpoints:
-        labels = [alias for alias in ("latest", "best") if getattr(row, alias)]
-        if row.problem:
-            labels = [f"[red]unusable: {row.problem}"]
-        elif not row.complete:
-            labels.append("[yellow]incomplete")
-        created = (row.created or "")[:19].replace("T", " ")
-        table.add_row(row.name, created, row.data or "?", str(row.epochs), ui.fmt(row.val_rmse), ", ".join(labels))
-    ui.out().print(table)
+    else:
+        show_checkpoints(listing)
 
 
 @app.command("rm", epilog="Example: dlrm checkpoints rm old-run other-run")
@@ -78,6 +65,10 @@ def prune_command(
         kept = ", ".join(f"{name} ({result.aliases[name]})" for name in result.kept)
         aliased = any(reason != "training" for reason in result.aliases.values())
         ui.err().print(f"Kept {kept}" + ("; pass --force to remove them too" if aliased else ": a run is training it"))
+    for name, problem in result.damaged.items():
+        ui.err().print(
+            f"Left {name} alone: it cannot be read ({problem}); `dlrm checkpoints rm {name}` removes it", soft_wrap=True
+        )
 
 
 @app.command("show", epilog="Example: dlrm checkpoints show latest --json")
@@ -104,10 +95,9 @@ def show_command(
         settings.add_row(key, value)
     out.print(settings)
     out.print(ui.history_table(meta.get("history", []), "History"))
-    metrics = meta.get("metrics", {})
-    validation = metrics.get("validation") or {}
-    out.print(
-        f"best epoch {meta.get('best_epoch')}: validation RMSE {ui.fmt(validation.get('rmse'))}, "
-        f"MAE {ui.fmt(validation.get('mae'))} (global-mean baseline "
-        f"{ui.fmt((metrics.get('validation_baseline') or {}).get('rmse'))})"
-    )
+    metrics = meta["metrics"]
+    line = f"best epoch {meta['best_epoch']}, chosen by {selection_of(meta).label}"
+    if "rmse" in metrics["validation"]:
+        baseline = (metrics.get("validation_baseline") or {}).get("rmse")
+        line += f" (val MAE {ui.fmt(metrics['validation'].get('mae'))}, global-mean baseline RMSE {ui.fmt(baseline)})"
+    out.print(line)

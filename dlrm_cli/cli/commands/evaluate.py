@@ -64,6 +64,12 @@ def evaluate_command(
         if data is not None:
             raise DlrmUsageError("--k ranks a split of the checkpoint's own data; leave out --data")
     loaded = open_model(store, checkpoint, device)
+    items = len(loaded.catalog.items)
+    if cutoffs is not None and max(cutoffs) > items:
+        raise DlrmUsageError(
+            f"--k {max(cutoffs)} is more than the {items:,} items checkpoint {loaded.checkpoint.name} "
+            f"can rank; give at most {items}"
+        )
     with tables.ranking_progress() as progress:
         report = evaluate_checkpoint(loaded, split, data, cutoffs, relevant, candidates, baselines, progress, retrieve)
     if json_output:

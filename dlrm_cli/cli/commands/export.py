@@ -47,7 +47,7 @@ def export_command(
 ) -> None:
     """Export a checkpoint for serving; the artifact needs only PyTorch to run."""
     from dlrm_cli.errors import DlrmUsageError
-    from dlrm_cli.runtime.files import output_path, sidecar_path
+    from dlrm_cli.runtime.files import interrupted_writes, output_path, sidecar_path
 
     try:
         spec = ExportSpec(format, inputs, quantize, head)
@@ -60,7 +60,8 @@ def export_command(
     from dlrm_cli.serving.export import PARITY_TOLERANCE, export_checkpoint
     from dlrm_cli.store.loading import open_model
 
-    result = export_checkpoint(open_model(store, checkpoint), output, spec)
+    with interrupted_writes(output, sidecar_path(output)):
+        result = export_checkpoint(open_model(store, checkpoint), output, spec)
     if json_output:
         ui.print_json(result.to_dict())
         return

@@ -83,22 +83,24 @@ def _recommend_many(
     retrieve: int | None,
 ) -> None:
     from dlrm_cli.cli import tables, ui
+    from dlrm_cli.runtime.files import interrupted_writes
     from dlrm_cli.scoring.recommending import recommend_many
     from dlrm_cli.store.loading import open_model
 
-    loaded = open_model(store, checkpoint, device)
-    with tables.users_progress("Recommending") as bar:
-        bar.start()
-        task = bar.add_task("users", total=0)
-        result = recommend_many(
-            loaded,
-            users,
-            top,
-            exclude_seen,
-            lambda done, total: bar.update(task, completed=done, total=total),
-            retrieve,
-        )
-    rows = result.write(output)
+    with interrupted_writes(output):
+        loaded = open_model(store, checkpoint, device)
+        with tables.users_progress("Recommending") as bar:
+            bar.start()
+            task = bar.add_task("users", total=0)
+            result = recommend_many(
+                loaded,
+                users,
+                top,
+                exclude_seen,
+                lambda done, total: bar.update(task, completed=done, total=total),
+                retrieve,
+            )
+        rows = result.write(output)
     if json_output:
         ui.print_json(result.summary(output, rows, top))
         return
