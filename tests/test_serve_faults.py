@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import Dlrm
+from test_serve import _Ranking
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -154,14 +155,6 @@ class _Fragile:
         if "poison" in queries:
             raise RuntimeError("the batch failed")
         return [_Ranking(query) for query in queries]
-
-
-class _Ranking:
-    def __init__(self, user) -> None:
-        self.user = user
-
-    def to_dict(self):
-        return {"user": self.user}
 
 
 def test_a_batch_that_fails_is_scored_again_request_by_request():
