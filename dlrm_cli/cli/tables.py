@@ -1,46 +1,55 @@
-"""Result tables of the commands that measure (``evaluate``, ``benchmark``) and the progress bars of long
-runs over users, on the consoles of ``ui``. Rich is imported inside the functions, torch never."""
+"""Result tables of the commands that measure (``evaluate``, ``benchmark``) and the progress display of long
+steps, on the consoles of ``ui``. Rich is imported inside the functions, torch never."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from dlrm_cli.cli import ui
+from dlrm_cli.runtime.progress import Progress, progress_shown, silent
 
 
 @contextlib.contextmanager
-def users_progress(label: str) -> Iterator[Any]:
-    """A transient progress display on stderr whose bars count users: ``label`` (a Rich format string of the
-    task), the bar, ``done/total users`` and the time elapsed. Yields the ``rich.progress.Progress``, not
-    started: ``start()`` it when there is something to show (leaving the block stops it)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def progress(json_output: bool = False) -> Iterator[Progress]:
+    """A transient display on stderr of the steps the core reports (``dlrm_cli.runtime.progress.Progress``):
+    a bar with ``done/total`` for a step with a total, a spinner for one without. Each label is its own line;
+    a spinner stops when the next step starts. Nothing is shown with ``--json`` or when stderr is not a
+    terminal (``progress_shown``)."""
+    if not progress_shown(json_output):
+        yield silent
+        return
+    import rich.progress as rp
+    from rich.console import Console
 
-    columns = (TextColumn(label), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} users"))
-    bar = Progress(*columns, TimeElapsedColumn(), console=ui.err(), transient=True)
+    console = Console(stderr=True, highlight=False, force_terminal=True)  # the rule above has decided
+    columns = (rp.SpinnerColumn(), rp.TextColumn("[bold]{task.description}"), rp.BarColumn())
+    count = rp.TextColumn("{task.fields[count]}")
+    bar = rp.Progress(*columns, count, rp.TimeElapsedColumn(), console=console, transient=True)
+    tasks: dict[str, Any] = {}
+    current: list[str] = []
+
+    def report(label: str, done: int = 0, total: int = 0) -> None:
+        if not tasks:
+            bar.start()
+        if current != [label]:  # a new step: the spinners of the steps before it stop
+            for task in bar.tasks:
+                if task.total is None:
+                    bar.update(task.id, visible=False)
+            if label in tasks:  # a step that comes again starts its line afresh
+                bar.reset(tasks[label], visible=True)
+            else:
+                tasks[label] = bar.add_task(label, total=total or None, count="")
+            current[:] = [label]
+        count = f"{done:,}/{total:,}" if total else ""
+        bar.update(tasks[label], completed=done, total=total or None, count=count)
+
     try:
-        yield bar
+        yield report
     finally:
         if bar.live.is_started:  # stopping one never started would still end the line on a non-terminal
             bar.stop()
-
-
-@contextlib.contextmanager
-def ranking_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """``progress(name, done, total)`` for ``evaluate --k``: one bar per model ranked, shown from its first
-    report on."""
-    with users_progress("Ranking: {task.description}") as bar:
-        tasks: dict[str, Any] = {}
-
-        def progress(name: str, done: int, total: int) -> None:
-            if not tasks:
-                bar.start()
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total)
-            bar.update(tasks[name], completed=done)
-
-        yield progress
 
 
 def show_evaluation(report: Any, where: str) -> None:
@@ -194,3 +203,58 @@ def show_benchmark(report: Any) -> None:
         f"{100 * m['mlp_fraction_of_matmul']:.0f}% of a 2048x2048 matmul ({m['matmul_gflops']:.1f} GFLOP/s), "
         f"{s['threads']} threads"
     )
+
+
+def show_ranking(ranking: Any, title: str) -> None:
+    """``predict`` and ``recommend``: a ranking as a table, the top one marked as the recommendation, each item
+    with its title and side values where known, and ``--explain``'s reasons; notes on unseen ids to stderr."""
+    from rich.table import Table
+
+    from dlrm_cli.scoring.recommending import stars
+
+    ranked = ranking.items
+    table = Table(title=f"{title} ({ranking.checkpoint})")
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    labelled = any(entry.label for entry in ranked)
+    if labelled:
+        table.add_column("title")
+    rated = ranking.scored_as == "rating"  # else a ranking-only model's score: no stars to show
+    table.add_column(ranking.scored_as, justify="right")
+    if rated:
+        table.add_column("stars")
+    scored = any(entry.score is not None for entry in ranked)  # a two-headed model's order, shown
+    if scored:
+        table.add_column("score", justify="right")
+    explained = any(entry.because is not None for entry in ranked)
+    if explained:
+        table.add_column("because you rated")
+    table.add_column("")
+    for rank, entry in enumerate(ranked, start=1):
+        cells = [str(rank), entry.item] + ([entry.label] if labelled else [])
+        note = "← recommended" if rank == 1 else ""
+        if entry.unseen:
+            note = (note + " (unseen in training)").strip()
+        cells += [f"{entry.rating:.2f}", *([stars(entry.rating, ranking.rating_max)] if rated else [])]
+        cells += [*([f"{entry.score:.2f}"] if scored else []), *([_reasons(entry.because)] if explained else [])]
+        table.add_row(*cells, note, style="bold green" if rank == 1 else None)
+    ui.out().print(table)
+    if ranking.user_unseen:
+        ui.err().print(
+            f"Note: user {ranking.user} was not in the training data, so no history of theirs shapes this ranking"
+        )
+    if ranking.unseen_items:
+        listed = ", ".join(ranking.unseen_items)
+        ui.err().print(f"Note: not in the training data (scored from side features only): item {listed}")
+
+
+def _reasons(because: list[Any] | None) -> str:
+    """``--explain``'s reasons for one item: ``Alien (0.31), 12 (0.20)``; "" when none."""
+    return ", ".join(f"{reason.title or reason.item} ({reason.weight:.2f})" for reason in because or [])
+
+
+def show_recommendation(result: Any, user: str) -> None:
+    """``recommend --user``: the table, then how many items were scored in how long."""
+    ranking = result.ranking
+    show_ranking(ranking, title=f"Top {len(ranking.items)} of {result.scored:,} items for user {user}")
+    ui.err().print(f"Scored {result.scored:,} items in {result.seconds * 1000:.0f} ms")

@@ -22,7 +22,9 @@ from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.retrieval.generators import fit_generator
 from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.two_stage import TwoStage
+from dlrm_cli.runtime.progress import Progress, silent
 from dlrm_cli.scoring.metrics import (
+    EVAL_BATCH,
     candidate_scorer,
     classification_metrics,
     error_metrics,
@@ -66,47 +68,76 @@ class Scored:
     interactions: dict[str, float] | None = None
 
 
-def evaluate(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Evaluation:
+def evaluate(
+    loaded: LoadedModel, split: str, data: DataSource | None = None, progress: Progress = silent
+) -> Evaluation:
     """MSE, RMSE and MAE of the model beside two references: always predicting the training mean, and
     (for synthetic data) the best any model can do.
 
     Without ``data``: on a split of the data the checkpoint was trained on. With ``data``: on every
-    rating in it, ids mapped through the checkpoint's vocabularies."""
-    return evaluation_of(loaded, score_ratings(loaded, split, data))
+    rating in it, ids mapped through the checkpoint's vocabularies. ``progress`` hears the steps."""
+    return evaluation_of(loaded, score_ratings(loaded, split, data, progress))
 
 
-def score_ratings(loaded: LoadedModel, split: str, data: DataSource | None = None) -> Scored:
+SCORED_PER_STEP = 4 * EVAL_BATCH  # pairs scored between two progress reports
+
+
+def score_in_steps(
+    loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, label: str, progress: Progress, ranking: bool = False
+) -> torch.Tensor:
+    """``score`` of these pairs, a slice at a time, telling ``progress`` how many are done."""
+    model, catalog, device = loaded.model, loaded.catalog, loaded.device
+    parts, total = [], len(users)
+    progress(label, 0, total)
+    for start in range(0, total, SCORED_PER_STEP):
+        chunk = slice(start, start + SCORED_PER_STEP)
+        parts.append(score(model, catalog, users[chunk], items[chunk], device, ranking=ranking))
+        progress(label, min(start + SCORED_PER_STEP, total), total)
+    return torch.cat(parts) if parts else score(model, catalog, users, items, device, ranking=ranking)
+
+
+def load_checkpoint_data(loaded: LoadedModel, progress: Progress = silent) -> Any:
+    """The data set the checkpoint was trained on (from the parse cache when unchanged); ``progress`` hears it."""
+    progress(f"Loading the {loaded.checkpoint.run.data.kind} data")
+    return load_dataset(loaded.checkpoint.run.data)
+
+
+def score_ratings(
+    loaded: LoadedModel, split: str, data: DataSource | None = None, progress: Progress = silent
+) -> Scored:
     """The model's predictions for the ratings ``evaluate`` scores (see there for ``split`` and ``data``)."""
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     expected, train = None, None
     if data is None:
         trained_on = loaded.checkpoint.run.data
-        dataset = load_dataset(trained_on)
+        dataset = load_checkpoint_data(loaded, progress)
         ratings, train = dataset.split(split), dataset.train
         expected = dataset.expected.get(split)
         kind = trained_on.kind
     else:
         if not isinstance(data, FileSource):
             raise DlrmUsageError("--data takes movielens:DIR or csv:FILE here")
+        progress(f"Reading {data.kind}:{data.path}")
         ratings = _ratings_from(loaded, data)
         split, kind = "all", data.kind
     overlap = _training_overlap(loaded, ratings) if data is not None else 0
-    predicted = score(loaded.model, loaded.catalog, ratings.user, ratings.item, loaded.device)
+    predicted = score_in_steps(loaded, ratings.user, ratings.item, "Scoring ratings", progress)
     interactions = None
     if "ranking" in loaded.model.config.heads and len(ratings):
-        train = train if train is not None else load_dataset(loaded.checkpoint.run.data).train
-        interactions = interaction_metrics(loaded, ratings, train)
+        train = train if train is not None else load_checkpoint_data(loaded, progress).train
+        interactions = interaction_metrics(loaded, ratings, train, progress=progress)
     return Scored(kind, split, ratings, predicted, expected, overlap, interactions)
 
 
-def interaction_metrics(loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0) -> dict[str, float]:
+def interaction_metrics(
+    loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0, progress: Progress = silent
+) -> dict[str, float]:
     """AUC and log loss of the ranking head on held-out pairs (each a positive) against as many negatives per
     pair as the run trained with, drawn (seeded) uniformly among the items with ratings in ``train``."""
     negative_users, negative_items = seeded_negatives(loaded, held_out, train, seed)
-    model, catalog, device = loaded.model, loaded.catalog, loaded.device
-    positive = score(model, catalog, held_out.user, held_out.item, device, ranking=True)
-    negative = score(model, catalog, negative_users, negative_items, device, ranking=True)
+    positive = score_in_steps(loaded, held_out.user, held_out.item, "Scoring held-out pairs", progress, True)
+    negative = score_in_steps(loaded, negative_users, negative_items, "Scoring sampled negatives", progress, True)
     negatives = int(loaded.checkpoint.run.train.negatives)
     return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
 
@@ -226,11 +257,11 @@ def rank_evaluation(
     relevant: float = 4.0,
     sampled: int | None = None,
     baselines: bool = True,
-    progress: Any = None,
+    progress: Progress = silent,
     retrieve: int | None = None,
 ) -> RankingEvaluation:
     """Rank every candidate item for each held-out user of ``split`` with the model and, with
-    ``baselines``, with most-popular, PureSVD and EASE; ``progress(name, done, total)`` hears the way. A
+    ``baselines``, with most-popular, PureSVD and EASE; ``progress`` hears each model's users ranked. A
     two-stage checkpoint ranks three ways: both stages (``retrieve`` candidates a user, default as trained), its
     generator alone and its main model alone."""
     from dlrm_cli.scoring.ranking import BASELINES, held_out_task, rank_metrics
@@ -238,13 +269,14 @@ def rank_evaluation(
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     check_retrieve(loaded, retrieve)
-    dataset = load_dataset(loaded.checkpoint.run.data)
+    dataset = load_checkpoint_data(loaded, progress)
     task = held_out_task(dataset, split, relevant)
     if len(task.users) == 0:
         raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
     fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
     retrieval = None
     if loaded.stages is not None:
+        progress("Preparing the retrieval stage")
         stages = split_stages(loaded, dataset, split, retrieve, max(ks))
         fits = {
             TWO_STAGES: lambda: stages.full_scores,
@@ -259,11 +291,11 @@ def rank_evaluation(
     models, seconds = {}, {}
     for name, fit in fits.items():
         started = time.perf_counter()
+        progress(f"Ranking users: {name}", 0, len(task.users))  # shown while a baseline is fitted
         scorer = fit()  # a baseline is fitted here, inside its timing
 
-        def report(done: int, total: int, name: str = name) -> None:
-            if progress is not None:
-                progress(name, done, total)
+        def report(done: int, total: int, label: str = f"Ranking users: {name}") -> None:
+            progress(label, done, total)
 
         models[name] = rank_metrics(task, scorer, ks, report, sampled=sampled)
         seconds[name] = time.perf_counter() - started
@@ -324,16 +356,16 @@ def evaluate_checkpoint(
     relevant: float | None = None,
     sampled: int | None = None,
     baselines: bool = True,
-    progress: Any = None,
+    progress: Progress = silent,
     retrieve: int | None = None,
 ) -> EvaluationReport:
     """``evaluate`` on ``split`` (or on every rating of ``data``, a ``--data`` value) and, with ``cutoffs``,
     ``rank_evaluation`` of the split: a held-out rating at or above ``relevant`` (default: 4, or the scale's
-    top if lower) makes its item relevant; ``progress(name, done, total)`` hears the ranking's way."""
+    top if lower) makes its item relevant; ``progress`` hears each step."""
     if retrieve is not None and cutoffs is None:
         raise DlrmUsageError("--retrieve goes with --k: it sets how many candidates the two stages rank")
     check_retrieve(loaded, retrieve)
-    result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None)
+    result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None, progress)
     ranking = None
     if cutoffs is not None:
         threshold = relevant if relevant is not None else relevant_rating(loaded.catalog.rating_max)

@@ -30,6 +30,7 @@ from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.model.dlrm import RatingDLRM, to_rating
 from dlrm_cli.runtime.files import sidecar_path, temporary_beside
+from dlrm_cli.runtime.progress import Progress, silent
 from dlrm_cli.runtime.quiet import quiet_library_logs
 from dlrm_cli.scoring.metrics import EVAL_BATCH, auc, error_metrics, score
 from dlrm_cli.serving.artifact import IdServingDLRM, ServingDLRM, plain_inputs
@@ -286,10 +287,10 @@ class ExportResult:
         return report
 
 
-def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> ExportResult:
+def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec, progress: Progress = silent) -> ExportResult:
     """Write ``loaded`` as a serving artifact at ``output`` and its input description at ``output``.json,
     after checking the artifact against the eager model on up to 1,024 held-out ratings, and (ids artifacts)
-    on ids it never saw; nothing is left at ``output`` when the check fails."""
+    on ids it never saw; nothing is left at ``output`` when the check fails. ``progress`` hears each step."""
     from dlrm_cli.model.int8 import QuantizedServingDLRM
 
     catalog, heads = loaded.catalog, loaded.model.config.heads
@@ -312,7 +313,9 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
         description["two_stages"] = two_stage_note(loaded)
     try:
         tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
+        progress(f"Exporting {loaded.checkpoint.name} as {spec.format}")
         artifact = export_model(loaded.model, catalog, spec, tmp, inputs, description)
+        progress(f"Checking parity on {len(users):,} held-out pairs")
         with torch.inference_mode():
             exported = artifact(*inputs)
             if spec.quantize:  # an int8 artifact must match the eager int8 model, not the float one
@@ -350,7 +353,7 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec) -> Ex
         bytes=size,
         parity_samples=len(users),
         max_abs_difference=difference,
-        quantization=_quantization(loaded, artifact, size, spec) if spec.quantize else None,
+        quantization=_quantization(loaded, artifact, size, spec, progress) if spec.quantize else None,
         two_stages=description.get("two_stages"),
     )
 
@@ -370,9 +373,10 @@ def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch
     return plain_inputs(catalog, user_rows, item_rows)
 
 
-def _test_rows(loaded: LoadedModel) -> tuple[Ratings, Ratings]:
+def _test_rows(loaded: LoadedModel, progress: Progress = silent) -> tuple[Ratings, Ratings]:
     """The test and training rows to measure an int8 artifact on: the data's where it can be read, else the
     held-out ratings and the training pairs that the checkpoint keeps."""
+    progress(f"Loading the {loaded.checkpoint.run.data.kind} data")
     try:
         data = load_dataset(loaded.checkpoint.run.data)
         return data.test, data.train
@@ -381,34 +385,50 @@ def _test_rows(loaded: LoadedModel) -> tuple[Ratings, Ratings]:
         return loaded.known.held_out, Ratings(users, items, torch.zeros(len(items)))
 
 
-def _quantization(loaded: LoadedModel, artifact: Any, size: int, spec: ExportSpec) -> Quantization:
+def _quantization(
+    loaded: LoadedModel, artifact: Any, size: int, spec: ExportSpec, progress: Progress = silent
+) -> Quantization:
     """The int8 artifact against the float model on the test rows."""
-    (held_out, train), catalog = _test_rows(loaded), loaded.catalog
+    (held_out, train), catalog = _test_rows(loaded, progress), loaded.catalog
 
     def served(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        out = []
         with torch.inference_mode():
-            for start in range(0, len(users), EVAL_BATCH):
-                chunk = slice(start, start + EVAL_BATCH)
-                scored = artifact(*_artifact_inputs(catalog, users[chunk], items[chunk], spec.inputs))
-                out.append(scored[0] if spec.inputs == "ids" else scored)
-        return torch.cat(out) if out else torch.empty(0)
+            scored = artifact(*_artifact_inputs(catalog, users, items, spec.inputs))
+        return scored[0] if spec.inputs == "ids" else scored
+
+    def eager(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return _eager(loaded, users, items, spec.head)
 
     float_bytes = float_size(loaded.model, catalog, spec.inputs, spec.head)
+    pairs = {"test ratings": (held_out.user, held_out.item)}
     if spec.head == "ranking":
         from dlrm_cli.scoring.evaluation import seeded_negatives
 
-        negative_users, negative_items = seeded_negatives(loaded, held_out, train)
-        int8 = auc(served(held_out.user, held_out.item), served(negative_users, negative_items))
-        exact = auc(
-            *(
-                _eager(loaded, u, i, "ranking")
-                for u, i in ((held_out.user, held_out.item), (negative_users, negative_items))
-            )
-        )
+        pairs = {"test pairs": pairs["test ratings"], "sampled negatives": seeded_negatives(loaded, held_out, train)}
+    scores = {
+        tables: [
+            _in_steps(model, *rows, f"{tables} tables: scoring the {name}", progress) for name, rows in pairs.items()
+        ]
+        for tables, model in (("int8", served), ("float", eager))
+    }
+    if spec.head == "ranking":
+        int8, exact = auc(*scores["int8"]), auc(*scores["float"])
         return Quantization(size, float_bytes, len(held_out), float_auc=exact, int8_auc=int8, auc_change=int8 - exact)
-    int8_rmse = error_metrics(served(held_out.user, held_out.item), held_out.rating)["rmse"]
-    float_rmse = error_metrics(_eager(loaded, held_out.user, held_out.item, "rating"), held_out.rating)["rmse"]
+    int8_rmse = error_metrics(scores["int8"][0], held_out.rating)["rmse"]
+    float_rmse = error_metrics(scores["float"][0], held_out.rating)["rmse"]
     return Quantization(
         size, float_bytes, len(held_out), float_rmse=float_rmse, int8_rmse=int8_rmse, rmse_change=int8_rmse - float_rmse
     )
+
+
+def _in_steps(
+    score_pairs: Any, users: torch.Tensor, items: torch.Tensor, label: str, progress: Progress
+) -> torch.Tensor:
+    """``score_pairs(users, items)`` a batch at a time, telling ``progress`` how many pairs are done."""
+    out, total = [], len(users)
+    progress(label, 0, total)
+    for start in range(0, total, EVAL_BATCH):
+        chunk = slice(start, start + EVAL_BATCH)
+        out.append(score_pairs(users[chunk], items[chunk]))
+        progress(label, min(start + EVAL_BATCH, total), total)
+    return torch.cat(out) if out else torch.empty(0)

@@ -122,15 +122,18 @@ def _runtime_checks() -> list[Check]:
         checks.append(Check("CUDA", "ok", f"{torch.cuda.device_count()} GPU(s): {names}"))
     else:
         checks.append(Check("CUDA", "info", "no GPU seen; dlrm runs on the CPU"))
-    fixed, usable = chosen_threads(None), available_cpus()
-    threads = (
-        f"OMP_NUM_THREADS fixes torch's threads at {fixed}"
-        if fixed
-        else f"training picks 1 to {usable} threads by measurement ({usable} of {os.cpu_count()} CPUs usable "
-        "here; --threads fixes a count)"
-    )
-    checks.append(Check("threads", "info", threads))
+    checks.append(Check("threads", "info", threads_detail(chosen_threads(None), available_cpus(), os.cpu_count())))
     return checks
+
+
+def threads_detail(fixed: int | None, usable: int, cpus: int | None) -> str:
+    """How training chooses torch's thread count here, in words."""
+    if fixed:
+        return f"OMP_NUM_THREADS fixes torch's threads at {fixed}"
+    here = f"({usable} of {cpus} CPUs usable here; --threads fixes a count)"
+    if usable <= 1:
+        return f"training picks 1 thread {here}"
+    return f"training picks 1 to {usable} threads by measurement {here}"
 
 
 def _store_check(root: Path) -> Check:

@@ -73,8 +73,8 @@ def benchmark_command(
         models=models,
         concurrent=concurrent,
     )
-    with ui.err().status("Benchmarking…") as status:
-        report = run_benchmark(settings, progress=lambda text: status.update(f"Benchmarking: {text}"))
+    with tables.progress(json_output) as progress:
+        report = run_benchmark(settings, progress=lambda text: progress(f"Benchmarking: {text}"))
     if json_output:
         ui.print_json(report.to_dict())
     else:

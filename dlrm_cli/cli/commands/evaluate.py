@@ -63,14 +63,15 @@ def evaluate_command(
         cutoffs = parse_cutoffs(k)
         if data is not None:
             raise DlrmUsageError("--k ranks a split of the checkpoint's own data; leave out --data")
-    loaded = open_model(store, checkpoint, device)
-    items = len(loaded.catalog.items)
-    if cutoffs is not None and max(cutoffs) > items:
-        raise DlrmUsageError(
-            f"--k {max(cutoffs)} is more than the {items:,} items checkpoint {loaded.checkpoint.name} "
-            f"can rank; give at most {items}"
-        )
-    with tables.ranking_progress() as progress:
+    with tables.progress(json_output) as progress:
+        progress(f"Loading checkpoint {checkpoint}")
+        loaded = open_model(store, checkpoint, device)
+        items = len(loaded.catalog.items)
+        if cutoffs is not None and max(cutoffs) > items:
+            raise DlrmUsageError(
+                f"--k {max(cutoffs)} is more than the {items:,} items checkpoint {loaded.checkpoint.name} "
+                f"can rank; give at most {items}"
+            )
         report = evaluate_checkpoint(loaded, split, data, cutoffs, relevant, candidates, baselines, progress, retrieve)
     if json_output:
         ui.print_json(report.to_dict())

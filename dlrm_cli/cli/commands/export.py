@@ -56,12 +56,13 @@ def export_command(
     output = output_path(output, force)
     output_path(sidecar_path(output), force)  # the file describing its inputs follows the same rule
 
-    from dlrm_cli.cli import ui
+    from dlrm_cli.cli import tables, ui
     from dlrm_cli.serving.export import PARITY_TOLERANCE, export_checkpoint
     from dlrm_cli.store.loading import open_model
 
-    with interrupted_writes(output, sidecar_path(output)):
-        result = export_checkpoint(open_model(store, checkpoint), output, spec)
+    with interrupted_writes(output, sidecar_path(output)), tables.progress(json_output) as progress:
+        progress(f"Loading checkpoint {checkpoint}")
+        result = export_checkpoint(open_model(store, checkpoint), output, spec, progress)
     if json_output:
         ui.print_json(result.to_dict())
         return

@@ -35,10 +35,10 @@ def report_command(
     except ImportError:
         raise DlrmError("dlrm report needs matplotlib: pip install 'dlrm-cli[report]'") from None
 
-    from dlrm_cli.cli import ui
+    from dlrm_cli.cli import tables, ui
     from dlrm_cli.tools.report import build_report
 
     refs = list(dict.fromkeys(names or ["latest"]))
-    with ui.err().status("Scoring the test splits…"):
-        written = build_report(Path(store), refs, output, k)
+    with tables.progress() as progress:
+        written = build_report(Path(store), refs, output, k, progress)
     ui.out().print(f"Wrote {output} ({output.stat().st_size / 1e3:.0f} kB) comparing {', '.join(written)}")
