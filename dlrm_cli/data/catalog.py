@@ -6,6 +6,7 @@ Every user and every item owns its feature values, so a batch needs only user ro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,8 @@ class EntityTable:
     share the out-of-vocabulary row 0 when the table has one.
     ``sparse`` maps a feature name to an E x L tensor of embedding rows padded with ``PAD``; ``bags`` maps
     one to a jagged ``Bag`` (E + 1 bags: the neutral row's is empty).
+    ``described`` keeps the raw side values shown beside an item (E + 1 each, the neutral row's missing): a
+    float64 tensor (NaN: missing) per numeric column, a list of strings ("": missing) per categorical one.
     """
 
     kind: str
@@ -104,6 +107,7 @@ class EntityTable:
     id_table_rows: int = 0
     has_oov: bool = False
     bags: dict[str, Bag] = field(default_factory=dict)
+    described: dict[str, torch.Tensor | list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -146,6 +150,18 @@ class EntityTable:
             return np.where(found >= 0, order[np.maximum(found, 0)], -1)
         return _search(self.keys, raw_ids)
 
+    def features_of(self, row: int) -> dict[str, float | str] | None:
+        """The raw side values of entity ``row`` that it has, by column; None when it has none."""
+        shown: dict[str, float | str] = {}
+        for name, values in self.described.items():
+            if isinstance(values, torch.Tensor):
+                number = float(values[row])
+                if math.isfinite(number):
+                    shown[name] = number
+            elif values[row] and values[row] != "nan":
+                shown[name] = values[row]
+        return shown or None
+
     def unseen_in_training(self, rows: torch.Tensor) -> torch.Tensor:
         """A boolean mask of the given entity rows whose id has no trained embedding (the OOV row)."""
         return self.id_rows[rows] == 0 if self.has_oov else torch.zeros_like(rows, dtype=torch.bool)
@@ -165,6 +181,7 @@ class EntityTable:
             "sparse_sizes": dict(self.sparse_sizes),
             "titles": self.titles,
             "bags": {name: bag.state() for name, bag in self.bags.items()},
+            "described": dict(self.described),
         }
 
     @classmethod
@@ -183,7 +200,16 @@ class EntityTable:
             sparse_sizes={k: int(v) for k, v in state["sparse_sizes"].items()},
             titles=state["titles"],
             bags={name: Bag.from_state(bag) for name, bag in state.get("bags", {}).items()},  # none before format 3
+            described=_described(state.get("described", {}), len(keys) + 1),  # none before dlrm kept them
         )
+
+
+def _described(state: dict, rows: int) -> dict[str, torch.Tensor | list[str]]:
+    """A saved ``described``, each column checked to hold one value per row."""
+    for name, values in state.items():
+        if len(values) != rows:
+            raise TypeError(f"side values {name!r}: {len(values)} rows for {rows}")
+    return dict(state)
 
 
 def _as_int(raw: str) -> int | None:

@@ -88,8 +88,11 @@ def _unify(*arrays: np.ndarray) -> list[np.ndarray]:
     return [a.astype(str) for a in arrays]
 
 
-def build_entities(kind: str, all_ids: np.ndarray, train_ids: np.ndarray, side: SideTable | None) -> EntityTable:
-    """One row per known entity plus a neutral last row for ids never seen at all."""
+def build_entities(
+    kind: str, all_ids: np.ndarray, train_ids: np.ndarray, side: SideTable | None, unshown: tuple[str, ...] = ()
+) -> EntityTable:
+    """One row per known entity plus a neutral last row for ids never seen at all. An item keeps its raw side
+    values to show (``EntityTable.described``), less the columns ``unshown`` (ones its title already says)."""
     side = side or SideTable(ids=np.array([], dtype=all_ids.dtype))
     all_ids, train_ids, side_ids = _unify(all_ids, train_ids, side.ids)
     keys = np.unique(np.concatenate([all_ids, side_ids]))
@@ -133,6 +136,15 @@ def build_entities(kind: str, all_ids: np.ndarray, train_ids: np.ndarray, side: 
         sparse[name] = torch.from_numpy(matrix)
         sizes[name] = len(known) + 1
 
+    described: dict[str, torch.Tensor | list[str]] = {}
+    if kind == "item":  # the raw values shown beside an item
+        for index, name in enumerate(side.dense, start=1):  # columns[0] is the rating count
+            if name in unshown:
+                continue
+            described[name] = torch.from_numpy(np.append(columns[index], np.nan).astype(np.float64))
+        for name, values in side.sparse.items():
+            shown = [str(values[r]) if ok else "" for r, ok in zip(side_rows.tolist(), has_side.tolist(), strict=True)]
+            described[name] = [*shown, ""]
     titles = None
     if side.titles is not None:
         titles = [
@@ -150,6 +162,7 @@ def build_entities(kind: str, all_ids: np.ndarray, train_ids: np.ndarray, side: 
         sparse=sparse,
         sparse_sizes=sizes,
         titles=titles,
+        described=described,
     )
 
 
@@ -158,7 +171,8 @@ def build_dataset(raw: RawData, source: FileSource) -> Dataset:
     rows = split_rows(raw, source.split, source.seed, source.validation)
     train = rows["train"]
     users = build_entities("user", raw.user, raw.user[train], raw.users)
-    items = build_entities("item", raw.item, raw.item[train], raw.items)
+    unshown = ("release_year",) if raw.release.startswith("ml") else ()  # MovieLens: read from the title
+    items = build_entities("item", raw.item, raw.item[train], raw.items, unshown)
     user_rows = torch.from_numpy(np.searchsorted(users.keys, _unify(raw.user, users.keys)[0]))
     item_rows = torch.from_numpy(np.searchsorted(items.keys, _unify(raw.item, items.keys)[0]))
     everything = Ratings(user_rows, item_rows, torch.from_numpy(raw.rating))

@@ -409,6 +409,8 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
             table.dense[column] = aligned.astype(np.float64)
         else:
             table.sparse[column] = np.asarray(aligned, dtype=str)
+    if columns.title:
+        items.titles = _titles(path, frame, columns, item, items.ids)
     return RawData(
         user=user,
         item=item,
@@ -426,7 +428,22 @@ def _named_columns(columns: CsvColumns, implicit: bool = False) -> list[str]:
     """Every column the options give a role, in role order (a column named twice appears twice)."""
     rating = [] if implicit else [columns.rating_column]
     return [columns.user_column, columns.item_column, *rating, *columns.dense, *columns.sparse,
-            *([columns.time] if columns.time else [])]  # fmt: skip
+            *([columns.time] if columns.time else []), *([columns.title] if columns.title else [])]  # fmt: skip
+
+
+def _titles(path: Path, frame: pd.DataFrame, columns: CsvColumns, item: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each item's display name from the title column, in ``ids`` order ("" where no row gives one); the
+    names an item's rows give must agree."""
+    names = frame[columns.title].astype("string").str.strip().fillna("").to_numpy(dtype=str)
+    given = names != ""
+    per_item = pd.Series(names[given]).groupby(item[given])
+    varies = per_item.nunique() > 1
+    if varies.any():
+        raise DataError(
+            f"{path}: column {columns.title!r} (--title-col) varies within item {varies.idxmax()}; "
+            "it must hold one display name per item"
+        )
+    return per_item.first().reindex(ids).fillna("").to_numpy(dtype=str)
 
 
 def _csv_table(path: Path, columns: CsvColumns, implicit: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
@@ -434,7 +451,14 @@ def _csv_table(path: Path, columns: CsvColumns, implicit: bool = False) -> tuple
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
     rating = () if implicit else (columns.rating_column,)
     numeric = (*rating, *columns.dense) + ((columns.time,) if columns.time else ())
-    return read_table(path, sep=sep, required=tuple(named), numeric=numeric, dtype=dict.fromkeys(columns.sparse, str))
+    title = [columns.title] if columns.title else []  # may be blank on a row: the item then shows its id
+    required = tuple(name for name in named if name not in title)
+    frame, lines = read_table(
+        path, sep=sep, required=required, numeric=numeric, dtype=dict.fromkeys([*columns.sparse, *title], str)
+    )
+    if title and title[0] not in frame.columns:
+        raise DataError(f"{path}: no column named {title[0]!r} (columns: {', '.join(map(str, frame.columns))})")
+    return frame, lines
 
 
 def _owner(frame: pd.DataFrame, column: str, columns: CsvColumns) -> str | None:
@@ -460,6 +484,8 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
             merged.dense[name] = np.concatenate([t.dense[name] for t in tables])[order]
         for name in tables[0].sparse:
             merged.sparse[name] = np.concatenate([t.sparse[name] for t in tables])[order]
+        if all(t.titles is not None for t in tables):
+            merged.titles = np.concatenate([t.titles for t in tables])[order]
         side[kind] = merged
     low = min(train.rating_range[0], test.rating_range[0])
     high = max(train.rating_range[1], test.rating_range[1])

@@ -18,6 +18,7 @@ import torch
 
 from dlrm_cli.data.catalog import EntityTable
 from dlrm_cli.errors import DlrmError, DlrmUsageError
+from dlrm_cli.scoring.explain import Because, explain_ranking
 from dlrm_cli.scoring.metrics import (
     score,
     score_grid,
@@ -41,6 +42,17 @@ class RankedItem:
     rating: float
     unseen: bool
     score: float | None = None  # a two-headed model's recommendations: the ranking head's probability
+    features: dict[str, float | str] | None = None  # the item's raw side values, where the data has them
+    because: list[Because] | None = None  # recommend --explain: the user's training items behind it
+
+    @property
+    def label(self) -> str:
+        """The title and the side values, as tables show them: ``Dune (genre sci-fi, price 9.5)``."""
+        if not self.features:
+            return self.title or ""
+        values = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+                           for name, value in self.features.items())  # fmt: skip
+        return f"{self.title or f'item {self.item}'} ({values})"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class Ranking:
                     "rank": rank,
                     "item": entry.item,
                     "title": entry.title,
+                    **({"features": entry.features} if entry.features else {}),
                     **(
                         {"rating": entry.rating, "stars": stars(entry.rating, self.rating_max)}
                         if self.scored_as == "rating"
@@ -79,6 +92,9 @@ class Ranking:
                     ),
                     **({"score": entry.score} if entry.score is not None else {}),
                     "unseen_in_training": entry.unseen,
+                    **(
+                        {"because": [reason.to_dict() for reason in entry.because]} if entry.because is not None else {}
+                    ),
                 }
                 for rank, entry in enumerate(self.items, start=1)
             ],
@@ -234,12 +250,16 @@ def recommend(
     top: int,
     exclude_seen: bool,
     retrieve: int | None = None,
+    explain: bool = False,
 ) -> Recommendation:
     """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
-    ``exclude_seen`` drops the items the user rated in the training rows; ``retrieve``: see ``recommend_query``."""
+    ``exclude_seen`` drops the items the user rated in the training rows; ``retrieve``: see ``recommend_query``;
+    ``explain``: each item names the user's training items behind it (``scoring.explain``)."""
     started = time.perf_counter()
     query = recommend_query(loaded, user, top, exclude_seen, retrieve)
     ranking = answer(loaded, [query])[0]
+    if explain:
+        ranking = explain_ranking(loaded, ranking)
     return Recommendation(ranking, query.scored, time.perf_counter() - started, exclude_seen)
 
 
@@ -273,8 +293,9 @@ def _ranking(
     else:
         names = [str(k) for k in catalog.items.keys[rows.numpy()]]
     scores = torch.sigmoid(by[order]).tolist() if with_scores else [None] * len(order)
+    described = catalog.items.features_of
     ranked = [
-        RankedItem(name, (titles[row] or None) if titles else None, float(value), flag, score)
+        RankedItem(name, (titles[row] or None) if titles else None, float(value), flag, score, described(row))
         for name, row, value, flag, score in zip(
             names, rows.tolist(), predicted[order].tolist(), unseen, scores, strict=True
         )

@@ -79,6 +79,15 @@ class RecommendRequest(BaseModel):
     user: Id
     top: StrictInt = Field(10, ge=1)
     exclude_seen: StrictBool = True
+    explain: StrictBool = False  # each item's ``because``: the user's training items behind it
+
+
+class BecauseResponse(BaseModel):
+    """One of the user's training items behind a recommendation, and its weight."""
+
+    item: str
+    title: str | None = None
+    weight: float
 
 
 class RankedItemResponse(BaseModel):
@@ -89,10 +98,12 @@ class RankedItemResponse(BaseModel):
     rank: int
     item: str
     title: str | None
+    features: dict[str, float | str] | None = None  # the item's side values, where the data has them
     rating: float | None = None
     stars: str | None = None
     score: float | None = None
     unseen_in_training: bool
+    because: list[BecauseResponse] | None = None  # with ``"explain": true``
 
 
 class PredictResponse(BaseModel):
@@ -271,9 +282,17 @@ def _answer_batch(model: Any, batch: list[_Pending]) -> list[Any]:
         elif pending.kind == "predict":
             answers.append(rankings[place].to_dict())
         else:
-            query = queries[place]
-            answers.append(rankings[place].to_dict(scored=query.scored, exclude_seen=query.exclude_seen))
+            answers.append(_recommended(model, pending.request, queries[place], rankings[place]))
     return answers
+
+
+def _recommended(model: Any, request: RecommendRequest, query: Any, ranking: Any) -> Any:
+    """A recommendation's document (``explain``: with each item's reasons), or the error that refused it."""
+    try:
+        ranking = model.explain(ranking) if request.explain else ranking
+    except Exception as error:  # this request's answer, whatever went wrong
+        return error
+    return ranking.to_dict(scored=query.scored, exclude_seen=query.exclude_seen)
 
 
 def _queries(model: Any, batch: list[_Pending]) -> tuple[list[Any], list[Any]]:

@@ -29,12 +29,17 @@ def predict_command(
     wanted = read_id_list(items, "--items")
     user = parse_user(user)
 
-    from dlrm_cli.cli import ui
-    from dlrm_cli.scoring.recommending import rank_items
-    from dlrm_cli.store.loading import open_model
+    from dlrm_cli.cli import tables, ui
 
-    ranking = rank_items(open_model(store, checkpoint, device), user, wanted)
+    with tables.progress(json_output) as progress:
+        progress(f"Loading checkpoint {checkpoint}")  # torch's imports included: seconds, before any answer
+        from dlrm_cli.scoring.recommending import rank_items
+        from dlrm_cli.store.loading import open_model
+
+        loaded = open_model(store, checkpoint, device)
+        progress("Scoring")
+        ranking = rank_items(loaded, user, wanted)
     if json_output:
         ui.print_json(ranking.to_dict())
     else:
-        ui.show_ranking(ranking, title=f"Predicted ratings for user {user}")
+        tables.show_ranking(ranking, title=f"Predicted ratings for user {user}")

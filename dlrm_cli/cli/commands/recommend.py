@@ -34,6 +34,7 @@ def recommend_command(
     ] = None,
     force: o.ForceOutputOption = False,
     retrieve: o.RetrieveQueryOption = None,
+    explain: Annotated[bool, typer.Option(help="Name the user's training items behind each recommendation.")] = False,
     checkpoint: o.CheckpointOption = "latest",
     json_output: o.JsonOption = False,
     device: o.DeviceOption = o.Device.auto,
@@ -48,6 +49,8 @@ def recommend_command(
     if sum((user is not None, all_users, users is not None)) != 1:
         raise DlrmUsageError("give one of --user ID, --users FILE or --all-users")
     if many:
+        if explain:
+            raise DlrmUsageError("--explain goes with --user: a file of many users' recommendations has no reasons")
         if output is None:
             raise DlrmUsageError("--all-users and --users write a file: give --output recs.csv (or .parquet)")
         output = parse_table_output(output, force)
@@ -58,17 +61,20 @@ def recommend_command(
         raise DlrmUsageError("--output goes with --all-users or --users; one user's ranking is shown, or --json")
     user = parse_user(user or "")
 
-    from dlrm_cli.cli import ui
-    from dlrm_cli.scoring.recommending import recommend
-    from dlrm_cli.store.loading import open_model
+    from dlrm_cli.cli import tables, ui
 
-    result = recommend(open_model(store, checkpoint, device), user, top, exclude_seen, retrieve=retrieve)
+    with tables.progress(json_output) as progress:
+        progress(f"Loading checkpoint {checkpoint}")  # torch's imports included: seconds, before any answer
+        from dlrm_cli.scoring.recommending import recommend
+        from dlrm_cli.store.loading import open_model
+
+        loaded = open_model(store, checkpoint, device)
+        progress("Recommending")
+        result = recommend(loaded, user, top, exclude_seen, retrieve, explain)
     if json_output:
         ui.print_json(result.to_dict())
         return
-    ranking = result.ranking
-    ui.show_ranking(ranking, title=f"Top {len(ranking.items)} of {result.scored:,} items for user {user}")
-    ui.err().print(f"Scored {result.scored:,} items in {result.seconds * 1000:.0f} ms")
+    tables.show_recommendation(result, user)
 
 
 def _recommend_many(
@@ -87,19 +93,18 @@ def _recommend_many(
     from dlrm_cli.scoring.recommending import recommend_many
     from dlrm_cli.store.loading import open_model
 
-    with interrupted_writes(output):
+    with interrupted_writes(output), tables.progress(json_output) as progress:
+        progress(f"Loading checkpoint {checkpoint}")
         loaded = open_model(store, checkpoint, device)
-        with tables.users_progress("Recommending") as bar:
-            bar.start()
-            task = bar.add_task("users", total=0)
-            result = recommend_many(
-                loaded,
-                users,
-                top,
-                exclude_seen,
-                lambda done, total: bar.update(task, completed=done, total=total),
-                retrieve,
-            )
+        result = recommend_many(
+            loaded,
+            users,
+            top,
+            exclude_seen,
+            lambda done, total: progress("Recommending: users", done, total),
+            retrieve,
+        )
+        progress(f"Writing {output.name}")
         rows = result.write(output)
     if json_output:
         ui.print_json(result.summary(output, rows, top))
