@@ -16,8 +16,9 @@ READABLE_FORMATS = (1, 2, 3, 4, 5, 6)
 
 
 def __getattr__(name: str):
-    """``from dlrm_cli import load``: the Python API, imported on first use (it imports torch and TorchRec)."""
-    if name in ("load", "Model"):
+    """``from dlrm_cli import load, train``: the Python API, imported on first use (it imports torch and
+    TorchRec)."""
+    if name in ("load", "train", "Model"):
         from dlrm_cli import api
 
         return getattr(api, name)

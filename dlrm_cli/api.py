@@ -2,8 +2,9 @@
 
 Example::
 
-    from dlrm_cli import load
+    from dlrm_cli import load, train
 
+    model = train(frame, user_col="customer", epochs=3)  # a DataFrame, a file or a --data spec; see train()
     model = load("ml1m")                       # a checkpoint name, "latest" or "best"
     model.predict(42, [101, 102]).items[0]     # RankedItem(item='102', title=..., rating=4.31, unseen=False)
     model.recommend(42, top=10).ranking.items  # the 10 best items the user has not rated
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from dlrm_cli.config import DEFAULT_STORE, STORE_ENV
 from dlrm_cli.data.catalog import EntityTable
 from dlrm_cli.errors import DlrmUsageError
 from dlrm_cli.retrieval.history import History
+from dlrm_cli.scoring.explain import explain_ranking
 from dlrm_cli.scoring.metrics import score
 from dlrm_cli.scoring.recommending import (
     Query,
@@ -51,6 +54,90 @@ def load(checkpoint: str = "latest", store: str | Path | None = None, device: st
     Raises ``dlrm_cli.errors.DlrmError`` (a one-line message) for a missing or corrupt checkpoint."""
     store = store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE))
     return Model(open_model(store, checkpoint, device), asked=checkpoint)
+
+
+def train(
+    data: Any = "synthetic",
+    *,
+    name: str | None = None,
+    store: str | Path | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Model:
+    """Train a DLRM as ``dlrm train`` does, save it as a checkpoint and return it loaded.
+
+    ``data``: a pandas DataFrame, a CSV file or MovieLens folder, or a ``--data`` spec (``synthetic``,
+    ``csv:FILE``, ``movielens:DIR``). A DataFrame is written once to ``STORE/.data/frame-HASH.csv`` (HASH: of
+    its CSV bytes) and trained from there, exactly as ``csv:FILE``, so that ``evaluate`` and ``report`` read
+    it later. ``options``: ``dlrm train``'s options with underscores (``epochs=3``, ``lr=1e-3``,
+    ``user_col="customer"``, ``dense_cols=["price"]``). ``name``: the checkpoint's (default DATA-DATE-TIME);
+    ``store``: as ``load``.
+    ``progress``: print the data and each epoch on stderr (default: quiet).
+
+    Raises ``DlrmUsageError`` for an unknown option, a bad value, an empty DataFrame or a column it lacks
+    (messages name options as the command line spells them); ``DlrmError`` for data that cannot be read or
+    a run that fails."""
+    from dlrm_cli.training.request import data_option, prepare, python_options, request_from_options
+    from dlrm_cli.training.run import train as run
+
+    root = Path(store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE)))
+    values, given = python_options(options)
+    values["data"] = data_option(data, root, values)
+    request = prepare(request_from_options(values, given, given, store=root, name=name))
+    observer = _EpochLines() if progress else _Notices()
+    result = run(request, observer=observer)
+    assert result is not None  # a single process is rank 0
+    for line in (*observer.notices, *result.advice):  # what the command line prints as warnings and notes
+        warnings.warn(line, UserWarning, stacklevel=2)
+    return Model(open_model(root, result.name, request.config.train.device), asked=result.name)
+
+
+class _Notices:
+    """``train()``'s quiet observer: it keeps the run's warnings (``notice``), which ``train`` issues as
+    Python warnings, and ignores every other event."""
+
+    def __init__(self) -> None:
+        self.notices: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:  # the events it does not report
+        return lambda *args: None
+
+    def notice(self, text: str) -> None:
+        self.notices.append(text)
+
+
+class _EpochLines(_Notices):
+    """``train(progress=True)``: a line on stderr when the data is loaded, after each epoch and when a second
+    stage starts."""
+
+    LABELS = (
+        ("train_loss", "train loss"),
+        ("val_rmse", "val RMSE"),
+        ("val_mae", "val MAE"),
+        ("val_ndcg", "val NDCG@10"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = ""
+
+    def data_loaded(self, dataset: Any, processes: int) -> None:
+        sizes = (len(dataset.train), len(dataset.validation), len(dataset.test))
+        _say("Data: {:,} train, {:,} validation, {:,} test rows".format(*sizes))
+
+    def epoch_done(self, record: dict[str, float]) -> None:
+        shown = ", ".join(f"{label} {record[key]:.4f}" for key, label in self.LABELS if key in record)
+        _say(f"{self.stage}epoch {record['epoch']}: {shown}")
+
+    def stage_started(self, description: str) -> None:
+        self.stage = "ranker "
+        _say(description)
+
+
+def _say(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 class Model:
@@ -100,11 +187,17 @@ class Model:
         return rank_items(self.loaded, _ids(catalog.users, [user])[0], _ids(catalog.items, items))
 
     def recommend(
-        self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None
+        self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None, explain: bool = False
     ) -> Recommendation:
         """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them (a two-stage
-        checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker)."""
-        return recommend(self.loaded, _ids(self.loaded.catalog.users, [user])[0], top, exclude_seen, retrieve)
+        checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker). ``explain``: each
+        item's ``because`` names the user's training items that drove it most (``dlrm_cli.scoring.explain``)."""
+        user_id = _ids(self.loaded.catalog.users, [user])[0]
+        return recommend(self.loaded, user_id, top, exclude_seen, retrieve, explain=explain)
+
+    def explain(self, ranking: Ranking) -> Ranking:
+        """``ranking`` with each item's ``because`` (see ``recommend``)."""
+        return explain_ranking(self.loaded, ranking)
 
     def score(self, users: Sequence[Id], items: Sequence[Id]) -> torch.Tensor:
         """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``)."""

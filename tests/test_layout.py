@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": _BELOW_STORE | {"root"},  # the root holds __version__ and CHECKPOINT_FORMAT
     "scoring": _BELOW_STORE | {"root", "store"},
     "training": _BELOW_STORE | {"root", "store", "scoring"},
-    "api": _BELOW_STORE | {"store", "scoring"},
+    "api": _BELOW_STORE | {"store", "scoring", "training"},  # train() runs the training core
     "serving": _BELOW_STORE | {"root", "store", "scoring", "api"},
     "tools": _BELOW_STORE | {"root", "store", "scoring", "training"},
 }
