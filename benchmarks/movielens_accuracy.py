@@ -2,6 +2,7 @@
 
     make peers                                        # once: myFM and scikit-surprise in their own venvs
     .venv/bin/python benchmarks/movielens_accuracy.py [DATA_DIR] [--seeds 3] [--peers myfm-mf,myfm-bags,svdpp]
+                                                      [--dlrm-options "--retrieval none"]
 
 dlrm trains with `dlrm train --data movielens:DIR --split-seed 0 --seed S` (the MovieLens defaults) for each
 seed S, and `dlrm evaluate` scores the test rows. Its settings were chosen on validation rows taken from the
@@ -59,10 +60,11 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[str, float]:
     return done.stdout, seconds
 
 
-def run_dlrm(data: Path, seed: int, store: Path, env: dict[str, str]) -> dict[str, float]:
+def run_dlrm(data: Path, seed: int, store: Path, env: dict[str, str], options: list[str]) -> dict[str, float]:
     dlrm = [sys.executable, "-m", "dlrm_cli"]
     name = f"seed{seed}"
     train = [*dlrm, "train", "--data", f"movielens:{data}", "--split-seed", "0", "--seed", str(seed), "--name", name]
+    train += options
     _, seconds = timed(train, env)
     report = json.loads(timed([*dlrm, "evaluate", "--checkpoint", name, "--json"], env)[0])
     meta = json.loads((store / name / "meta.json").read_text())
@@ -120,6 +122,12 @@ def main() -> int:
     parser.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seeds", type=int, default=3, help="dlrm and myFM runs, seeds 0..N-1 (default 3)")
     parser.add_argument("--peers", default="myfm-mf,myfm-bags,svdpp", help="peer models to run, comma-separated")
+    parser.add_argument(
+        "--dlrm-options",
+        default="",
+        help="more options for dlrm train, e.g. '--retrieval none' (the ranking stage trains after the rating "
+        "model and leaves its predictions unchanged; it only adds time)",
+    )
     args = parser.parse_args()
     data = args.data.resolve()
     if not (data / "ratings.dat").is_file():
@@ -136,7 +144,7 @@ def main() -> int:
         env = {**os.environ, "DLRM_CHECKPOINT_DIR": str(store), "DLRM_CACHE_DIR": str(Path(folder) / "cache")}
         dlrm_runs = []
         for seed in range(args.seeds):
-            dlrm_runs.append(run_dlrm(data, seed, store, env))
+            dlrm_runs.append(run_dlrm(data, seed, store, env, args.dlrm_options.split()))
             print(f"dlrm seed {seed}: {json.dumps(dlrm_runs[-1])}", file=sys.stderr)
         os.environ["DLRM_CACHE_DIR"] = env["DLRM_CACHE_DIR"]  # the averaging below scores in this process
         average = averaged(store, args.seeds, dlrm_runs) if args.seeds > 1 else None

@@ -36,8 +36,10 @@ COMMAND_TIMEOUT = 900  # seconds; generous, for a machine whose cores are shared
 READY_TIMEOUT = 300
 
 
-def _options_table() -> list[tuple[list[str], list[str]]]:
-    """(options, defaults) of each row of the `| option | default | meaning |` table, where both are listed."""
+def _options_table() -> list[tuple[list[str], list[str], list[dict[str, str]]]]:
+    """(options, defaults, presets) of each row of the `| option | default | meaning |` table, where both are
+    listed. A default may name the presets that change it: `0.05 (*built-in*, *ranking* 0.1)` is 0.05, and 0.1
+    for the built-in data and the ranking objective."""
     lines = README.read_text().splitlines()
     start = lines.index("| option | default | meaning |")
     rows = []
@@ -46,10 +48,23 @@ def _options_table() -> list[tuple[list[str], list[str]]]:
             break
         options_cell, defaults_cell = line.split("|")[1:3]
         options = re.findall(r"`(--[\w-]+)", options_cell)
-        defaults = [value.strip(" `") for value in re.findall(r"\s*(`[^`]*`|[^,]+)", defaults_cell) if value.strip()]
-        if defaults:
-            rows.append((options, defaults))
+        cells = [cell for cell in re.findall(r"(?:`[^`]*`|\([^)]*\)|[^,])+", defaults_cell) if cell.strip()]
+        parsed = [re.fullmatch(r"\s*(.*?)\s*(?:\((.*)\))?\s*", cell).groups() for cell in cells]
+        if parsed:
+            rows.append(([*options], [value.strip(" `") for value, _ in parsed], [_presets(p) for _, p in parsed]))
     return rows
+
+
+def _presets(text: str | None) -> dict[str, str]:
+    """`*built-in*, *ranking* 0.1` -> {"built-in": "0.1", "ranking": "0.1"}."""
+    presets, pending = {}, []
+    for part in text.split(",") if text else []:
+        name, value = re.fullmatch(r"\s*\*([\w-]+)\*\s*(.*?)\s*", part).groups()
+        pending.append(name)
+        if value:
+            presets.update(dict.fromkeys(pending, value.strip("`")))
+            pending = []
+    return presets
 
 
 def _same(shown: str, default: object) -> bool:
@@ -64,13 +79,23 @@ def _same(shown: str, default: object) -> bool:
 
 
 def test_readme_train_option_defaults_are_the_commands():
+    from dlrm_cli.config import OBJECTIVE_PRESETS, PRESETS
+
     params = {f"--{param.name.replace('_', '-')}": param.default for param in get_command(app).commands["train"].params}
+    presets = {"built-in": PRESETS["synthetic"], "ranking": OBJECTIVE_PRESETS["ranking"]}
     rows = _options_table()
     assert len(rows) >= 9
-    for options, defaults in rows:
+    named = set()
+    for options, defaults, changed in rows:
         assert len(options) == len(defaults), (options, defaults)
-        for option, shown in zip(options, defaults, strict=True):
+        for option, shown, by in zip(options, defaults, changed, strict=True):
             assert _same(shown, params[option]), (option, shown, params[option])
+            for preset, value in by.items():
+                key = option[2:].replace("-", "_")
+                assert _same(value, presets[preset][key]), (option, preset, value, presets[preset][key])
+                named.add((preset, key))
+    every = {(preset, key) for preset, values in presets.items() for key in values if key != "objective"}
+    assert every <= named, f"the table leaves out what a preset changes: {sorted(every - named)}"
 
 
 def test_readme_is_a_short_guide():

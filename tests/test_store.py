@@ -131,7 +131,7 @@ class _Lines:
 def test_sigkill_during_training_leaves_a_sound_store(tmp_path, moment):
     store = tmp_path / "store"
     assert Dlrm(store)("train", "--epochs", "1", "--name", "earlier", *TINY).exit_code == 0
-    process = _train_process(store, "--epochs", "50", "--name", "victim")
+    process = _train_process(store, "--epochs", "50", "--patience", "50", "--name", "victim")  # to epoch 10 at least
     _Lines(process).wait_for("epoch 1:" if moment == "first epoch" else "epoch 10:")
     process.kill()
     process.wait(timeout=30)
@@ -325,16 +325,21 @@ def test_checkpoints_of_format_3_are_read_ranked_and_resumed_as_rating_models(tm
 FORMAT4 = Path(__file__).parent / "data" / "format4"
 
 
-def test_checkpoints_of_format_4_recommend_in_one_stage_as_before(tmp_path):
-    """tests/data/format4 holds a two-headed checkpoint written by dlrm 0.4.0 on CSV data, before two-stage
-    models: it loads without a retrieval stage and recommends with its ranking head, as 0.4.0 did."""
+def format4_store(tmp_path: Path) -> Dlrm:
+    """A copy of tests/data/format4's store, its checkpoint pointed at a copy of its data, and a CLI over it."""
     store = tmp_path / "store"
     shutil.copytree(FORMAT4 / "store", store)
     data = tmp_path / "shop.csv"
     shutil.copy(FORMAT1 / "shop.csv", data)
     meta = meta_of(store / "format4")
     _rewrite_meta(store / "format4", run={**meta["run"], "data": {**meta["run"]["data"], "path": str(data)}})
-    dlrm = Dlrm(store)
+    return Dlrm(store)
+
+
+def test_checkpoints_of_format_4_recommend_in_one_stage_as_before(tmp_path):
+    """tests/data/format4 holds a two-headed checkpoint written by dlrm 0.4.0 on CSV data, before two-stage
+    models: it loads without a retrieval stage and recommends with its ranking head, as 0.4.0 did."""
+    dlrm = format4_store(tmp_path)
     result = dlrm("recommend", "--checkpoint", "format4", "--user", "c1", "--json")
     assert result.exit_code == 0, result.output
     recommended = json.loads(result.stdout)

@@ -186,11 +186,13 @@ def test_the_thread_count_is_measured_unless_the_user_fixed_it(
         assert torch.get_num_threads() == 1
 
 
-def test_a_resumed_run_follows_the_learning_rate_schedule_exactly(tmp_path, torch_threads):
+@pytest.mark.parametrize("schedule", ["step", "plateau"])
+def test_a_resumed_run_follows_the_learning_rate_schedule_exactly(tmp_path, torch_threads, schedule):
     """The fused tables take their learning rate in the forward pass. A resumed run's first batch used the
     initial rate, and every epoch's first batch the previous epoch's, until the schedule was handed to the
-    kernels when it steps and when it is restored: then 2 epochs and a resume to 4 equal 4 in one go."""
-    decaying = {"lr_step": 1, "lr_gamma": 0.5, "patience": None, "threads": 1}  # one count: the same rounding
+    kernels when it steps and when it is restored: then 2 epochs and a resume to 4 equal 4 in one go. The
+    plateau schedule's memory (its best figure so far) is restored too."""
+    decaying = {"lr_schedule": schedule, "lr_step": 1, "lr_gamma": 0.5, "patience": None, "threads": 1}
     whole = train(tiny_request(tmp_path / "a", name="whole", epochs=4, **decaying))
     train(tiny_request(tmp_path / "b", name="split", epochs=2, **decaying))
     resumed = train(replace(tiny_request(tmp_path / "b", name=None, epochs=4, **decaying), resume="split"))

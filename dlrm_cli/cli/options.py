@@ -20,30 +20,25 @@ from dlrm_cli.cli.parsing import parse_id_list, parse_rating_range, parse_sizes
 from dlrm_cli.config import (
     DEVICES,
     EMBEDDINGS,
+    LR_SCHEDULES,
     NEGATIVE_SAMPLING,
-    OBJECTIVE_PRESETS,
     OBJECTIVES,
     POSITIVES,
-    PRESETS,
     RETRIEVALS,
     SPARSE_OPTIMIZERS,
     STORE_ENV,
-    TRAIN_FIELDS,
     CsvColumns,
-    DataSource,
     FileSource,
     RunConfig,
     SyntheticSpec,
     TrainConfig,
 )
 from dlrm_cli.errors import DlrmUsageError
-from dlrm_cli.training.request import TrainRequest
+from dlrm_cli.training.request import SYNTHETIC_SIZES, TrainRequest, request_from_options
 
 TRAIN = TrainConfig()
 SYNTHETIC = SyntheticSpec()
 DATA_DEFAULT = RunConfig().data.label
-SYNTHETIC_SIZES = ("users", "items", "ratings", "noise")
-CSV_OPTIONS = ("user_col", "item_col", "rating_col", "time_col", "dense_cols", "sparse_cols", "rating_range")
 NOT_IN_TOML = ("config", "print_config", "resume")
 SYNTH, DIST, OPT, DATA, CSV = "Synthetic data", "Distributed", "Optimization", "Data", "CSV columns"
 
@@ -60,6 +55,7 @@ NegativeSampling = _choices("NegativeSampling", NEGATIVE_SAMPLING)
 Positives = _choices("Positives", POSITIVES)
 Device = _choices("Device", DEVICES)
 Retrieval = _choices("Retrieval", RETRIEVALS)
+LrScheduleChoice = _choices("LrScheduleChoice", LR_SCHEDULES)
 
 
 def positive(value: float | None) -> float | None:
@@ -94,8 +90,12 @@ ThreadsOption = Annotated[
 Epochs = Annotated[int, _option("Passes over the training rows.", min=1)]
 BatchSize = Annotated[int, _option("Ratings per optimizer step.", min=1)]
 Lr = Annotated[float, _option("Adam learning rate.", callback=positive)]
-LrStep = Annotated[int, _option("Epochs between learning-rate decays (StepLR).", min=1)]
-LrGamma = Annotated[float, _option("Learning-rate decay factor.", max=1.0, callback=positive)]
+LrScheduleOption = Annotated[
+    LrScheduleChoice,
+    _option("plateau: decay when an epoch does not improve validation; step: decay every --lr-step epochs."),
+]
+LrStep = Annotated[int, _option("Epochs between learning-rate decays (--lr-schedule step).", min=1)]
+LrGamma = Annotated[float, _option("Learning-rate decay factor (at each decay).", max=1.0, callback=positive)]
 WeightDecay = Annotated[float, _option("L2 penalty on all weights.", min=0.0)]
 EmbeddingDim = Annotated[int, _option("Size of every embedding (and the bottom MLP's output).", min=1)]
 EmbeddingsOption = Annotated[
@@ -120,6 +120,7 @@ RatingCol = Annotated[str | None, _option("CSV: rating column.", CSV)]
 DenseCols = Annotated[str | None, _option("CSV: numeric side columns, a,b.", CSV)]
 SparseCols = Annotated[str | None, _option("CSV: categorical side columns, a,b (values may be x|y).", CSV)]
 TimeCol = Annotated[str | None, _option("CSV: timestamp column.", CSV)]
+TitleCol = Annotated[str | None, _option("CSV: item display name column, shown by predict, recommend and serve.", CSV)]
 RatingRange = Annotated[str | None, _option("CSV: declared rating scale LOW,HIGH (default: the data's).", CSV)]
 Users = Annotated[int, _option("Synthetic users.", SYNTH, min=1)]
 Items = Annotated[int, _option("Synthetic items.", SYNTH, min=1)]
@@ -203,17 +204,28 @@ def train_request(ctx: typer.Context) -> TrainRequest:
     chosen = set(given)
     if values["config"] is not None:
         chosen |= _apply_toml(ctx, Path(values["config"]), values, given)
-    data = _data_source(values, chosen)
-    config = RunConfig(train=_train_config(values, chosen, given, data), data=data)
-    return TrainRequest(
-        config=config,
+    parse_lists(values)
+    return request_from_options(
+        values,
+        chosen,
+        given,
         store=Path(values["store"]),
         name=values["name"],
         resume=values["resume"],
         processes=int(values["nproc_per_node"]),
         show_plan=bool(values["print_plan"]),
-        given=frozenset(given),
     )
+
+
+def parse_lists(values: dict[str, Any]) -> None:
+    """Layer sizes, column lists and the rating range as typed (``512,256``) -> the tuples a request takes."""
+    for key in ("bottom_mlp", "top_mlp"):
+        values[key] = parse_sizes(values[key], f"--{key.replace('_', '-')}")
+    for key in ("dense_cols", "sparse_cols"):
+        if values[key] is not None:
+            values[key] = tuple(parse_id_list(values[key], f"--{key.replace('_', '-')}"))
+    if values["rating_range"] is not None:
+        values["rating_range"] = parse_rating_range(values["rating_range"])
 
 
 def given_on_command_line(ctx: typer.Context) -> set[str]:
@@ -262,69 +274,6 @@ def _apply_toml(ctx: typer.Context, config: Path, values: dict[str, Any], given:
     return chosen
 
 
-def _train_config(values: dict[str, Any], chosen: set[str], given: set[str], data: DataSource) -> TrainConfig:
-    from dlrm_cli.data.sources import without_ratings
-
-    fields = {name: values[name] for name in TRAIN_FIELDS}
-    for key in ("bottom_mlp", "top_mlp"):
-        fields[key] = parse_sizes(values[key], f"--{key.replace('_', '-')}")
-    kind = str(values["data"]).partition(":")[0]
-    fields.update({key: value for key, value in PRESETS.get(kind, {}).items() if key not in chosen})
-    if fields["objective"] == "auto":  # resolved here, so that the ranking preset applies and the record says it
-        fields["objective"] = "ranking" if without_ratings(data) else "rating"
-    preset = OBJECTIVE_PRESETS.get(fields["objective"], {})
-    fields.update({key: value for key, value in preset.items() if key not in chosen})
-    if fields["embeddings"] == "plain" and "sparse_lr" in given:  # a preset's or a file's value is no mistake
-        raise DlrmUsageError("--sparse-lr applies to --embeddings fused; the plain path trains tables with --lr")
-    try:
-        return TrainConfig(**fields)
-    except ValueError as error:
-        raise DlrmUsageError(str(error)) from None
-
-
-def _data_source(values: dict[str, Any], chosen: set[str]) -> DataSource:
-    from dlrm_cli.data.sources import DATA_KINDS, parse_data_option
-
-    kind = str(values["data"]).partition(":")[0]
-    sizes = [key for key in SYNTHETIC_SIZES if key in chosen]
-    if sizes and kind != "synthetic" and kind in DATA_KINDS:
-        raise DlrmUsageError(f"--{sizes[0]} applies only to --data synthetic")
-    synthetic = None
-    if kind == "synthetic" and values["split_seed"] is not None:
-        raise DlrmUsageError("--split-seed applies to movielens: and csv: data; synthetic data has fixed splits")
-    if kind == "synthetic":
-        try:
-            synthetic = SyntheticSpec(**{key: values[key] for key in SYNTHETIC_SIZES})
-        except ValueError as error:
-            raise DlrmUsageError(str(error)) from None
-    return parse_data_option(
-        values["data"],
-        split=values["split"],
-        seed=values["seed"] if values["split_seed"] is None else values["split_seed"],
-        validation=values["val_fraction"],
-        columns=_csv_columns(values),
-        synthetic=synthetic,
-    )
-
-
-def _csv_columns(values: dict[str, Any]) -> CsvColumns | None:
-    """The CSV column options as ``CsvColumns``; None when none of them was set."""
-    if all(values[key] is None for key in CSV_OPTIONS):
-        return None
-    names: dict[str, str | None] = {}
-    for key in ("user", "item", "rating", "time"):
-        text = values[f"{key}_col"]
-        if text is not None and not text.strip():
-            raise DlrmUsageError(f"--{key}-col must not be empty")
-        names[key] = text.strip() if text is not None else None
-    lists = {
-        key: tuple(parse_id_list(values[f"{key}_cols"], f"--{key}-cols")) if values[f"{key}_cols"] is not None else ()
-        for key in ("dense", "sparse")
-    }
-    rating_range = parse_rating_range(values["rating_range"]) if values["rating_range"] is not None else None
-    return CsvColumns(**names, **lists, rating_range=rating_range)
-
-
 # From a request back to options --------------------------------------------------------------------
 def to_toml(config: RunConfig) -> str:
     """A run's record as a TOML document that ``--config`` reads back (unset options left out)."""
@@ -358,7 +307,7 @@ def _option_values(config: RunConfig) -> dict[str, Any]:
             values["split_seed"] = data.seed
         columns = data.columns or CsvColumns()
         values.update(user_col=columns.user, item_col=columns.item, rating_col=columns.rating)
-        values.update(time_col=columns.time)
+        values.update(time_col=columns.time, title_col=columns.title)
         values.update({f"{key}_cols": comma_joined(getattr(columns, key)) or None for key in ("dense", "sparse")})
         if columns.rating_range is not None:
             values["rating_range"] = comma_joined(columns.rating_range)

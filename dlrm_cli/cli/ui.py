@@ -167,12 +167,15 @@ class RichProgress:
         )
         self.console.print(
             f"{self.stage}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {figures}, "
-            f"{record['samples_per_s']:,.0f} samples/s"
+            f"lr {record['lr']:.2e}, {record['samples_per_s']:,.0f} samples/s"
         )
 
     def stage_started(self, description: str) -> None:
         self.stage = "ranker "
         self.console.print(description)
+
+    def notice(self, text: str) -> None:
+        self.console.print(f"[yellow]Warning:[/] {text}", markup=True)
 
 
 def plan_table(shards: list[Any]) -> Any:
@@ -188,9 +191,12 @@ def plan_table(shards: list[Any]) -> Any:
 
 
 def show_training_summary(result: Any) -> None:
-    """The history table, the validation RMSE beside its references, and the checkpoint's name."""
+    """The history table, the validation RMSE beside its references, advice on a run that ended still
+    improving, and the checkpoint's name. On a terminal that showed the epoch lines (stderr) just above, the
+    table would repeat them: it is printed only where stdout is read apart from them (a file, a pipe)."""
     console = out()
-    console.print(history_table(result.history, f"Training summary — {result.name}"))
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        console.print(history_table(result.history, f"Training summary — {result.name}"))
     ranked = "ndcg" in result.validation
     chosen_by_ndcg = "rmse" not in result.validation
     took = f"trained in {result.seconds:.1f} s"
@@ -216,43 +222,6 @@ def show_training_summary(result: Any) -> None:
         change = f" ({both / alone - 1:+.1%})" if alone > 0 else ""
         order = f"; order = {1 - blend:g} x ranker + {blend:g} x retrieval z-score" if blend else ""
         console.print(f"Two stages: validation NDCG@10 {both:.4f}, retrieval alone {alone:.4f}{change}{order}")
+    for line in result.advice:
+        err().print(f"[yellow]Note:[/] {line}", markup=True)
     console.print(f"Saved checkpoint {result.name}")
-
-
-def show_ranking(ranking: Any, title: str) -> None:
-    """A ranking as a table, the top one marked as the recommendation; notes on unseen ids to stderr."""
-    from rich.table import Table
-
-    ranked = ranking.items
-    table = Table(title=f"{title} ({ranking.checkpoint})")
-    table.add_column("#", justify="right")
-    table.add_column("item")
-    with_titles = any(entry.title for entry in ranked)
-    if with_titles:
-        table.add_column("title")
-    from dlrm_cli.scoring.recommending import stars
-
-    rated = ranking.scored_as == "rating"  # else a ranking-only model's score: no stars to show
-    table.add_column(ranking.scored_as, justify="right")
-    if rated:
-        table.add_column("stars")
-    scored = any(entry.score is not None for entry in ranked)  # a two-headed model's order, shown
-    if scored:
-        table.add_column("score", justify="right")
-    table.add_column("")
-    for rank, entry in enumerate(ranked, start=1):
-        cells = [str(rank), entry.item] + ([entry.title or ""] if with_titles else [])
-        note = "← recommended" if rank == 1 else ""
-        if entry.unseen:
-            note = (note + " (unseen in training)").strip()
-        cells += [f"{entry.rating:.2f}", *([stars(entry.rating, ranking.rating_max)] if rated else [])]
-        cells += [*([f"{entry.score:.2f}"] if scored else []), note]
-        table.add_row(*cells, style="bold green" if rank == 1 else None)
-    out().print(table)
-    if ranking.user_unseen:
-        err().print(
-            f"Note: user {ranking.user} was not in the training data, so no history of theirs shapes this ranking"
-        )
-    if ranking.unseen_items:
-        listed = ", ".join(ranking.unseen_items)
-        err().print(f"Note: not in the training data (scored from side features only): item {listed}")

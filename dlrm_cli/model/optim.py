@@ -32,11 +32,13 @@ SHARDED_OPTIMIZERS = {"rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD", "adagrad": "EX
 
 @dataclass
 class Optimizers:
-    """The dense optimizer, the fused sparse one (if any), and a StepLR schedule for each."""
+    """The dense optimizer, the fused sparse one (if any), and a learning-rate schedule for each: on a
+    validation plateau (``ReduceLROnPlateau``, stepped with the epoch's validation figure) or every
+    ``lr_step`` epochs (``StepLR``)."""
 
     dense: torch.optim.Optimizer
     sparse: Any | None
-    schedulers: list[torch.optim.lr_scheduler.LRScheduler]
+    schedulers: list[Any]  # StepLR or ReduceLROnPlateau
 
     def zero_grad(self) -> None:
         self.dense.zero_grad(set_to_none=True)
@@ -46,9 +48,16 @@ class Optimizers:
         if self.sparse is not None:
             self.sparse.step()  # the rows were updated in backward; this applies the scheduled learning rate
 
-    def epoch_done(self) -> None:
+    def epoch_done(self, worse: float | None = None) -> None:
+        """End an epoch. ``worse``: its validation figure, lower is better (RMSE, or minus NDCG@10), which a
+        plateau schedule needs and a step schedule ignores."""
         for scheduler in self.schedulers:
-            scheduler.step()
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if worse is None:
+                    raise ValueError("a plateau learning-rate schedule needs the epoch's validation figure")
+                scheduler.step(worse)
+            else:
+                scheduler.step()
         self._schedule_fused_tables()
 
     def _schedule_fused_tables(self) -> None:
@@ -127,12 +136,20 @@ def dense_optimizer(params: Any, settings: TrainConfig, fused: bool | None = Tru
 
 
 def scheduled(dense: torch.optim.Optimizer, sparse: Any | None, settings: TrainConfig) -> Optimizers:
-    """The optimizers with the learning-rate schedule every run uses: StepLR on each."""
-    schedulers = [
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
-        for optimizer in (dense, sparse)
-        if optimizer is not None
-    ]
+    """The optimizers with the run's learning-rate schedule on each (``--lr-schedule``): ``plateau`` keeps the
+    rate while validation improves and multiplies it by ``lr_gamma`` after an epoch that did not improve it;
+    ``step`` multiplies it by ``lr_gamma`` every ``lr_step`` epochs."""
+    schedulers: list[Any] = []
+    for optimizer in (dense, sparse):
+        if optimizer is None:
+            continue
+        if settings.lr_schedule == "plateau" and settings.lr_gamma < 1.0:  # a factor of 1: a constant rate
+            schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=settings.lr_gamma, patience=0, threshold=0.0
+            )
+        else:
+            schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=settings.lr_gamma)
+        schedulers.append(schedule)
     return Optimizers(dense, sparse, schedulers)
 
 

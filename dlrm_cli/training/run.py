@@ -48,6 +48,7 @@ from dlrm_cli.scoring.metrics import EVAL_BATCH, candidate_scorer, error_metrics
 from dlrm_cli.store.checkpoints import CheckpointStore
 from dlrm_cli.store.known import KNOWN_FILE, Known
 from dlrm_cli.training import distributed
+from dlrm_cli.training.advice import positives_warning, run_advice
 from dlrm_cli.training.distributed import Parallel, Shard
 from dlrm_cli.training.request import TrainRequest
 from dlrm_cli.training.signals import StopOnSignal
@@ -65,6 +66,7 @@ class TrainingObserver(Protocol):
     def batch_done(self, loss: float) -> None: ...
     def epoch_done(self, record: dict[str, float]) -> None: ...
     def stage_started(self, description: str) -> None: ...
+    def notice(self, text: str) -> None: ...
 
 
 class SilentObserver:
@@ -92,6 +94,9 @@ class SilentObserver:
         pass
 
     def stage_started(self, description: str) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
         pass
 
 
@@ -122,6 +127,7 @@ class TrainResult:
     best_epoch: int
     stopped_early: int | None = None  # the --patience that ended the run before its last epoch, if it did
     stages: dict[str, float] | None = None  # a two-stage run's validation NDCG@10: generator alone, two stages
+    advice: list[str] = field(default_factory=list)  # lines for a run that ended still improving (``run_advice``)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -257,6 +263,9 @@ class TrainingRun:
         self.negatives = NegativeSampler.for_run(self.dataset, self.settings)
         self.ranking_task = validation_ranking_task(self.dataset) if self.negatives is not None else None
         self.observer.data_loaded(self.dataset, self.parallel.world)
+        warning = positives_warning(self.dataset, self.settings, self.ranking_task)
+        if warning is not None:
+            self.observer.notice(warning)
         resume = load_resume(self.store, self.request.resume) if self.request.resume else None
         if resume is not None:
             self.observer.resumed(resume.name, resume.last["epoch"])
@@ -351,10 +360,10 @@ class TrainingRun:
             self._check_batch(loss, epoch, batch)
             loss_sum += loss * rows.shape[0]
             self.observer.batch_done(loss)
-        self.optimizers.epoch_done()
         train_seconds = time.perf_counter() - started
         weights = self._weights()  # the epoch's whole weights: a collective when distributed (None off rank 0)
         validation = self.validate(weights)
+        self.optimizers.epoch_done(validation["rmse"] if "rmse" in validation else -validation["ndcg"])
         record = {
             "epoch": epoch,
             "train_loss": float(self.parallel.sum(loss_sum)) / self.rows_per_epoch,
@@ -579,8 +588,17 @@ class TrainingRun:
         best = self.best
         done = int(self.history[-1]["epoch"]) if self.history else 0
         early = self.settings.patience if done < self.settings.epochs else None
+        advice = run_advice(self.history, best.epoch, early is not None, self.settings, names[0])
         return TrainResult(
-            names[0], self.history, best.metrics, self.baseline, self.noise_floor, self._seconds(), best.epoch, early
+            names[0],
+            self.history,
+            best.metrics,
+            self.baseline,
+            self.noise_floor,
+            self._seconds(),
+            best.epoch,
+            early,
+            advice=advice,
         )
 
     # Cleaning up -----------------------------------------------------------------------------------

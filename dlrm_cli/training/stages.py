@@ -35,7 +35,15 @@ RANKER_EPOCHS = 2
 RANKER_BATCH = 512
 # The ranker's own settings over the run's (chosen on validation NDCG@10 of the MovieLens 1M subset): one pass
 # over fresh pairs is where it peaks; later ones fit the training pairs at the expense of new ones.
-RANKER = {"lr": 1e-3, "sparse_lr": 0.05, "embedding_l2": 3e-3, "objective": "ranking"}
+RANKER = {
+    "lr": 1e-3,
+    "lr_schedule": "step",
+    "lr_step": 1,
+    "lr_gamma": 0.6,
+    "sparse_lr": 0.05,
+    "embedding_l2": 3e-3,
+    "objective": "ranking",
+}
 PAIRS = PairSettings(folds=5, hard=20, uniform=60)
 BLENDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the generator's weight in the final order; 1: the generator alone
 
