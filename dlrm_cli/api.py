@@ -77,17 +77,30 @@ def train(
     Raises ``DlrmUsageError`` for an unknown option, a bad value, an empty DataFrame or a column it lacks
     (messages name options as the command line spells them); ``DlrmError`` for data that cannot be read or
     a run that fails."""
-    from dlrm_cli.training.request import data_option, prepare, python_options, request_from_options
+    from dlrm_cli.store.checkpoints import CheckpointStore
+    from dlrm_cli.training.request import (
+        check_new_name,
+        data_option,
+        prepare,
+        python_options,
+        request_from_options,
+    )
     from dlrm_cli.training.run import train as run
 
     root = Path(store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE)))
     values, given = python_options(options)
+    if name is not None:  # before a DataFrame is written into the store
+        check_new_name(CheckpointStore(root), name)
     values["data"] = data_option(data, root, values)
     request = prepare(request_from_options(values, given, given, store=root, name=name))
     observer = _EpochLines() if progress else _Notices()
-    result = run(request, observer=observer)
+    try:
+        result = run(request, observer=observer)
+    finally:  # the warnings of a run that failed too
+        for line in observer.notices:
+            warnings.warn(line, UserWarning, stacklevel=3)
     assert result is not None  # a single process is rank 0
-    for line in (*observer.notices, *result.advice):  # what the command line prints as warnings and notes
+    for line in result.advice:  # what the command line prints as notes
         warnings.warn(line, UserWarning, stacklevel=2)
     return Model(open_model(root, result.name, request.config.train.device), asked=result.name)
 
@@ -120,6 +133,10 @@ class _EpochLines(_Notices):
     def __init__(self) -> None:
         super().__init__()
         self.stage = ""
+
+    def notice(self, text: str) -> None:
+        super().notice(text)
+        _say(f"Warning: {text}")
 
     def data_loaded(self, dataset: Any, processes: int) -> None:
         sizes = (len(dataset.train), len(dataset.validation), len(dataset.test))

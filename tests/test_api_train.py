@@ -139,3 +139,19 @@ def test_train_is_exported_lazily():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] True"
+
+
+def test_numpy_numbers_are_taken_and_a_taken_name_is_refused_before_the_frame_is_written(tmp_path):
+    import numpy as np
+
+    from dlrm_cli import train
+    from dlrm_cli.training.request import python_options
+
+    values, _ = python_options({"epochs": np.int64(3), "lr": np.float32(0.5), "bottom_mlp": np.array([32, 16])})
+    assert values["epochs"] == 3 and type(values["epochs"]) is int
+    assert values["lr"] == 0.5 and values["bottom_mlp"] == (32, 16)
+    store = tmp_path / "store"
+    (store / "taken").mkdir(parents=True)
+    with pytest.raises(DlrmUsageError, match="checkpoint taken already exists"):
+        train(_frame(), store=store, name="taken", user_col="customer", epochs=1)
+    assert not (store / ".data").exists()  # nothing written for a run that was refused

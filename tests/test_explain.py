@@ -48,12 +48,14 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Dlrm:
 
 
 def seen_items(store: Path, checkpoint: str, user: str) -> set[str]:
-    """The items ``user`` rated in the checkpoint's training rows, as ids."""
+    """The items ``user`` rated in the data the checkpoint was trained on, as ids: its training rows, and for a
+    two-stage checkpoint the validation rows its retrieval stage was refitted with too."""
     from dlrm_cli.store.loading import open_model
 
     loaded = open_model(store, checkpoint)
     row = int(loaded.catalog.users.lookup([user])[0][0])
-    return {str(loaded.catalog.items.keys[item]) for item in loaded.known.seen.of(row).tolist()}
+    known = loaded.stages.history if loaded.stages is not None else loaded.known.seen
+    return {str(loaded.catalog.items.keys[item]) for item in known.of(row).tolist()}
 
 
 def recommended(dlrm: Dlrm, *args: str) -> dict:
@@ -206,3 +208,16 @@ def test_movielens_items_show_their_titles_and_genres(dlrm, tmp_path):
     item = json.loads(result.stdout)["items"][0]
     assert item["title"] == "Café 5 (1995)"
     assert item["features"] == {"genres": "Action|Action"}  # the year is in the title: not repeated
+
+
+def test_titles_are_shown_as_written_not_as_markup(dlrm, tmp_path: Path):
+    names = ["Plain", "[new] Widget", "[/x] Odd", "Plain too"]  # Rich would read the first two as markup
+    rows = ["customer,sku,stars,name"]
+    rows += [f"c{user},sku-{item},{1 + (user * item) % 5},{names[item]}" for user in range(12) for item in range(4)]
+    data = tmp_path / "brackets.csv"
+    data.write_text("\n".join(rows) + "\n")
+    trained = dlrm("train", "--data", f"csv:{data}", *COLUMNS, "--title-col", "name", *TRAIN, "--retrieval", "none")
+    assert trained.exit_code == 0, trained.output
+    result = dlrm("predict", "--user", "c1", "--items", "sku-1,sku-2")
+    assert result.exit_code == 0, result.output
+    assert "[new] Widget" in result.stdout and "[/x] Odd" in result.stdout

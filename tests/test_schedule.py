@@ -89,6 +89,20 @@ def test_a_run_that_ends_still_improving_says_so_with_the_command_to_go_on():
     assert "dlrm train --resume run-a --epochs 6" in line
 
 
+def test_the_resume_command_names_a_store_that_is_not_the_usual_one(tmp_path, monkeypatch):
+    from dlrm_cli.training.advice import store_option
+
+    monkeypatch.delenv("DLRM_CHECKPOINT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert store_option(Path("checkpoints")) == "" and store_option(tmp_path / "checkpoints") == ""
+    assert store_option(tmp_path / "elsewhere") == f" --store {tmp_path / 'elsewhere'}"
+    monkeypatch.setenv("DLRM_CHECKPOINT_DIR", str(tmp_path / "elsewhere"))
+    assert store_option(tmp_path / "elsewhere") == ""
+    history = _history([0.90, 0.85, 0.82], [3e-4] * 3)
+    [line] = run_advice(history, 3, False, TrainConfig(lr=3e-4), "run-a", " --store /s")
+    assert line.endswith("dlrm train --resume run-a --epochs 6 --store /s")
+
+
 @pytest.mark.parametrize("last", [0.85, 0.8599])  # improving by much, or by a hair: either way the rate is spent
 def test_a_spent_learning_rate_is_named_with_the_option_to_change(last):
     settings = TrainConfig(lr=3e-4, lr_schedule="step", lr_gamma=0.6)

@@ -208,12 +208,13 @@ def show_benchmark(report: Any) -> None:
 def show_ranking(ranking: Any, title: str) -> None:
     """``predict`` and ``recommend``: a ranking as a table, the top one marked as the recommendation, each item
     with its title and side values where known, and ``--explain``'s reasons; notes on unseen ids to stderr."""
+    from rich.markup import escape
     from rich.table import Table
 
     from dlrm_cli.scoring.recommending import stars
 
     ranked = ranking.items
-    table = Table(title=f"{title} ({ranking.checkpoint})")
+    table = Table(title=escape(f"{title} ({ranking.checkpoint})"))  # ids and titles are data, not Rich markup
     table.add_column("#", justify="right")
     table.add_column("item")
     labelled = any(entry.label for entry in ranked)
@@ -231,21 +232,25 @@ def show_ranking(ranking: Any, title: str) -> None:
         table.add_column("because you rated")
     table.add_column("")
     for rank, entry in enumerate(ranked, start=1):
-        cells = [str(rank), entry.item] + ([entry.label] if labelled else [])
+        cells = [str(rank), escape(entry.item)] + ([escape(entry.label)] if labelled else [])
         note = "← recommended" if rank == 1 else ""
         if entry.unseen:
             note = (note + " (unseen in training)").strip()
         cells += [f"{entry.rating:.2f}", *([stars(entry.rating, ranking.rating_max)] if rated else [])]
-        cells += [*([f"{entry.score:.2f}"] if scored else []), *([_reasons(entry.because)] if explained else [])]
+        cells += [
+            *([f"{entry.score:.2f}"] if scored else []),
+            *([escape(_reasons(entry.because))] if explained else []),
+        ]
         table.add_row(*cells, note, style="bold green" if rank == 1 else None)
     ui.out().print(table)
     if ranking.user_unseen:
         ui.err().print(
-            f"Note: user {ranking.user} was not in the training data, so no history of theirs shapes this ranking"
+            f"Note: user {ranking.user} was not in the training data, so no history of theirs shapes this ranking",
+            markup=False,
         )
     if ranking.unseen_items:
         listed = ", ".join(ranking.unseen_items)
-        ui.err().print(f"Note: not in the training data (scored from side features only): item {listed}")
+        ui.err().print(f"Note: not in the training data (scored from side features only): item {listed}", markup=False)
 
 
 def _reasons(because: list[Any] | None) -> str:

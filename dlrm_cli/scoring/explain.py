@@ -1,4 +1,4 @@
-"""Why an item is recommended: the items the user rated in training that point to it most.
+"""Why an item is recommended: the items the user rated in the training data that point to it most.
 
 A two-stage checkpoint explains with its retrieval stage's item-item weights: EASE's ``W[i, j]`` (a user's
 score of item j is the sum of ``W[i, j]`` over the items i they know) or PureSVD's ``V[i] . V[j]``. A one-stage
@@ -42,7 +42,7 @@ def explain_ranking(loaded: LoadedModel, ranking: Ranking, reasons: int = REASON
     items = loaded.catalog.items
     user_rows, _ = loaded.catalog.users.lookup([ranking.user])
     user_row = int(user_rows[0])
-    seen = loaded.known.seen.of(user_row) if user_row >= 0 else torch.empty(0, dtype=torch.long)
+    seen = known_items(loaded).of(user_row) if user_row >= 0 else torch.empty(0, dtype=torch.long)
     rows, _ = items.lookup([entry.item for entry in ranking.items])
     weights = item_weights(loaded, rows, seen)  # R x S
     weights = weights.masked_fill(rows[:, None] == seen[None, :], 0.0)  # an item is no reason for itself
@@ -57,6 +57,13 @@ def explain_ranking(loaded: LoadedModel, ranking: Ranking, reasons: int = REASON
         ]
         explained.append(replace(entry, because=because))
     return replace(ranking, items=explained)
+
+
+def known_items(loaded: LoadedModel) -> Any:
+    """The items each user is known to have rated, as the scores being explained saw them: a two-stage
+    checkpoint's retrieval stage scores from the training and validation rows it was refitted on, a one-stage
+    model's embeddings learnt from the training rows."""
+    return loaded.stages.history if loaded.stages is not None else loaded.known.seen
 
 
 def item_weights(loaded: LoadedModel, rows: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,11 @@ that names the option to change; the CLI prints them, the API returns them with 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from dlrm_cli.config import TrainConfig, relevant_rating
+from dlrm_cli.config import DEFAULT_STORE, STORE_ENV, TrainConfig, relevant_rating
 
 FEW_POSITIVES = 100  # fewer positive training pairs than this, or under MIN_POSITIVE_SHARE of them, is too few
 MIN_POSITIVE_SHARE = 0.01
@@ -40,11 +42,23 @@ def positives_warning(dataset: Any, settings: TrainConfig, task: Any | None) -> 
     return None
 
 
+def store_option(root: Path) -> str:
+    """`` --store ROOT`` where a command run as it stands would use another store, else ""."""
+    usual = Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+    return "" if root.resolve() == usual.resolve() else f" --store {root}"
+
+
 def run_advice(
-    history: list[dict[str, float]], best_epoch: int, stopped_early: bool, settings: TrainConfig, name: str
+    history: list[dict[str, float]],
+    best_epoch: int,
+    stopped_early: bool,
+    settings: TrainConfig,
+    name: str,
+    store: str = "",
 ) -> list[str]:
     """Lines for a run that ended at ``--epochs`` on its best epoch: still improving (more epochs would likely
-    help), or with a learning rate decayed too far to matter (more epochs would not: a slower decay would)."""
+    help), or with a learning rate decayed too far to matter (more epochs would not: a slower decay would).
+    ``store``: what the resume command needs to find the store (``store_option``)."""
     if stopped_early or len(history) < 2 or best_epoch != int(history[-1]["epoch"]):
         return []
     key, better = ("val_rmse", -1.0) if "val_rmse" in history[-1] else ("val_ndcg", 1.0)
@@ -66,6 +80,6 @@ def run_advice(
     elif gain > STILL_IMPROVING:
         lines.append(
             f"Validation {figure} was still improving at the last epoch ({before:.4f} → {last:.4f}): the model "
-            f"is likely under-fitted; train further with: dlrm train --resume {name} --epochs {2 * epochs}"
+            f"is likely under-fitted; train further with: dlrm train --resume {name} --epochs {2 * epochs}{store}"
         )
     return lines

@@ -81,11 +81,16 @@ def prepare(request: TrainRequest) -> TrainRequest:
     if request.resume is not None:
         request = _resumed(store, request)
     elif request.name is not None:
-        validate_name(request.name)
-        if store.exists(request.name):
-            raise DlrmUsageError(f"checkpoint {request.name} already exists in {store.root}; choose another --name")
+        check_new_name(store, request.name)
     store.ensure_writable()
     return request
+
+
+def check_new_name(store: CheckpointStore, name: str) -> None:
+    """Refuse (``DlrmUsageError``) a name that is invalid or already in ``store``."""
+    validate_name(name)
+    if store.exists(name):
+        raise DlrmUsageError(f"checkpoint {name} already exists in {store.root}; choose another --name")
 
 
 def _resumed(store: CheckpointStore, request: TrainRequest) -> TrainRequest:
@@ -272,14 +277,23 @@ def _python_value(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, bool):
         wanted, ok = "True or False", isinstance(value, bool)
     elif isinstance(default, int) or key in OPTIONAL_INTS:
-        wanted, ok = "a whole number", isinstance(value, int) and not isinstance(value, bool)
+        wanted, ok = "a whole number", _integral(value)
     elif isinstance(default, float):
         wanted, ok = "a number", _number(value)
     else:
         wanted, ok = "a string", isinstance(value, str)
     if not ok:
         raise DlrmUsageError(f"{key} must be {wanted}, got {value!r}")
-    return float(value) if isinstance(default, float) else value
+    if isinstance(default, float):
+        return float(value)
+    return int(value) if _integral(value) else value  # numpy's integers too, as plain ints
+
+
+def _integral(value: Any) -> bool:
+    """A whole number: Python's or numpy's (``numbers.Integral``), never a bool."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _python_list(key: str, value: Any) -> tuple[Any, ...]:
@@ -306,7 +320,7 @@ def _whole(value: Any) -> bool:
     """A layer size: a positive whole number, or its digits."""
     if isinstance(value, str):
         return value.isdigit() and int(value) >= 1
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return _integral(value) and value >= 1
 
 
 def _number(value: Any) -> bool:
@@ -345,6 +359,7 @@ def write_frame(frame: Any, store: Path, values: dict[str, Any]) -> Path:
     import contextlib
     import hashlib
     import os
+    import tempfile
 
     if len(frame) == 0:
         raise DlrmUsageError("the DataFrame has no rows")
@@ -358,18 +373,22 @@ def write_frame(frame: Any, store: Path, values: dict[str, Any]) -> Path:
             raise DlrmUsageError(f"{key}: the DataFrame has no column {name!r} (its columns: {shown})")
     CheckpointStore(store).ensure_writable()
     folder = store / FRAME_FOLDER
-    temporary = folder / f".frame-{os.getpid()}.csv"
+    temporary = None
     try:
         folder.mkdir(exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".frame-", suffix=".csv")  # one per call, threads too
+        os.close(handle)
+        temporary = Path(name)
         frame.to_csv(temporary, index=False)
         digest = hashlib.sha256()
-        with temporary.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
+        with temporary.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 24), b""):
                 digest.update(chunk)
         path = folder / f"frame-{digest.hexdigest()[:16]}.csv"
         os.replace(temporary, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
         raise DlrmError(f"cannot write the DataFrame into {folder}: {error.strerror or error}") from None
     return path

@@ -48,7 +48,7 @@ from dlrm_cli.scoring.metrics import EVAL_BATCH, candidate_scorer, error_metrics
 from dlrm_cli.store.checkpoints import CheckpointStore
 from dlrm_cli.store.known import KNOWN_FILE, Known
 from dlrm_cli.training import distributed
-from dlrm_cli.training.advice import positives_warning, run_advice
+from dlrm_cli.training.advice import positives_warning, run_advice, store_option
 from dlrm_cli.training.distributed import Parallel, Shard
 from dlrm_cli.training.request import TrainRequest
 from dlrm_cli.training.signals import StopOnSignal
@@ -588,7 +588,8 @@ class TrainingRun:
         best = self.best
         done = int(self.history[-1]["epoch"]) if self.history else 0
         early = self.settings.patience if done < self.settings.epochs else None
-        advice = run_advice(self.history, best.epoch, early is not None, self.settings, names[0])
+        store = store_option(self.store.root)
+        advice = run_advice(self.history, best.epoch, early is not None, self.settings, names[0], store)
         return TrainResult(
             names[0],
             self.history,
