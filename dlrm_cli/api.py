@@ -15,7 +15,6 @@ The command line and ``dlrm serve`` answer through the same functions (``dlrm_cl
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from dlrm_cli.config import DEFAULT_STORE, STORE_ENV
+from dlrm_cli.config import store_root
 from dlrm_cli.data.catalog import EntityTable
 from dlrm_cli.errors import DlrmUsageError
 from dlrm_cli.retrieval.history import History
@@ -52,8 +51,7 @@ def load(checkpoint: str = "latest", store: str | Path | None = None, device: st
 
     The model names the checkpoint it loaded (``model.name``; ``repr(model)`` says which alias chose it).
     Raises ``dlrm_cli.errors.DlrmError`` (a one-line message) for a missing or corrupt checkpoint."""
-    store = store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE))
-    return Model(open_model(store, checkpoint, device), asked=checkpoint)
+    return Model(open_model(store_root(store), checkpoint, device), asked=checkpoint)
 
 
 def train(
@@ -87,7 +85,7 @@ def train(
     )
     from dlrm_cli.training.run import train as run
 
-    root = Path(store if store is not None else os.environ.get(STORE_ENV, str(DEFAULT_STORE)))
+    root = store_root(store)
     values, given = python_options(options)
     if name is not None:  # before a DataFrame is written into the store
         check_new_name(CheckpointStore(root), name)
@@ -123,13 +121,6 @@ class _EpochLines(_Notices):
     """``train(progress=True)``: a line on stderr when the data is loaded, after each epoch and when a second
     stage starts."""
 
-    LABELS = (
-        ("train_loss", "train loss"),
-        ("val_rmse", "val RMSE"),
-        ("val_mae", "val MAE"),
-        ("val_ndcg", "val NDCG@10"),
-    )
-
     def __init__(self) -> None:
         super().__init__()
         self.stage = ""
@@ -143,8 +134,10 @@ class _EpochLines(_Notices):
         _say("Data: {:,} train, {:,} validation, {:,} test rows".format(*sizes))
 
     def epoch_done(self, record: dict[str, float]) -> None:
-        shown = ", ".join(f"{label} {record[key]:.4f}" for key, label in self.LABELS if key in record)
-        _say(f"{self.stage}epoch {record['epoch']}: {shown}")
+        from dlrm_cli.training.advice import validation_figures
+
+        figures = validation_figures(record)
+        _say(f"{self.stage}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {figures}")
 
     def stage_started(self, description: str) -> None:
         self.stage = "ranker "

@@ -20,6 +20,14 @@ from typing import Any
 
 DEFAULT_STORE = Path("checkpoints")  # the checkpoint store when neither --store nor $DLRM_CHECKPOINT_DIR is given
 STORE_ENV = "DLRM_CHECKPOINT_DIR"
+
+
+def store_root(store: str | Path | None = None) -> Path:
+    """The checkpoint store: ``store`` if given, else $DLRM_CHECKPOINT_DIR if set (and not empty, as the
+    command line's ``--store`` reads it), else ./checkpoints."""
+    return Path(store) if store is not None else Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+
+
 DEFAULT_SPLIT = "random:0.1"
 DEFAULT_VALIDATION = 0.05
 EMBEDDINGS = ("fused", "plain")

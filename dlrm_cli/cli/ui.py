@@ -9,6 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
+from dlrm_cli.training.advice import VALIDATION_COLUMNS, validation_figures
+
 SPARK = "▁▂▃▄▅▆▇█"
 
 
@@ -39,10 +41,6 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-# The validation figures an epoch may have (a ranking-only model has no RMSE; a rating-only one no NDCG).
-VALIDATION_COLUMNS = (("val_rmse", "val RMSE"), ("val_mae", "val MAE"), ("val_ndcg", "val NDCG@10"))
-
-
 def history_table(history: list[dict[str, Any]], title: str) -> Any:
     """One row per epoch: train loss, the validation figures (RMSE and MAE, NDCG@10 with a ranking head),
     learning rate, throughput (rated pairs per second)."""
@@ -61,11 +59,6 @@ def history_table(history: list[dict[str, Any]], title: str) -> Any:
             f"{record['samples_per_s']:,.0f}",
         )
     return table
-
-
-def validation_figures(record: dict[str, Any]) -> str:
-    """``val RMSE 0.8471, val MAE 0.6658`` (and ``val NDCG@10 ...``): an epoch's validation figures."""
-    return ", ".join(f"{label} {record[key]:.4f}" for key, label in VALIDATION_COLUMNS if key in record)
 
 
 LINE_SECONDS = 30.0

@@ -1,19 +1,28 @@
-"""What a run should tell its user beyond its figures: a ranking objective with almost nothing to learn from
-(before training), and a run that ended while validation was still improving (after it). Each is one line
-that names the option to change; the CLI prints them, the API returns them with the result."""
+"""What a run tells its user: each epoch's validation figures as text, a ranking objective with almost nothing
+to learn from (before training), and a run that ended while validation was still improving (after it). Each
+warning is one line that names the option to change; the CLI prints them, the API returns them with the
+result. Nothing here imports torch: the CLI's display reads it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from dlrm_cli.config import DEFAULT_STORE, STORE_ENV, TrainConfig, relevant_rating
+from dlrm_cli.config import TrainConfig, relevant_rating, store_root
 
 FEW_POSITIVES = 100  # fewer positive training pairs than this, or under MIN_POSITIVE_SHARE of them, is too few
 MIN_POSITIVE_SHARE = 0.01
 STILL_IMPROVING = 1e-3  # the last epoch improved on the one before by more than this share: not converged
 SPENT_RATE = 0.01  # a learning rate decayed below this share of --lr moves the weights too little to matter
+
+
+# The validation figures an epoch may have (a ranking-only model has no RMSE; a rating-only one no NDCG).
+VALIDATION_COLUMNS = (("val_rmse", "val RMSE"), ("val_mae", "val MAE"), ("val_ndcg", "val NDCG@10"))
+
+
+def validation_figures(record: dict[str, Any]) -> str:
+    """``val RMSE 0.8471, val MAE 0.6658`` (and ``val NDCG@10 ...``): an epoch's validation figures."""
+    return ", ".join(f"{label} {record[key]:.4f}" for key, label in VALIDATION_COLUMNS if key in record)
 
 
 def positives_warning(dataset: Any, settings: TrainConfig, task: Any | None) -> str | None:
@@ -44,8 +53,7 @@ def positives_warning(dataset: Any, settings: TrainConfig, task: Any | None) -> 
 
 def store_option(root: Path) -> str:
     """`` --store ROOT`` where a command run as it stands would use another store, else ""."""
-    usual = Path(os.environ.get(STORE_ENV) or DEFAULT_STORE)
-    return "" if root.resolve() == usual.resolve() else f" --store {root}"
+    return "" if root.resolve() == store_root().resolve() else f" --store {root}"
 
 
 def run_advice(
