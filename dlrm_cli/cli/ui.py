@@ -124,6 +124,12 @@ class RichProgress:
             f"validation, {len(dataset.test):,} test {rows}{unrated}; {entities[0]} and {entities[1]} with "
             f"training {rows}" + (f"; {processes} processes" if processes > 1 else "")
         )
+        context = dataset.catalog.context
+        if context is not None:
+            self.console.print(
+                f"Context columns (a value per {rows[:-1]}, not per user or item): {', '.join(context.names)}",
+                markup=False,
+            )
 
     def resumed(self, name: str, epoch: int) -> None:
         self.console.print(f"Resuming {name} after epoch {epoch}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrm_cli.config import FileSource
+from dlrm_cli.data.context import RawContext
 from dlrm_cli.data.readers import RawData, SideTable
 
 # Part of every data fingerprint that checkpoints record: it stays 1, or older checkpoints would report
@@ -23,7 +24,8 @@ from dlrm_cli.data.readers import RawData, SideTable
 READER_VERSION = 1
 # Names the cache entries: bump it when parsing changes (what it accepts or how), so that entries parsed
 # by an older dlrm are parsed again. 2: ratings beyond ±1e15 refused, ids stripped of surrounding spaces.
-PARSER_VERSION = 2
+# 3: a side column that varies within users and items is read as a context column.
+PARSER_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -79,6 +81,10 @@ def _arrays(raw: RawData) -> dict[str, np.ndarray]:
             arrays[f"{kind}.sparse.{name}"] = values
         if table.titles is not None:
             arrays[f"{kind}.titles"] = table.titles
+    meta["context"] = {"dense": list(raw.context.dense), "sparse": list(raw.context.sparse)}
+    for kind in ("dense", "sparse"):
+        for name, values in getattr(raw.context, kind).items():
+            arrays[f"context.{kind}.{name}"] = values
     arrays["meta"] = np.array(json.dumps(meta))
     return arrays
 
@@ -109,4 +115,10 @@ def _load(path: Path) -> RawData:
             release=meta["release"],
             n_train=int(meta["n_train"]),
             implicit=bool(meta.get("implicit", False)),
+            context=RawContext(
+                **{
+                    kind: {name: archive[f"context.{kind}.{name}"] for name in meta["context"][kind]}
+                    for kind in ("dense", "sparse")
+                }
+            ),
         )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dlrm_cli.data.context import ContextRows, ContextTable
 from dlrm_cli.data.lookup import dense_values, one_each, side_values
 
 if TYPE_CHECKING:
@@ -230,17 +231,23 @@ def _search(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Ratings:
-    """N ratings as parallel tensors of user rows, item rows and rating values."""
+    """N ratings as parallel tensors of user rows, item rows and rating values, and each rating's context
+    features where the data has context columns."""
 
     user: torch.Tensor
     item: torch.Tensor
     rating: torch.Tensor
+    context: ContextRows | None = None
 
     def __len__(self) -> int:
         return int(self.rating.shape[0])
 
     def subset(self, index: torch.Tensor) -> Ratings:
-        return Ratings(self.user[index], self.item[index], self.rating[index])
+        return Ratings(self.user[index], self.item[index], self.rating[index], self.context_of(index))
+
+    def context_of(self, index: torch.Tensor) -> ContextRows | None:
+        """The context of the ratings at ``index`` (None without context columns)."""
+        return None if self.context is None else self.context.take(index)
 
 
 @dataclass(frozen=True)
@@ -262,20 +269,24 @@ class Catalog:
     rating_min: float
     rating_max: float
     implicit: bool = False  # interactions without ratings: every row is a 1 on a 0-1 scale
+    context: ContextTable | None = None  # the columns that describe each rating itself
 
     @property
     def dense_names(self) -> list[str]:
-        return [*self.users.dense_names, *self.items.dense_names]
+        context = self.context.dense_names if self.context is not None else []
+        return [*self.users.dense_names, *self.items.dense_names, *context]
 
     @property
     def feature_sources(self) -> list[FeatureSource]:
         """Every sparse feature, in the order of the KJT keys and the embedding tables: the ids, the side
-        features, then the bags; users' before items' in each group."""
+        features, the bags (users' before items' in each group), then the categorical context columns."""
         sources = [FeatureSource("user_id", "users", "id"), FeatureSource("item_id", "items", "id")]
         for owner in ("users", "items"):
             sources.extend(FeatureSource(name, owner, "side") for name in self.owner(owner).sparse)
         for owner in ("users", "items"):
             sources.extend(FeatureSource(name, owner, "bag") for name in self.owner(owner).bags)
+        if self.context is not None:
+            sources.extend(FeatureSource(name, "context", "context") for name in self.context.vocabularies)
         return sources
 
     def owner(self, owner: str) -> EntityTable:
@@ -287,6 +298,9 @@ class Catalog:
         """(feature name, embedding rows), in ``feature_sources`` order."""
         rows = []
         for source in self.feature_sources:
+            if source.kind == "context":
+                rows.append((source.name, self.context.sparse_sizes()[source.name]))  # type: ignore[union-attr]
+                continue
             table = self.owner(source.owner)
             if source.kind == "id":
                 rows.append((source.name, table.id_table_rows))
@@ -313,15 +327,21 @@ class Catalog:
         leave_out: bool = False,
         user_side_rows: int | None = None,
         pair_dense: torch.Tensor | None = None,
+        context: ContextRows | None = None,
     ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
-        """Model inputs for B (user, item) pairs: dense features B x (du + di [+ dp]) and a KJT of the sparse
-        ones. ``pair_dense`` (B x dp): features of each pair itself (a ranking stage's retrieval features),
-        after the user's and the item's.
+        """Model inputs for B (user, item) pairs: dense features B x (du + di [+ dc] [+ dp]) and a KJT of the
+        sparse ones. ``context``: each pair's context features (B rows; None: every column at its default),
+        for a catalog with context columns. ``pair_dense`` (B x dp): features of each pair itself (a ranking
+        stage's retrieval features), after the user's, the item's and the context's.
         ``leave_out`` (training) drops each pair's item from its user's bag and its user from its item's
         bag, so that a rating is never evidence for itself. ``user_side_rows`` = n: only the first n pairs
         carry their user-side sparse features (``user_side``); the others, whose users repeat the first n
         in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.training_outputs``)."""
         dense = dense_values(self.users.dense, self.items.dense, user_rows, item_rows)
+        if self.context is not None:
+            if context is None:
+                context = self.context.parse(None)[0].expand(user_rows.shape[0])
+            dense = torch.cat((dense, context.dense.to(dense.dtype)), dim=1)
         if pair_dense is not None:
             dense = torch.cat((dense, pair_dense.to(dense.dtype)), dim=1)
         user_ids, item_ids = self.users.id_rows[user_rows], self.items.id_rows[item_rows]
@@ -330,6 +350,12 @@ class Catalog:
         absent = torch.zeros(user_rows.shape[0] - rows["users"].shape[0], dtype=torch.int64)
         values, lengths = [], []
         for source in self.feature_sources:
+            if source.kind == "context":
+                picked = context.sparse[source.name]  # type: ignore[union-attr]
+                cut = side_values(picked, picked.shape[1] == 1 and bool((picked >= 0).all()))
+                values.append(cut[0])
+                lengths.append(cut[1])
+                continue
             table, owned = self.owner(source.owner), rows[source.owner]
             if source.kind == "id":
                 cut = (table.id_rows[owned], one_each(owned))
@@ -349,6 +375,10 @@ class Catalog:
         )
         return dense, kjt
 
+    def without_context(self) -> Catalog:
+        """The catalog of a model that reads no context columns (a two-stage checkpoint's ranker)."""
+        return replace(self, context=None)
+
     def without_bags(self) -> Catalog:
         """The catalog of a model trained without the implicit-feedback bags."""
         return replace(self, users=replace(self.users, bags={}), items=replace(self.items, bags={}))
@@ -360,6 +390,7 @@ class Catalog:
             "rating_min": self.rating_min,
             "rating_max": self.rating_max,
             "implicit": self.implicit,
+            **({"context": self.context.state()} if self.context is not None else {}),
         }
 
     @classmethod
@@ -370,6 +401,7 @@ class Catalog:
             rating_min=float(state["rating_min"]),
             rating_max=float(state["rating_max"]),
             implicit=bool(state.get("implicit", False)),
+            context=ContextTable.from_state(state["context"]) if state.get("context") else None,
         )
 
 

@@ -13,6 +13,7 @@ import torch
 
 from dlrm_cli.config import FileSource
 from dlrm_cli.data.catalog import PAD, Catalog, Dataset, EntityTable, Ratings
+from dlrm_cli.data.context import build_context
 from dlrm_cli.data.readers import RawData, SideTable
 from dlrm_cli.errors import DataError, DlrmUsageError
 
@@ -175,10 +176,13 @@ def build_dataset(raw: RawData, source: FileSource) -> Dataset:
     items = build_entities("item", raw.item, raw.item[train], raw.items, unshown)
     user_rows = torch.from_numpy(np.searchsorted(users.keys, _unify(raw.user, users.keys)[0]))
     item_rows = torch.from_numpy(np.searchsorted(items.keys, _unify(raw.item, items.keys)[0]))
-    everything = Ratings(user_rows, item_rows, torch.from_numpy(raw.rating))
+    context = build_context(raw.context, train) if raw.context else None
+    rows_context = context.encode(raw.context) if context is not None else None
+    everything = Ratings(user_rows, item_rows, torch.from_numpy(raw.rating), rows_context)
     low, high = raw.rating_range
+    catalog = Catalog(users=users, items=items, rating_min=low, rating_max=high, implicit=raw.implicit, context=context)
     return Dataset(
-        catalog=Catalog(users=users, items=items, rating_min=low, rating_max=high, implicit=raw.implicit),
+        catalog=catalog,
         train=everything.subset(torch.from_numpy(rows["train"])),
         validation=everything.subset(torch.from_numpy(rows["validation"])),
         test=everything.subset(torch.from_numpy(rows["test"])),

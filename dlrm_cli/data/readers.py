@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dlrm_cli.config import CsvColumns
+from dlrm_cli.data.context import RawContext
 from dlrm_cli.data.headers import implicit_csv
 from dlrm_cli.errors import DataError
 
@@ -52,6 +53,7 @@ class RawData:
     release: str = ""
     n_train: int = 0
     implicit: bool = False
+    context: RawContext = field(default_factory=RawContext)  # columns that vary per rating
 
     def __len__(self) -> int:
         return len(self.rating)
@@ -395,13 +397,15 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
             raise DataError(f"{path}: every rating is {low:g}; there is nothing to learn")
     user, item = _ids(frame[user_column]), _ids(frame[item_column])
     users, items = SideTable(ids=np.unique(user)), SideTable(ids=np.unique(item))
+    context = RawContext()
     for column in (*columns.dense, *columns.sparse):
         owner = _owner(frame, column, columns)
-        if owner is None:
-            raise DataError(
-                f"{path}: column {column!r} varies within a user and within an item; dlrm's side features "
-                "describe users or items"
-            )
+        if owner is None:  # it describes the rating itself: a context column
+            if column in columns.dense:
+                context.dense[column] = frame[column].to_numpy(dtype=np.float64)
+            else:
+                context.sparse[column] = np.asarray(frame[column].to_numpy(), dtype=str)
+            continue
         table, key = (users, user) if owner == "user" else (items, item)
         per_entity = pd.Series(frame[column].to_numpy()).groupby(key).first()
         aligned = per_entity.reindex(table.ids).to_numpy()
@@ -421,6 +425,7 @@ def read_csv(path: Path, columns: CsvColumns) -> RawData:
         items=items,
         release="csv",
         implicit=implicit,
+        context=context,
     )
 
 
@@ -489,6 +494,16 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
         side[kind] = merged
     low = min(train.rating_range[0], test.rating_range[0])
     high = max(train.rating_range[1], test.rating_range[1])
+    context = RawContext()
+    for kind in ("dense", "sparse"):
+        for name in dict.fromkeys([*getattr(train.context, kind), *getattr(test.context, kind)]):
+            if name not in getattr(train.context, kind) or name not in getattr(test.context, kind):
+                raise DataError(
+                    f"column {name!r} varies within users and items in one file of the split and not in the "
+                    "other: it must be a context column in both or a side column in both"
+                )
+            parts_values = [getattr(p.context, kind)[name] for p in parts]
+            getattr(context, kind)[name] = np.concatenate(parts_values)
     times = None if train.time is None else np.concatenate([train.time, test.time])
     return RawData(
         user=np.concatenate([train.user, test.user]),
@@ -497,6 +512,7 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
         time=times,
         rating_range=(low, high),
         implicit=train.implicit,
+        context=context,
         users=side["users"],
         items=side["items"],
         release="csv",

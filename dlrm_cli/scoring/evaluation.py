@@ -17,6 +17,7 @@ import torch
 
 from dlrm_cli.config import CsvColumns, DataSource, FileSource, relevant_rating
 from dlrm_cli.data.catalog import Ratings
+from dlrm_cli.data.context import ContextRows, filled_context
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.retrieval.generators import fit_generator
@@ -27,6 +28,7 @@ from dlrm_cli.scoring.metrics import (
     EVAL_BATCH,
     candidate_scorer,
     classification_metrics,
+    context_slice,
     error_metrics,
     score,
 )
@@ -83,15 +85,24 @@ SCORED_PER_STEP = 4 * EVAL_BATCH  # pairs scored between two progress reports
 
 
 def score_in_steps(
-    loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, label: str, progress: Progress, ranking: bool = False
+    loaded: LoadedModel,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    label: str,
+    progress: Progress,
+    ranking: bool = False,
+    context: ContextRows | None = None,
 ) -> torch.Tensor:
-    """``score`` of these pairs, a slice at a time, telling ``progress`` how many are done."""
+    """``score`` of these pairs, a slice at a time, telling ``progress`` how many are done; ``context`` as
+    ``score``'s."""
     model, catalog, device = loaded.model, loaded.catalog, loaded.device
     parts, total = [], len(users)
     progress(label, 0, total)
     for start in range(0, total, SCORED_PER_STEP):
         chunk = slice(start, start + SCORED_PER_STEP)
-        parts.append(score(model, catalog, users[chunk], items[chunk], device, ranking=ranking))
+        size = users[chunk].shape[0]
+        pairs = context_slice(context, start, size)
+        parts.append(score(model, catalog, users[chunk], items[chunk], device, ranking=ranking, context=pairs))
         progress(label, min(start + SCORED_PER_STEP, total), total)
     return torch.cat(parts) if parts else score(model, catalog, users, items, device, ranking=ranking)
 
@@ -122,7 +133,7 @@ def score_ratings(
         ratings = _ratings_from(loaded, data)
         split, kind = "all", data.kind
     overlap = _training_overlap(loaded, ratings) if data is not None else 0
-    predicted = score_in_steps(loaded, ratings.user, ratings.item, "Scoring ratings", progress)
+    predicted = score_in_steps(loaded, ratings.user, ratings.item, "Scoring ratings", progress, context=ratings.context)
     interactions = None
     if "ranking" in loaded.model.config.heads and len(ratings):
         train = train if train is not None else load_checkpoint_data(loaded, progress).train
@@ -221,7 +232,9 @@ def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
                 raise DataError(f"{data.path} has {table.kind} id {unknown!r}, which this checkpoint does not know")
             found[found < 0] = table.neutral_row
         rows.append(torch.from_numpy(found))
-    return Ratings(rows[0], rows[1], torch.from_numpy(raw.rating))
+    context = loaded.catalog.context
+    encoded = context.encode(filled_context(context, raw.context, len(raw))) if context is not None else None
+    return Ratings(rows[0], rows[1], torch.from_numpy(raw.rating), encoded)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from dlrm_cli.data.catalog import Catalog, Ratings
+from dlrm_cli.data.context import ContextRows
 
 EVAL_BATCH = 4096  # larger batches page-fault more than they save (measured: see docs/benchmarks.md)
 
@@ -20,21 +21,29 @@ def score(
     device: torch.device,
     batch_size: int = EVAL_BATCH,
     ranking: bool = False,
+    context: ContextRows | None = None,
 ) -> torch.Tensor:
     """Predicted ratings for each (user, item) pair, as a CPU tensor of size N; with ``ranking``, the scores
-    that rank items (``RatingDLRM.ranking_scores``)."""
+    that rank items (``RatingDLRM.ranking_scores``). ``context``: each pair's context (N rows), or one row for
+    every pair, or None (each context column at its default)."""
     call = model.ranking_scores if ranking else model.predict
     return _in_batches(
-        model, lambda dense, kjt: (call(dense, kjt),), catalog, user_rows, item_rows, device, batch_size
+        model, lambda dense, kjt: (call(dense, kjt),), catalog, user_rows, item_rows, device, batch_size, context
     )[0]
 
 
 def score_heads(
-    model: torch.nn.Module, catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, device: torch.device
+    model: torch.nn.Module,
+    catalog: Catalog,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    device: torch.device,
+    context: ContextRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The predicted ratings and the ranking scores of each pair, from one pass of the model
-    (``RatingDLRM.rating_and_ranking``)."""
-    ratings, ranking = _in_batches(model, model.rating_and_ranking, catalog, user_rows, item_rows, device, EVAL_BATCH)
+    (``RatingDLRM.rating_and_ranking``); ``context`` as ``score``'s."""
+    call = model.rating_and_ranking
+    ratings, ranking = _in_batches(model, call, catalog, user_rows, item_rows, device, EVAL_BATCH, context)
     return ratings, ranking
 
 
@@ -46,6 +55,7 @@ def _in_batches(
     item_rows: torch.Tensor,
     device: torch.device,
     batch_size: int,
+    context: ContextRows | None = None,
 ) -> list[torch.Tensor]:
     """``call(dense, kjt)``'s outputs for the pairs, in batches of ``batch_size``, each as a CPU tensor of
     size N."""
@@ -57,7 +67,9 @@ def _in_batches(
     fused = getattr(model, "uses_fused_kernels", False)
     with torch.no_grad() if fused else torch.inference_mode():
         for start in range(0, user_rows.shape[0], batch_size):
-            dense, kjt = catalog.batch(user_rows[start : start + batch_size], item_rows[start : start + batch_size])
+            users, items = user_rows[start : start + batch_size], item_rows[start : start + batch_size]
+            ctx = context_slice(context, start, users.shape[0])
+            dense, kjt = catalog.batch(users, items, context=ctx)
             out.append(tuple(part.float().cpu() for part in call(dense.to(device), kjt.to(device))))
     model.train(was_training)
     if not out:
@@ -120,4 +132,15 @@ def error_metrics(predicted: torch.Tensor, actual: torch.Tensor) -> dict[str, fl
 def evaluate_split(
     model: torch.nn.Module, catalog: Catalog, ratings: Ratings, device: torch.device
 ) -> dict[str, float]:
-    return error_metrics(score(model, catalog, ratings.user, ratings.item, device), ratings.rating)
+    predicted = score(model, catalog, ratings.user, ratings.item, device, context=ratings.context)
+    return error_metrics(predicted, ratings.rating)
+
+
+def context_slice(context: ContextRows | None, start: int, size: int) -> ContextRows | None:
+    """The context of ``size`` pairs from ``start`` of a call: their own rows, or the one row that every pair
+    of the call shares."""
+    if context is None:
+        return None
+    if len(context) == 1:
+        return context.expand(size)
+    return context.take(torch.arange(start, start + size))

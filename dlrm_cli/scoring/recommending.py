@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dlrm_cli.data.catalog import EntityTable
+from dlrm_cli.data.context import ContextRows
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.scoring.explain import Because, explain_ranking
 from dlrm_cli.scoring.metrics import (
@@ -67,6 +68,7 @@ class Ranking:
     # ``rating``: the rating head's stars; ``score``: a model without one (--objective ranking) gives the
     # probability that the user picks the item, against as many random items as it trained with.
     scored_as: str = "rating"
+    context: Context | None = None  # the context it was scored in, for a model with context columns
 
     @property
     def unseen_items(self) -> list[str]:
@@ -79,6 +81,7 @@ class Ranking:
             **extra,
             "recommended": self.items[0].item if self.items else None,
             "user_unseen_in_training": self.user_unseen,
+            **(self.context.to_dict() if self.context is not None else {}),
             "items": [
                 {
                     "rank": rank,
@@ -115,6 +118,36 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
+class Context:
+    """The context a query is scored in: each context column's value (as given, or its default) and the
+    columns that took their default."""
+
+    values: dict[str, float | str]
+    defaulted: list[str]
+    rows: ContextRows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"context": dict(self.values), "context_defaulted": list(self.defaulted)}
+
+
+def query_context(loaded: LoadedModel, given: dict[str, Any] | None) -> Context | None:
+    """The context of a query from the values ``given`` (column -> value); None for a model without context
+    columns, which refuses any given value (``DlrmUsageError``)."""
+    table = loaded.catalog.context
+    if table is None:
+        if given:
+            raise DlrmUsageError(
+                f"checkpoint {loaded.checkpoint.name} has no context columns, so it takes no context "
+                f"(got {next(iter(given))!r})"
+            )
+        return None
+    rows, defaulted = table.parse(given)
+    values = {name: (given or {}).get(name, table.defaults[name]) for name in table.names}
+    values = {name: float(v) if name in table.dense else str(v) for name, v in values.items()}
+    return Context(values, defaulted, rows)
+
+
+@dataclass(frozen=True)
 class Query:
     """One user's items to score and rank: what predict and recommend ask, ready to be scored together with
     other queries in one pass (``answer``)."""
@@ -127,15 +160,18 @@ class Query:
     scored: int = 0
     exclude_seen: bool = False
     order: torch.Tensor | None = None  # two stages: the ranker's logit of each of item_rows, which orders them
+    context: Context | None = None  # a model with context columns: the moment the user asks in
 
 
-def predict_query(loaded: LoadedModel, user: str, items: list[str]) -> Query:
-    """The query that scores ``items`` for ``user``.
+def predict_query(loaded: LoadedModel, user: str, items: list[str], context: dict[str, Any] | None = None) -> Query:
+    """The query that scores ``items`` for ``user`` in ``context`` (column -> value; a column not given takes
+    its default, see ``query_context``).
 
     Ids never seen in training take the shared out-of-vocabulary row where the checkpoint has one
     (real data); for synthetic data, whose ids are a fixed range, an unknown id is a usage error."""
+    moment = query_context(loaded, context)
     item_rows = entity_rows(loaded.catalog.items, items)
-    return Query(user, _user_row(loaded, user), item_rows, items, scored=len(items))
+    return Query(user, _user_row(loaded, user), item_rows, items, scored=len(items), context=moment)
 
 
 def recommend_query(
@@ -144,14 +180,17 @@ def recommend_query(
     top: int,
     exclude_seen: bool,
     candidates: int | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Query:
-    """The query for the ``top`` items of the whole catalogue for ``user``; ``exclude_seen`` drops the items
-    the user rated in the training rows (kept in the checkpoint). A two-stage
-    checkpoint retrieves ``candidates`` items (default: its own count) and its ranker orders them."""
+    """The query for the ``top`` items of the whole catalogue for ``user`` in ``context`` (see
+    ``predict_query``); ``exclude_seen`` drops the items the user rated in the training rows (kept in the
+    checkpoint). A two-stage checkpoint retrieves ``candidates`` items (default: its own count) and its ranker
+    orders them; neither stage reads the context, which the predicted ratings shown beside them do."""
     check_retrieve(loaded, candidates, exclude_seen, top)
+    moment = query_context(loaded, context)
     user_row = _user_row(loaded, user)
     if loaded.stages is not None and exclude_seen:
-        return _two_stage_query(loaded, user, user_row, top, candidates)
+        return replace(_two_stage_query(loaded, user, user_row, top, candidates), context=moment)
     candidates_rows = torch.arange(len(loaded.catalog.items.keys))
     if exclude_seen:
         keep = torch.ones(len(candidates_rows), dtype=torch.bool)
@@ -163,7 +202,7 @@ def recommend_query(
                 "knows (pass --include-seen to rank them)"
             )
     scored = len(candidates_rows)
-    return Query(user, user_row, candidates_rows, limit=top, scored=scored, exclude_seen=exclude_seen)
+    return Query(user, user_row, candidates_rows, limit=top, scored=scored, exclude_seen=exclude_seen, context=moment)
 
 
 def check_retrieve(
@@ -221,11 +260,12 @@ def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
     users = torch.cat([query.user_row.expand(len(query.item_rows)) for query in queries])
     items = torch.cat([query.item_rows for query in queries])
     sizes = [len(query.item_rows) for query in queries]
+    context = _pairs_context(queries)
     heads = loaded.model.config.heads
     if "ranking" in heads and any(query.limit is not None for query in queries):
-        predicted, orders = score_heads(loaded.model, loaded.catalog, users, items, loaded.device)
+        predicted, orders = score_heads(loaded.model, loaded.catalog, users, items, loaded.device, context)
     else:
-        predicted = orders = score(loaded.model, loaded.catalog, users, items, loaded.device)
+        predicted = orders = score(loaded.model, loaded.catalog, users, items, loaded.device, context=context)
     two_heads = "rating" in heads and "ranking" in heads  # whose recommendations show both
     rankings = []
     for query, part, order in zip(queries, predicted.split(sizes), orders.split(sizes), strict=True):
@@ -239,9 +279,20 @@ def answer(loaded: LoadedModel, queries: list[Query]) -> list[Ranking]:
     return rankings
 
 
-def rank_items(loaded: LoadedModel, user: str, items: list[str]) -> Ranking:
-    """Score ``items`` for ``user``, best first (see ``predict_query`` for unknown ids)."""
-    return answer(loaded, [predict_query(loaded, user, items)])[0]
+def _pairs_context(queries: list[Query]) -> ContextRows | None:
+    """The context of every pair of the queries, in order (each query's one row, once per item)."""
+    if not queries or queries[0].context is None:
+        return None
+    parts = [query.context.rows.expand(len(query.item_rows)) for query in queries]  # type: ignore[union-attr]
+    return ContextRows(
+        torch.cat([part.dense for part in parts]),
+        {name: torch.cat([part.sparse[name] for part in parts]) for name in parts[0].sparse},
+    )
+
+
+def rank_items(loaded: LoadedModel, user: str, items: list[str], context: dict[str, Any] | None = None) -> Ranking:
+    """Score ``items`` for ``user`` in ``context``, best first (see ``predict_query``)."""
+    return answer(loaded, [predict_query(loaded, user, items, context)])[0]
 
 
 def recommend(
@@ -251,12 +302,13 @@ def recommend(
     exclude_seen: bool,
     retrieve: int | None = None,
     explain: bool = False,
+    context: dict[str, Any] | None = None,
 ) -> Recommendation:
     """The ``top`` items of the whole catalogue for ``user``, scored in large vectorised batches.
     ``exclude_seen`` drops the items the user rated in the training rows; ``retrieve``: see ``recommend_query``;
     ``explain``: each item names the user's training items behind it (``scoring.explain``)."""
     started = time.perf_counter()
-    query = recommend_query(loaded, user, top, exclude_seen, retrieve)
+    query = recommend_query(loaded, user, top, exclude_seen, retrieve, context)
     ranking = answer(loaded, [query])[0]
     if explain:
         ranking = explain_ranking(loaded, ranking)
@@ -307,6 +359,7 @@ def _ranking(
         items=ranked,
         user_unseen=bool(catalog.users.unseen_in_training(query.user_row)[0]),
         scored_as="rating" if "rating" in loaded.model.config.heads else "score",
+        context=query.context,
     )
 
 

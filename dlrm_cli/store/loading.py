@@ -70,7 +70,8 @@ def load_stages(checkpoint: Checkpoint, catalog: Catalog, device: torch.device) 
         retrieval = checkpoint.tensors("retrieval.pt")
         ranker = build_model(config, device=device)
         ranker.load_state_dict(checkpoint.tensors("ranker.pt"))
-        view = catalog if any(table.bag for table in config.tables) else catalog.without_bags()
+        view = catalog.without_context()
+        view = view if any(table.bag for table in config.tables) else view.without_bags()
         ranker, view = pool_bags(ranker.eval(), view)
         return TwoStage(
             generator=generator_from_state(retrieval["generator"]),

@@ -37,6 +37,7 @@ from dlrm_cli.config import (
     relevant_rating,
 )
 from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
+from dlrm_cli.data.context import ContextRows
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
 from dlrm_cli.model.dlrm import build_model, resolve_device, table_name, to_rating
@@ -355,7 +356,10 @@ class TrainingRun:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for batch, start in enumerate(range(0, self.rows_per_epoch, settings.batch_size), start=1):
             rows = self.parallel.share(permutation[start : start + settings.batch_size])
-            step = functools.partial(self._step, train_rows.user[rows], train_rows.item[rows], train_rows.rating[rows])
+            step = functools.partial(
+                self._step, train_rows.user[rows], train_rows.item[rows], train_rows.rating[rows],
+                train_rows.context_of(rows),
+            )  # fmt: skip
             loss = self.governor.timed(step, len(rows)) if self.governor is not None else step()
             self._check_batch(loss, epoch, batch)
             loss_sum += loss * rows.shape[0]
@@ -375,13 +379,17 @@ class TrainingRun:
         self._epoch_done(record, validation, weights)
         return record
 
-    def _step(self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor) -> float:
+    def _step(
+        self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor, context: ContextRows | None = None
+    ) -> float:
         catalog, borrow, rated = self.dataset.catalog, None, None
         if self.negatives is not None:  # the rated pairs first, then each user's sampled negatives
             users, items = self.negatives.extend(users, items)
             rated = ratings.shape[0]  # the negatives borrow their user's features from these pairs
             borrow = (self.user_side, rated)
-        dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated)
+            if context is not None:  # and their moment: a negative is an item not picked in that context
+                context = context.take(torch.arange(users.shape[0]) % rated)
+        dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated, context=context)
         return train_step(
             self.model,
             self.optimizers,
@@ -810,7 +818,7 @@ def _validate_shared(model: nn.Module, dataset: Dataset, device: torch.device, p
             weight = torch.ones(len(mine), dtype=torch.float64)
             if len(mine) == 0:  # fewer rows than ranks: score a stand-in row with no weight
                 mine, weight = rows[:1], torch.zeros(1, dtype=torch.float64)
-            dense, kjt = catalog.batch(ratings.user[mine], ratings.item[mine])
+            dense, kjt = catalog.batch(ratings.user[mine], ratings.item[mine], context=ratings.context_of(mine))
             predicted = distributed.bare(model).predict(dense.to(device), kjt.to(device))
             diff = predicted.double().cpu() - ratings.rating[mine].double()
             sums += torch.stack([(weight * diff**2).sum(), (weight * diff.abs()).sum(), weight.sum()])

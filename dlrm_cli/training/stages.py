@@ -103,7 +103,8 @@ def train_stages(
     between batches (a signal). None when the data leaves the ranker nothing to learn."""
     started = time.perf_counter()
     ranker_settings = replace(settings, **RANKER)
-    catalog = dataset.catalog if ranker_settings.bags else dataset.catalog.without_bags()
+    catalog = dataset.catalog.without_context()  # the ranker orders candidates without the context columns
+    catalog = catalog if ranker_settings.bags else catalog.without_bags()
     config = model_config_for(replace(dataset, catalog=catalog), ranker_settings)
     config = replace(config, num_dense=config.num_dense + len(PAIR_FEATURES))
     torch.manual_seed(settings.seed)
