@@ -349,6 +349,7 @@ class FileSource:
     files: tuple[str, ...] = ()
     columns: CsvColumns | None = None
     fingerprint: str | None = None
+    time_features: tuple[str, ...] = ()  # context columns derived from each rating's timestamp
 
     @property
     def label(self) -> str:
@@ -368,6 +369,8 @@ class FileSource:
             record["columns"] = (self.columns or CsvColumns()).to_dict()
         if self.fingerprint is not None:
             record["fingerprint"] = self.fingerprint
+        if self.time_features:  # absent when none, as in every record written before they existed
+            record["time_features"] = list(self.time_features)
         return record
 
 
@@ -387,6 +390,7 @@ def source_from_dict(raw: dict[str, Any]) -> DataSource:
         kind=kind,
         files=tuple(raw.pop("files", ())),
         columns=CsvColumns.from_dict(columns) if columns is not None else None,
+        time_features=tuple(raw.pop("time_features", ())),
         **raw,
     )
 

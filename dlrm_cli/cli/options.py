@@ -113,6 +113,9 @@ Split = Annotated[str | None, _option("Test rows: random:0.1, temporal:0.1 or fi
 SplitSeed = Annotated[
     int | None, _option("Seed of a random split and of the validation rows (default: --seed).", DATA, min=0)
 ]
+TimeFeatures = Annotated[
+    str | None, _option("Context from each rating's timestamp: year,user_days,item_days,weekday,hour,user_day.", DATA)
+]
 ValFraction = Annotated[float, _option("Training rows held out for validation.", DATA, min=0.0, max=0.5)]
 UserCol = Annotated[str | None, _option("CSV: user id column.", CSV)]
 ItemCol = Annotated[str | None, _option("CSV: item id column.", CSV)]
@@ -177,6 +180,14 @@ RetrieveQueryOption = Annotated[
         help="A two-stage checkpoint: items the retrieval stage proposes per user (default: as trained).",
     ),
 ]
+ContextQueryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--context",
+        help="A model with context columns: the moment asked about, as COLUMN=VALUE pairs (channel=app,hour=20); "
+        "a column not given takes its default (the training mean, or the most frequent training value).",
+    ),
+]
 
 
 Patience = Annotated[
@@ -221,7 +232,7 @@ def parse_lists(values: dict[str, Any]) -> None:
     """Layer sizes, column lists and the rating range as typed (``512,256``) -> the tuples a request takes."""
     for key in ("bottom_mlp", "top_mlp"):
         values[key] = parse_sizes(values[key], f"--{key.replace('_', '-')}")
-    for key in ("dense_cols", "sparse_cols"):
+    for key in ("dense_cols", "sparse_cols", "time_features"):
         if values[key] is not None:
             values[key] = tuple(parse_id_list(values[key], f"--{key.replace('_', '-')}"))
     if values["rating_range"] is not None:
@@ -303,6 +314,7 @@ def _option_values(config: RunConfig) -> dict[str, Any]:
     values["data"] = data.label
     if isinstance(data, FileSource):
         values.update(split=data.split, val_fraction=data.validation)
+        values["time_features"] = comma_joined(data.time_features) or None
         if data.seed != config.train.seed:
             values["split_seed"] = data.seed
         columns = data.columns or CsvColumns()

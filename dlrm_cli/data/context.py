@@ -5,7 +5,8 @@ A numeric context column enters the bottom MLP standardised with the training ro
 categorical one (``|``-separated values for several) is a sparse feature of the KJT with its own table,
 whose vocabulary comes from the training rows only (row 0: a value never seen in training).
 Where a prediction gives no value, the column takes its default: the training mean of a numeric column,
-the most frequent training value of a categorical one.
+the most frequent training value of a categorical one (none, a zero vector, when no value covers 1% of the
+training rows).
 
 Legend for shapes: N rows, L values of a multi-valued column.
 """
@@ -22,6 +23,7 @@ import torch
 
 from dlrm_cli.errors import DlrmUsageError
 
+TYPICAL = 0.01  # a categorical column's default is its most frequent value when that covers this share of rows
 PAD = -1  # as ``dlrm_cli.data.catalog.PAD``: fills the unused slots of a multi-valued value
 
 
@@ -171,7 +173,9 @@ def build_context(raw: RawContext, train: np.ndarray) -> ContextTable:
         counts = Counter(token for value in training for token in _tokens(value))
         vocabularies[name] = sorted(counts)
         whole = Counter(value for value in training if _tokens(value))
-        defaults[name] = whole.most_common(1)[0][0] if whole else ""
+        top = whole.most_common(1)[0] if whole else ("", 0)
+        # a column of many rare values (a session, a user and day) has no typical value: no value, a zero vector
+        defaults[name] = top[0] if top[1] >= TYPICAL * len(training) else ""
     return ContextTable(list(raw.dense), mean, std, vocabularies, defaults)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from dlrm_cli.config import FileSource
 from dlrm_cli.data.catalog import PAD, Catalog, Dataset, EntityTable, Ratings
-from dlrm_cli.data.context import build_context
+from dlrm_cli.data.context import RawContext, build_context
 from dlrm_cli.data.readers import RawData, SideTable
 from dlrm_cli.errors import DataError, DlrmUsageError
 
@@ -176,8 +176,9 @@ def build_dataset(raw: RawData, source: FileSource) -> Dataset:
     items = build_entities("item", raw.item, raw.item[train], raw.items, unshown)
     user_rows = torch.from_numpy(np.searchsorted(users.keys, _unify(raw.user, users.keys)[0]))
     item_rows = torch.from_numpy(np.searchsorted(items.keys, _unify(raw.item, items.keys)[0]))
-    context = build_context(raw.context, train) if raw.context else None
-    rows_context = context.encode(raw.context) if context is not None else None
+    raw_context = with_time_features(raw, train, source.time_features)
+    context = build_context(raw_context, train) if raw_context else None
+    rows_context = context.encode(raw_context) if context is not None else None
     everything = Ratings(user_rows, item_rows, torch.from_numpy(raw.rating), rows_context)
     low, high = raw.rating_range
     catalog = Catalog(users=users, items=items, rating_min=low, rating_max=high, implicit=raw.implicit, context=context)
@@ -188,3 +189,38 @@ def build_dataset(raw: RawData, source: FileSource) -> Dataset:
         test=everything.subset(torch.from_numpy(rows["test"])),
         source=source,
     )
+
+
+SECONDS_A_DAY = 86400.0
+
+
+def with_time_features(raw: RawData, train: np.ndarray, names: tuple[str, ...]) -> RawContext:
+    """``raw``'s context columns and the time features ``names`` (``dlrm_cli.data.sources.TIME_FEATURES``)
+    derived from each rating's timestamp. The users' and items' first ratings come from the training rows."""
+    context = RawContext(dict(raw.context.dense), dict(raw.context.sparse))
+    if not names:
+        return context
+    if raw.time is None:
+        raise DlrmUsageError("--time-features needs timestamps, and this data has none (see --time-col)")
+    seconds = raw.time.astype(np.float64)
+    for name in names:
+        if name == "year":
+            context.dense[name] = 1970.0 + seconds / (365.2425 * SECONDS_A_DAY)
+        elif name in ("user_days", "item_days"):
+            owner = raw.user if name == "user_days" else raw.item
+            keys, inverse = np.unique(owner, return_inverse=True)
+            first = np.full(len(keys), np.inf)
+            np.minimum.at(first, inverse[train], seconds[train])
+            since = seconds - np.where(np.isfinite(first[inverse]), first[inverse], seconds)
+            context.dense[name] = np.log1p(np.maximum(since, 0.0) / SECONDS_A_DAY)
+        elif name == "weekday":
+            days = np.floor(seconds / SECONDS_A_DAY).astype(np.int64)
+            context.sparse[name] = np.array(["mon", "tue", "wed", "thu", "fri", "sat", "sun"])[(days + 3) % 7]
+        elif name == "user_day":
+            days = np.floor(seconds / SECONDS_A_DAY).astype(np.int64)
+            context.sparse[name] = np.char.add(np.char.add(raw.user.astype(str), ":"), days.astype(str))
+        elif name == "hour":
+            context.sparse[name] = ((seconds // 3600).astype(np.int64) % 24).astype(str)
+        else:
+            raise DlrmUsageError(f"unknown time feature {name!r}")
+    return context

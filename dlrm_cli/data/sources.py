@@ -31,6 +31,7 @@ def parse_data_option(
     validation: float = DEFAULT_VALIDATION,
     columns: CsvColumns | None = None,
     synthetic: SyntheticSpec | None = None,
+    time_features: tuple[str, ...] = (),
 ) -> DataSource:
     """Turn ``--data`` and its companions into a source. ``columns`` apply to csv data, ``synthetic``
     (the sizes of the built-in data) to synthetic data; either given for another kind is a usage error."""
@@ -42,6 +43,8 @@ def parse_data_option(
     if kind == "synthetic":
         if path:
             raise DlrmUsageError("--data synthetic takes no path")
+        if time_features:
+            raise DlrmUsageError("--time-features applies to movielens: and csv: data with timestamps")
         if split is not None:
             raise DlrmUsageError("--split applies to movielens: and csv: data; synthetic data has fixed splits")
         return replace(synthetic or SyntheticSpec(), seed=seed)
@@ -64,6 +67,7 @@ def parse_data_option(
         validation=validation,
         files=files,
         columns=(columns or CsvColumns()) if kind == "csv" else None,
+        time_features=check_time_features(time_features),
     )
 
 
@@ -135,3 +139,25 @@ def load_raw(source: FileSource) -> tuple[RawData, str]:
         raise DataError(f"cannot read {error.filename}: {error.strerror}") from None
     raw, _ = cached(key, parse)
     return raw, key
+
+
+TIME_FEATURES = {
+    "year": "the rating's date, in years",
+    "user_days": "log(1 + days since the user's first training rating)",
+    "item_days": "log(1 + days since the item's first training rating)",
+    "weekday": "the rating's day of the week (a category)",
+    "hour": "the rating's hour, UTC (a category)",
+    "user_day": "the user and the day together (a category: the user's mood that day)",
+}
+
+
+def check_time_features(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``--time-features``, checked: known names, each once (``none`` alone: none)."""
+    if tuple(names) == ("none",):
+        return ()
+    for name in names:
+        if name not in TIME_FEATURES:
+            raise DlrmUsageError(f"unknown time feature {name!r}; choose from {', '.join(TIME_FEATURES)} (or none)")
+    if len(set(names)) != len(names):
+        raise DlrmUsageError("--time-features names a feature twice")
+    return tuple(names)

@@ -154,6 +154,7 @@ def option_defaults() -> dict[str, Any]:
         "data": RunConfig().data.label,
         "split": None,
         "split_seed": None,
+        "time_features": None,
         "val_fraction": DEFAULT_VALIDATION,
     }
 
@@ -229,6 +230,7 @@ def _data_source(values: dict[str, Any], chosen: set[str]) -> DataSource:
         validation=values["val_fraction"],
         columns=_csv_columns(values),
         synthetic=synthetic,
+        time_features=tuple(values["time_features"] or ()),
     )
 
 
@@ -248,7 +250,7 @@ def _csv_columns(values: dict[str, Any]) -> CsvColumns | None:
 
 # From Python values (``dlrm_cli.train``) ---------------------------------------------------------------
 OPTIONAL_INTS = ("threads", "patience", "split_seed")
-LISTS = ("bottom_mlp", "top_mlp", "dense_cols", "sparse_cols")
+LISTS = ("bottom_mlp", "top_mlp", "dense_cols", "sparse_cols", "time_features")
 FRAME_FOLDER = ".data"  # in the store: DataFrames given to ``dlrm_cli.train``, as CSV files
 
 

@@ -33,6 +33,7 @@ def train_command(
     split: o.Split = None,
     split_seed: o.SplitSeed = None,
     val_fraction: o.ValFraction = DEFAULT_VALIDATION,
+    time_features: o.TimeFeatures = None,
     user_col: o.UserCol = None,
     item_col: o.ItemCol = None,
     rating_col: o.RatingCol = None,
