@@ -9,6 +9,7 @@ Example::
     model.predict(42, [101, 102]).items[0]     # RankedItem(item='102', title=..., rating=4.31, unseen=False)
     model.recommend(42, top=10).ranking.items  # the 10 best items the user has not rated
     model.score([42, 42], [101, 102])          # tensor([3.97, 4.31]): ratings in the order asked
+    model.predict(42, [101], context={"channel": "app"})  # a model with context columns (model.context_columns)
 
 The command line and ``dlrm serve`` answer through the same functions (``dlrm_cli.scoring.recommending``).
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,9 @@ from dlrm_cli.scoring.recommending import (
     Recommendation,
     answer,
     entity_rows,
+    joined_context,
     predict_query,
+    query_context,
     rank_items,
     recommend,
     recommend_query,
@@ -43,6 +47,17 @@ from dlrm_cli.scoring.recommending import (
 from dlrm_cli.store.loading import LoadedModel, open_model
 
 Id = int | str
+Context = Mapping[str, Any]  # a context column's name -> its value (a number, or a categorical value as text)
+
+
+@dataclass(frozen=True)
+class ContextColumn:
+    """One context column of a model: ``kind`` is ``numeric`` or ``categorical``; ``default`` is the value it
+    takes when a question does not give it (the training mean, or the most frequent training value)."""
+
+    name: str
+    kind: str
+    default: float | str
 
 
 def load(checkpoint: str = "latest", store: str | Path | None = None, device: str = "cpu") -> Model:
@@ -162,7 +177,10 @@ class Model:
     def __repr__(self) -> str:
         chosen = f" ({self.asked})" if self.asked not in (None, self.name) else ""
         heads = "+".join(self.loaded.model.config.heads)
-        return f"<dlrm Model {self.name}{chosen}: {heads}, from {self.loaded.checkpoint.path.parent}>"
+        names = list(self.context_columns)
+        context = f", context {', '.join(names)}" if 0 < len(names) <= 4 else ""
+        context = context or (f", {len(names)} context columns" if names else "")
+        return f"<dlrm Model {self.name}{chosen}: {heads}{context}, from {self.loaded.checkpoint.path.parent}>"
 
     @property
     def name(self) -> str:
@@ -174,49 +192,105 @@ class Model:
         return self.loaded.meta
 
     @property
+    def context_columns(self) -> dict[str, ContextColumn]:
+        """The model's context columns by name (empty for a model without any): what ``context=`` takes."""
+        table = self.loaded.catalog.context
+        if table is None:
+            return {}
+        kinds = {name: "numeric" for name in table.dense} | {name: "categorical" for name in table.vocabularies}
+        return {name: ContextColumn(name, kinds[name], table.defaults[name]) for name in table.names}
+
+    @property
     def seen(self) -> History:
         """The items each user rated in training, kept in the checkpoint (read from it on first use)."""
         return self.loaded.known.seen
 
-    def predict_query(self, user: Id, items: Sequence[Id]) -> Query:
+    def predict_query(self, user: Id, items: Sequence[Id], context: Context | None = None) -> Query:
         """``predict``'s question, checked (unknown ids: see ``recommending.predict_query``) but not yet scored."""
         catalog = self.loaded.catalog
-        return predict_query(self.loaded, _ids(catalog.users, [user])[0], _ids(catalog.items, items))
+        users, wanted = _ids(catalog.users, [user]), _ids(catalog.items, items)
+        return predict_query(self.loaded, users[0], wanted, _context(context))
 
-    def recommend_query(self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None) -> Query:
+    def recommend_query(
+        self,
+        user: Id,
+        top: int = 10,
+        exclude_seen: bool = True,
+        retrieve: int | None = None,
+        context: Context | None = None,
+    ) -> Query:
         """``recommend``'s question, checked but not yet scored (a two-stage checkpoint retrieves and ranks here)."""
-        return recommend_query(self.loaded, _ids(self.loaded.catalog.users, [user])[0], top, exclude_seen, retrieve)
+        user_id = _ids(self.loaded.catalog.users, [user])[0]
+        return recommend_query(self.loaded, user_id, top, exclude_seen, retrieve, _context(context))
 
     def answer(self, queries: list[Query]) -> list[Ranking]:
         """Rankings for many queries, scored together in one pass of the model."""
         return answer(self.loaded, queries)
 
-    def predict(self, user: Id, items: Sequence[Id]) -> Ranking:
-        """``items`` ranked best first by ``user``'s predicted rating, as ``dlrm predict`` shows them."""
+    def predict(self, user: Id, items: Sequence[Id], context: Context | None = None) -> Ranking:
+        """``items`` ranked best first by ``user``'s predicted rating, as ``dlrm predict`` shows them.
+        ``context``: for a model with context columns, the moment asked about (``{"channel": "app"}``); a
+        column not given takes its default (``context_columns``). A column the model lacks is a
+        ``DlrmUsageError``, as is any context for a model without context columns."""
         catalog = self.loaded.catalog
-        return rank_items(self.loaded, _ids(catalog.users, [user])[0], _ids(catalog.items, items))
+        users, wanted = _ids(catalog.users, [user]), _ids(catalog.items, items)
+        return rank_items(self.loaded, users[0], wanted, _context(context))
 
     def recommend(
-        self, user: Id, top: int = 10, exclude_seen: bool = True, retrieve: int | None = None, explain: bool = False
+        self,
+        user: Id,
+        top: int = 10,
+        exclude_seen: bool = True,
+        retrieve: int | None = None,
+        explain: bool = False,
+        context: Context | None = None,
     ) -> Recommendation:
         """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them (a two-stage
-        checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker). ``explain``: each
-        item's ``because`` names the user's training items that drove it most (``dlrm_cli.scoring.explain``)."""
+        checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker, neither reading the
+        context). ``explain``: each item's ``because`` names the user's training items that drove it most
+        (``dlrm_cli.scoring.explain``). ``context``: as ``predict``'s."""
         user_id = _ids(self.loaded.catalog.users, [user])[0]
-        return recommend(self.loaded, user_id, top, exclude_seen, retrieve, explain=explain)
+        return recommend(self.loaded, user_id, top, exclude_seen, retrieve, explain=explain, context=_context(context))
 
     def explain(self, ranking: Ranking) -> Ranking:
         """``ranking`` with each item's ``because`` (see ``recommend``)."""
         return explain_ranking(self.loaded, ranking)
 
-    def score(self, users: Sequence[Id], items: Sequence[Id]) -> torch.Tensor:
-        """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``)."""
+    def score(
+        self, users: Sequence[Id], items: Sequence[Id], context: Context | Sequence[Context] | None = None
+    ) -> torch.Tensor:
+        """Predicted ratings of (users[i], items[i]) pairs, in the order given (unknown ids: as ``predict``).
+        ``context``: one mapping that every pair shares, or a list of them, one per pair (see ``predict``)."""
         if len(users) != len(items):
             raise ValueError(f"{len(users)} users and {len(items)} items: give one user per item")
         catalog = self.loaded.catalog
         user_rows = entity_rows(catalog.users, _ids(catalog.users, users))
         item_rows = entity_rows(catalog.items, _ids(catalog.items, items))
-        return score(self.loaded.model, catalog, user_rows, item_rows, self.loaded.device)
+        rows = self._pairs_context(context, len(users))
+        return score(self.loaded.model, catalog, user_rows, item_rows, self.loaded.device, context=rows)
+
+    def _pairs_context(self, context: Context | Sequence[Context] | None, pairs: int) -> Any:
+        """``score``'s context as model inputs: one row that every pair shares, N rows, or None."""
+        if context is None or isinstance(context, Mapping):
+            moment = query_context(self.loaded, _context(context))
+            return moment.rows if moment is not None else None
+        if isinstance(context, str | bytes) or not isinstance(context, Sequence):
+            raise DlrmUsageError(f"context takes a mapping or a list of them, got {type(context).__name__}")
+        if len(context) != pairs:
+            raise DlrmUsageError(f"{len(context)} contexts for {pairs} pairs: give one per pair, or one mapping")
+        moments = [query_context(self.loaded, _context(each)) for each in context]
+        if not moments or moments[0] is None:
+            return None
+        return joined_context([moment.rows for moment in moments])  # type: ignore[union-attr]
+
+
+def _context(context: Context | None) -> dict[str, Any] | None:
+    """A query's context, checked to be a mapping."""
+    if context is None:
+        return None
+    if not isinstance(context, Mapping):
+        raise DlrmUsageError(f"context takes a mapping of column to value, got {type(context).__name__}")
+    return dict(context)
 
 
 def _ids(table: EntityTable, values: Sequence[Id]) -> list[str]:

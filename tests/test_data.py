@@ -302,3 +302,21 @@ def test_synthetic_truth_is_what_the_built_in_ratings_are_drawn_from():
         assert np.allclose(dataset.expected[name].numpy(), expected, atol=1e-5)
     inside = (draws.rating > 0) & (draws.rating < 5)  # unclipped: rating - mean is the noise alone
     assert np.std(draws.rating[inside] - draws.truth.mean[inside]) == pytest.approx(spec.noise, rel=0.05)
+
+
+def test_a_files_split_reads_a_context_column_as_such_in_both_files(tmp_path):
+    """The test file is small enough that its channel happens to be constant per user; the training file's
+    rows show that channel describes the ratings, so it is a context column in both."""
+    header = "user,item,rating,channel\n"
+    train_rows = [f"u{u},i{i},{1 + (u + i) % 5},{'web' if (u + i) % 2 else 'app'}" for u in range(6) for i in range(6)]
+    (tmp_path / "train.csv").write_text(header + "\n".join(train_rows) + "\n")
+    (tmp_path / "test.csv").write_text(header + "u1,i2,3,web\nu2,i3,4,app\n")
+    source = parse_data_option(
+        f"csv:{tmp_path / 'train.csv'}", split="files:train.csv,test.csv", columns=CsvColumns(sparse=("channel",))
+    )
+    dataset = load_dataset(source)
+    assert dataset.catalog.context is not None and dataset.catalog.context.names == ["channel"]
+    assert not dataset.catalog.users.sparse and not dataset.catalog.items.sparse
+    app = 1 + dataset.catalog.context.vocabularies["channel"].index("app")
+    web = 1 + dataset.catalog.context.vocabularies["channel"].index("web")
+    assert dataset.test.context.sparse["channel"][:, 0].tolist() == [web, app]

@@ -243,6 +243,8 @@ def show_ranking(ranking: Any, title: str) -> None:
         ]
         table.add_row(*cells, note, style="bold green" if rank == 1 else None)
     ui.out().print(table)
+    if ranking.context is not None:
+        ui.out().print(context_line(ranking.context), markup=False, highlight=False)
     if ranking.user_unseen:
         ui.err().print(
             f"Note: user {ranking.user} was not in the training data, so no history of theirs shapes this ranking",
@@ -256,6 +258,38 @@ def show_ranking(ranking: Any, title: str) -> None:
 def _reasons(because: list[Any] | None) -> str:
     """``--explain``'s reasons for one item: ``Alien (0.31), 12 (0.20)``; "" when none."""
     return ", ".join(f"{reason.title or reason.item} ({reason.weight:.2f})" for reason in because or [])
+
+
+def context_line(context: Any) -> str:
+    """The context a model with context columns scored in (``recommending.Context``), each column that was
+    not given marked with where its default comes from: ``Context: channel=app, hour=13.4 (default: ...)``."""
+    parts = []
+    for name, value in context.values.items():
+        numeric = isinstance(value, float)
+        part = f"{name}={value:g}" if numeric else f"{name}={value}"
+        if name in context.defaulted:
+            part += " (default: the training mean)" if numeric else " (default: the most frequent training value)"
+        elif name in context.unseen:
+            part += " (never seen in training)"
+        parts.append(part)
+    return "Context: " + ", ".join(parts)
+
+
+def show_batch_recommendations(result: Any, output: Any, rows: int, top: int) -> None:
+    """``recommend --all-users`` and ``--users``: what was written where, and the context it was scored in."""
+    seen = "excluding" if result.exclude_seen else "including"
+    ui.out().print(
+        f"Wrote {rows:,} recommendations for {len(result.users):,} users to {output} "
+        f"({result.checkpoint}, top {top}, {seen} seen items, {result.seconds:.1f} s)"
+    )
+    if result.context is not None:
+        ui.out().print(context_line(result.context), markup=False, highlight=False)
+        if result.two_stage:
+            ui.err().print("Note: the two stages read no context: these recommendations are the same in any context")
+    if result.unknown_users:
+        ui.err().print(
+            f"Note: not in the training data (ranked for an average user): {', '.join(result.unknown_users[:10])}"
+        )
 
 
 def show_recommendation(result: Any, user: str) -> None:

@@ -13,8 +13,13 @@ def implicit_csv(path: Path, columns: CsvColumns) -> bool:
     column called ``rating``."""
     if columns.rating is not None:
         return False
+    header = header_names(path)
+    return header is not None and columns.rating_column not in header  # unreadable: read_table names the problem
+
+
+def header_names(path: Path) -> list[str] | None:
+    """The column names in a CSV (or TSV) file's first line; None when it cannot be read."""
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
     with contextlib.suppress(OSError, UnicodeDecodeError), path.open(encoding="utf-8") as file:
-        header = file.readline().rstrip("\r\n").split(sep)
-        return columns.rating_column not in [name.strip().strip('"') for name in header]
-    return False  # unreadable: read_table names the problem
+        return [name.strip().strip('"') for name in file.readline().rstrip("\r\n").split(sep)]
+    return None

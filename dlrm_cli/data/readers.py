@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -479,6 +479,8 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
     train, test = parts
     if train.implicit != test.implicit:
         raise DataError("one file of the split has a rating column and the other has none; give both or neither")
+    parts = [_with_context_of(part, other) for part, other in ((train, test), (test, train))]
+    train, test = parts
     side = {}
     for kind in ("users", "items"):
         tables = [getattr(p, kind) for p in parts]
@@ -496,12 +498,7 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
     high = max(train.rating_range[1], test.rating_range[1])
     context = RawContext()
     for kind in ("dense", "sparse"):
-        for name in dict.fromkeys([*getattr(train.context, kind), *getattr(test.context, kind)]):
-            if name not in getattr(train.context, kind) or name not in getattr(test.context, kind):
-                raise DataError(
-                    f"column {name!r} varies within users and items in one file of the split and not in the "
-                    "other: it must be a context column in both or a side column in both"
-                )
+        for name in getattr(train.context, kind):
             parts_values = [getattr(p.context, kind)[name] for p in parts]
             getattr(context, kind)[name] = np.concatenate(parts_values)
     times = None if train.time is None else np.concatenate([train.time, test.time])
@@ -518,3 +515,20 @@ def concat_for_files_split(parts: list[RawData]) -> RawData:
         release="csv",
         n_train=len(train),
     )
+
+
+def _with_context_of(part: RawData, other: RawData) -> RawData:
+    """``part`` with each column that is a context column in ``other`` read as one here too: a column that one
+    file of a split (a small test file, say) happens to hold constant per user or per item describes the
+    ratings if the other file's rows show that it does."""
+    context = RawContext(dict(part.context.dense), dict(part.context.sparse))
+    tables = {}
+    for kind, ids in (("users", part.user), ("items", part.item)):
+        table = getattr(part, kind)
+        table = SideTable(table.ids, dict(table.dense), dict(table.sparse), table.titles)
+        rows = np.searchsorted(table.ids, ids) if len(table.ids) else ids
+        for group in ("dense", "sparse"):
+            for name in [n for n in getattr(table, group) if n in getattr(other.context, group)]:
+                getattr(context, group)[name] = getattr(table, group).pop(name)[rows]
+        tables[kind] = table
+    return replace(part, context=context, **tables)

@@ -17,7 +17,7 @@ import torch
 
 from dlrm_cli.config import CsvColumns, DataSource, FileSource, relevant_rating
 from dlrm_cli.data.catalog import Ratings
-from dlrm_cli.data.context import ContextRows, filled_context
+from dlrm_cli.data.context import ContextRows, ContextTable, RawContext, filled_context
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.retrieval.generators import fit_generator
@@ -205,7 +205,24 @@ def source_to_score(loaded: LoadedModel, text: str) -> DataSource:
         trained_on = loaded.checkpoint.run.data
         columns = trained_on.columns if isinstance(trained_on, FileSource) else None
         columns = columns or CsvColumns()
-    return parse_data_option(text, columns=columns)
+    return _without_absent_context(loaded, parse_data_option(text, columns=columns))
+
+
+def _without_absent_context(loaded: LoadedModel, source: DataSource) -> DataSource:
+    """A CSV that lacks some of the checkpoint's context columns, read without them: each such column takes
+    its default in every row (``filled_context``)."""
+    from dlrm_cli.data.headers import header_names
+
+    context = loaded.catalog.context
+    if context is None or not isinstance(source, FileSource) or source.columns is None or source.files:
+        return source
+    header = header_names(Path(source.path))
+    absent = {name for name in context.names if header is not None and name not in header}
+    if not absent:
+        return source
+    dense = tuple(name for name in source.columns.dense if name not in absent)
+    sparse = tuple(name for name in source.columns.sparse if name not in absent)
+    return replace(source, columns=replace(source.columns, dense=dense, sparse=sparse))
 
 
 def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
@@ -233,8 +250,21 @@ def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
             found[found < 0] = table.neutral_row
         rows.append(torch.from_numpy(found))
     context = loaded.catalog.context
-    encoded = context.encode(filled_context(context, raw.context, len(raw))) if context is not None else None
+    encoded = context.encode(_file_context(context, raw)) if context is not None else None
     return Ratings(rows[0], rows[1], torch.from_numpy(raw.rating), encoded)
+
+
+def _file_context(table: ContextTable, raw: Any) -> RawContext:
+    """Each rating's values of the checkpoint's context columns: the file's own, including a column that
+    this file happens to hold constant per user or per item (read as a side column there); a column the
+    file lacks at its default (``filled_context``)."""
+    found = RawContext(dict(raw.context.dense), dict(raw.context.sparse))
+    for side, ids in ((raw.users, raw.user), (raw.items, raw.item)):
+        at = np.searchsorted(side.ids, ids)  # side.ids: the sorted unique ids of the file
+        for kind, names in (("dense", table.dense), ("sparse", table.vocabularies)):
+            values, columns = getattr(found, kind), getattr(side, kind)
+            values.update({name: columns[name][at] for name in names if name not in values and name in columns})
+    return filled_context(table, found, len(raw))
 
 
 @dataclass(frozen=True)

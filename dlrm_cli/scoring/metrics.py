@@ -78,12 +78,18 @@ def _in_batches(
 
 
 def score_grid(
-    model: torch.nn.Module, catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, device: torch.device
+    model: torch.nn.Module,
+    catalog: Catalog,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    device: torch.device,
+    context: ContextRows | None = None,
 ) -> torch.Tensor:
-    """The ranking score (``RatingDLRM.ranking_scores``) of every item row for every user row: users x items."""
+    """The ranking score (``RatingDLRM.ranking_scores``) of every item row for every user row: users x items;
+    ``context``: one row that every pair shares, or None (each column at its default)."""
     pairs_users = user_rows.repeat_interleave(len(item_rows))
     pairs_items = item_rows.repeat(len(user_rows))
-    predicted = score(model, catalog, pairs_users, pairs_items, device, ranking=True)
+    predicted = score(model, catalog, pairs_users, pairs_items, device, ranking=True, context=context)
     return predicted.view(len(user_rows), len(item_rows))
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dlrm_cli.data.catalog import EntityTable
-from dlrm_cli.data.context import ContextRows
+from dlrm_cli.data.context import PAD, ContextRows
 from dlrm_cli.errors import DlrmError, DlrmUsageError
 from dlrm_cli.scoring.explain import Because, explain_ranking
 from dlrm_cli.scoring.metrics import (
@@ -119,12 +119,14 @@ class Recommendation:
 
 @dataclass(frozen=True)
 class Context:
-    """The context a query is scored in: each context column's value (as given, or its default) and the
-    columns that took their default."""
+    """The context a query is scored in: each context column's value (as given, or its default), the
+    columns that took their default, and the categorical ones given a value never seen in training (which
+    takes the table's row of unseen values)."""
 
     values: dict[str, float | str]
     defaulted: list[str]
     rows: ContextRows
+    unseen: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"context": dict(self.values), "context_defaulted": list(self.defaulted)}
@@ -144,7 +146,8 @@ def query_context(loaded: LoadedModel, given: dict[str, Any] | None) -> Context 
     rows, defaulted = table.parse(given)
     values = {name: (given or {}).get(name, table.defaults[name]) for name in table.names}
     values = {name: float(v) if name in table.dense else str(v) for name, v in values.items()}
-    return Context(values, defaulted, rows)
+    unseen = tuple(name for name, found in rows.sparse.items() if bool((found == 0).any()))
+    return Context(values, defaulted, rows, unseen)
 
 
 @dataclass(frozen=True)
@@ -283,11 +286,18 @@ def _pairs_context(queries: list[Query]) -> ContextRows | None:
     """The context of every pair of the queries, in order (each query's one row, once per item)."""
     if not queries or queries[0].context is None:
         return None
-    parts = [query.context.rows.expand(len(query.item_rows)) for query in queries]  # type: ignore[union-attr]
-    return ContextRows(
-        torch.cat([part.dense for part in parts]),
-        {name: torch.cat([part.sparse[name] for part in parts]) for name in parts[0].sparse},
-    )
+    return joined_context([query.context.rows.expand(len(query.item_rows)) for query in queries])  # type: ignore[union-attr]
+
+
+def joined_context(parts: list[ContextRows]) -> ContextRows:
+    """Context rows one after another; a multi-valued column's rows padded to the widest part's values."""
+    sparse = {}
+    for name in parts[0].sparse:
+        width = max(part.sparse[name].shape[1] for part in parts)
+        padded = [torch.nn.functional.pad(part.sparse[name], (0, width - part.sparse[name].shape[1]), value=PAD)
+                  for part in parts]  # fmt: skip
+        sparse[name] = torch.cat(padded)
+    return ContextRows(torch.cat([part.dense for part in parts]), sparse)
 
 
 def rank_items(loaded: LoadedModel, user: str, items: list[str], context: dict[str, Any] | None = None) -> Ranking:
@@ -384,6 +394,8 @@ class BatchRecommendations:
     unknown_users: list[str]
     exclude_seen: bool
     seconds: float
+    context: Context | None = None  # the context every user was scored in (a model with context columns)
+    two_stage: bool = False  # its two stages chose and ordered the items (they read no context)
 
     def frame(self) -> Any:
         import pandas as pd
@@ -414,6 +426,7 @@ class BatchRecommendations:
             "exclude_seen": self.exclude_seen,
             "unknown_users": self.unknown_users,
             "seconds": self.seconds,
+            **(self.context.to_dict() if self.context is not None else {}),
         }
 
     def write(self, output: Path) -> int:
@@ -445,11 +458,14 @@ def recommend_many(
     exclude_seen: bool,
     progress: Any = None,
     candidates: int | None = None,
+    context: dict[str, Any] | None = None,
 ) -> BatchRecommendations:
     """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
     in chunks of users scored together; ``progress(done, total)`` hears the way. A two-stage checkpoint
-    retrieves ``candidates`` items a user (default: its own count) and its ranker orders them."""
+    retrieves ``candidates`` items a user (default: its own count) and its ranker orders them. ``context``:
+    the one context every user is scored in (see ``query_context``), which the two stages do not read."""
     check_retrieve(loaded, candidates, exclude_seen, top)
+    moment = query_context(loaded, context)
     started = time.perf_counter()
     table = loaded.catalog.users
     if users is None:  # every user of the training data (side files may list users who rated nothing)
@@ -461,7 +477,7 @@ def recommend_many(
     top = min(top, len(loaded.catalog.items.keys))
     two_stage = loaded.stages is not None and exclude_seen
     best = _two_stage_chunks if two_stage else _one_stage_chunks
-    chosen, scores = best(loaded, rows, top, exclude_seen, progress, candidates)
+    chosen, scores = best(loaded, rows, top, exclude_seen, progress, candidates, moment)
     if two_stage or "ranking" in loaded.model.config.heads:  # logits, as the probability recommend shows
         scores = torch.sigmoid(scores).masked_fill(scores == float("-inf"), float("-inf"))  # -inf: no item
     keys, titles = loaded.catalog.items.keys, loaded.catalog.items.titles
@@ -476,13 +492,22 @@ def recommend_many(
         unknown_users=unknown,
         exclude_seen=exclude_seen,
         seconds=time.perf_counter() - started,
+        context=moment,
+        two_stage=two_stage,
     )
 
 
 def _one_stage_chunks(
-    loaded: LoadedModel, rows: torch.Tensor, top: int, exclude_seen: bool, progress: Any, candidates: int | None
+    loaded: LoadedModel,
+    rows: torch.Tensor,
+    top: int,
+    exclude_seen: bool,
+    progress: Any,
+    candidates: int | None,
+    context: Context | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The main model's best ``top`` items of every item for each user row (items, scores: U x top)."""
+    """The main model's best ``top`` items of every item for each user row, in ``context`` (items, scores:
+    U x top)."""
     from dlrm_cli.scoring.ranking import pairs_matrix
 
     catalog = loaded.catalog
@@ -494,7 +519,8 @@ def _one_stage_chunks(
     best_scores, best_items = [], []
     for start in range(0, len(rows), USERS_PER_CHUNK):
         chunk = rows[start : start + USERS_PER_CHUNK]
-        predicted = score_grid(loaded.model, catalog, chunk, items, loaded.device)
+        moment = context.rows if context is not None else None
+        predicted = score_grid(loaded.model, catalog, chunk, items, loaded.device, context=moment)
         if exclude_seen:
             seen = pairs_matrix(chunk, seen_users, seen_items, len(catalog.users.keys) + 1, n_items)
             predicted = predicted.masked_fill(seen, float("-inf"))
@@ -507,10 +533,16 @@ def _one_stage_chunks(
 
 
 def _two_stage_chunks(
-    loaded: LoadedModel, rows: torch.Tensor, top: int, exclude_seen: bool, progress: Any, candidates: int | None
+    loaded: LoadedModel,
+    rows: torch.Tensor,
+    top: int,
+    exclude_seen: bool,
+    progress: Any,
+    candidates: int | None,
+    context: Context | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two stages' best ``top`` items for each user row (items, ranker logits: U x top; -inf past a
-    user's last recommendable item)."""
+    user's last recommendable item). Neither stage reads ``context``."""
     stages = loaded.stages
     assert stages is not None
     best_scores, best_items = [], []

@@ -9,7 +9,7 @@ import typer
 from dlrm_cli.cli import options as o
 from dlrm_cli.config import DEFAULT_STORE
 
-EXAMPLE = "Example: dlrm predict --user 42 --items 101,102,103"
+EXAMPLE = "Example: dlrm predict --user 42 --items 101,102,103   |   dlrm predict ... --context channel=app,hour=20"
 
 
 def predict_command(
@@ -18,6 +18,7 @@ def predict_command(
         str,
         typer.Option(help="Comma-separated item ids to rank, or @FILE: ids one per line (@- reads standard input)."),
     ],
+    context: o.ContextQueryOption = None,
     checkpoint: o.CheckpointOption = "latest",
     json_output: o.JsonOption = False,
     device: o.DeviceOption = o.Device.cpu,
@@ -28,6 +29,9 @@ def predict_command(
 
     wanted = read_id_list(items, "--items")
     user = parse_user(user)
+    from dlrm_cli.data.context import parse_assignments
+
+    given = parse_assignments(context)
 
     from dlrm_cli.cli import tables, ui
 
@@ -38,7 +42,7 @@ def predict_command(
 
         loaded = open_model(store, checkpoint, device)
         progress("Scoring")
-        ranking = rank_items(loaded, user, wanted)
+        ranking = rank_items(loaded, user, wanted, given)
     if json_output:
         ui.print_json(ranking.to_dict())
     else:

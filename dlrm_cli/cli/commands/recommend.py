@@ -35,6 +35,7 @@ def recommend_command(
     force: o.ForceOutputOption = False,
     retrieve: o.RetrieveQueryOption = None,
     explain: Annotated[bool, typer.Option(help="Name the user's training items behind each recommendation.")] = False,
+    context: o.ContextQueryOption = None,
     checkpoint: o.CheckpointOption = "latest",
     json_output: o.JsonOption = False,
     device: o.DeviceOption = o.Device.auto,
@@ -55,11 +56,14 @@ def recommend_command(
             raise DlrmUsageError("--all-users and --users write a file: give --output recs.csv (or .parquet)")
         output = parse_table_output(output, force)
         wanted = read_id_list(f"@{users}", "--users") if users is not None else None
-        _recommend_many(store, checkpoint, device, wanted, top, exclude_seen, output, json_output, retrieve)
+        _recommend_many(store, checkpoint, device, wanted, top, exclude_seen, output, json_output, retrieve, context)
         return
     if output is not None:
         raise DlrmUsageError("--output goes with --all-users or --users; one user's ranking is shown, or --json")
     user = parse_user(user or "")
+    from dlrm_cli.data.context import parse_assignments  # with torch, once the options are checked
+
+    given = parse_assignments(context)
 
     from dlrm_cli.cli import tables, ui
 
@@ -70,7 +74,7 @@ def recommend_command(
 
         loaded = open_model(store, checkpoint, device)
         progress("Recommending")
-        result = recommend(loaded, user, top, exclude_seen, retrieve, explain)
+        result = recommend(loaded, user, top, exclude_seen, retrieve, explain, given)
     if json_output:
         ui.print_json(result.to_dict())
         return
@@ -87,12 +91,15 @@ def _recommend_many(
     output: Path,
     json_output: bool,
     retrieve: int | None,
+    context: str | None,
 ) -> None:
     from dlrm_cli.cli import tables, ui
+    from dlrm_cli.data.context import parse_assignments
     from dlrm_cli.runtime.files import interrupted_writes
     from dlrm_cli.scoring.recommending import recommend_many
     from dlrm_cli.store.loading import open_model
 
+    given = parse_assignments(context)
     with interrupted_writes(output), tables.progress(json_output) as progress:
         progress(f"Loading checkpoint {checkpoint}")
         loaded = open_model(store, checkpoint, device)
@@ -103,18 +110,11 @@ def _recommend_many(
             exclude_seen,
             lambda done, total: progress("Recommending: users", done, total),
             retrieve,
+            given,
         )
         progress(f"Writing {output.name}")
         rows = result.write(output)
     if json_output:
         ui.print_json(result.summary(output, rows, top))
         return
-    ui.out().print(
-        f"Wrote {rows:,} recommendations for {len(result.users):,} users to {output} "
-        f"({result.checkpoint}, top {top}, {'excluding' if exclude_seen else 'including'} seen items, "
-        f"{result.seconds:.1f} s)"
-    )
-    if result.unknown_users:
-        ui.err().print(
-            f"Note: not in the training data (ranked for an average user): {', '.join(result.unknown_users[:10])}"
-        )
+    tables.show_batch_recommendations(result, output, rows, top)
