@@ -1,9 +1,11 @@
 """The modules inside a serving artifact: the trained model as plain PyTorch, with no TorchRec and no dlrm_cli
 needed to load it.
 
-Legend: B batch, Dn dense features, F sparse features.
+Legend: B batch, Dn dense features, F sparse features, Dc numeric context columns, L values of a column.
 ``IdServingDLRM``: ``model(users, items) -> (scores, user_known, item_known)``; raw ids in, the ids' rows and
-features looked up inside from buffers, then ``ServingDLRM`` scores them.
+features looked up inside from buffers, then ``ServingDLRM`` scores them. ``ContextIdServingDLRM`` (a model
+with context columns) also takes ``context_dense`` (B x Dc raw values) and ``context_rows`` (per categorical
+column, B x L vocabulary rows); each left out takes its columns' defaults.
 ``ServingDLRM``: ``model(dense, ids, offsets) -> scores``; dense B x Dn, and per sparse feature the embedding
 rows of the whole batch concatenated, with each sample's start offset.
 """
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from dlrm_cli.data.catalog import Catalog, EntityTable, FeatureSource
+from dlrm_cli.data.context import ContextRows, ContextTable
 from dlrm_cli.data.lookup import dense_values, offsets_of, one_each, side_values
 from dlrm_cli.model.dlrm import BIAS_COLUMNS, DLRMArches, RatingDLRM, bias_name, table_name, to_rating
 
@@ -140,7 +143,8 @@ class IdServingDLRM(nn.Module):
         self.scorer = scorer
         self.users = _Entities(catalog.users)
         self.items = _Entities(catalog.items)
-        self.features = nn.ModuleList(_Feature(source, catalog) for source in catalog.feature_sources)
+        sources = [source for source in catalog.feature_sources if source.kind != "context"]  # context: last
+        self.features = nn.ModuleList(_Feature(source, catalog) for source in sources)
         self.requires_grad_(False)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,11 +166,96 @@ class IdServingDLRM(nn.Module):
         return self.scorer(dense, ids, offsets), user_known, item_known
 
 
+class _DefaultRows(nn.Module):
+    """A categorical context column's default value as vocabulary rows (1 x L)."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("rows", rows.clone())
+
+
+class _Context(nn.Module):
+    """The context columns of an ids artifact. Numeric values come in raw and are standardised here with the
+    training mean and deviation, as ``ContextTable.encode`` does (NaN: the column's default); categorical ones
+    come in as vocabulary rows. Inputs left out (None) take every column's default."""
+
+    def __init__(self, table: ContextTable) -> None:
+        super().__init__()
+        defaults = table.parse(None)[0]
+        self.register_buffer("mean", torch.tensor(table.mean, dtype=torch.float64).reshape(1, -1))
+        self.register_buffer("std", torch.tensor(table.std, dtype=torch.float64).reshape(1, -1))
+        self.register_buffer("default_dense", defaults.dense.to(torch.float32).clone())
+        self.columns = nn.ModuleList(_DefaultRows(defaults.sparse[name]) for name in table.vocabularies)
+
+    def forward(
+        self, batch: int, dense: torch.Tensor | None, rows: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if dense is None:
+            standardised = self.default_dense.expand(batch, -1)
+        else:
+            if dense.dim() != 2 or dense.shape[1] != self.mean.shape[1]:
+                raise ValueError("context_dense must be B x (numeric context columns)")
+            raw = dense.to(torch.float64)
+            standardised = torch.nan_to_num((raw - self.mean) / self.std, nan=0.0).to(torch.float32)
+        if rows is not None and len(rows) != len(self.columns):
+            raise ValueError("context_rows must hold one tensor per categorical context column")
+        picked: list[torch.Tensor] = []
+        for index, column in enumerate(self.columns):
+            if rows is None:
+                picked.append(column.rows.expand(batch, -1))
+            else:
+                picked.append(rows[index])
+        return standardised, picked
+
+
+class ContextIdServingDLRM(IdServingDLRM):
+    """``IdServingDLRM`` for a model with context columns: the moment of each pair comes in too, as
+    ``context_dense`` (B x Dc raw numeric values) and ``context_rows`` (per categorical column, B x L
+    vocabulary rows, ``PAD`` after a row's values), each optional (None: its columns' defaults)."""
+
+    def __init__(self, scorer: nn.Module, catalog: Catalog) -> None:
+        super().__init__(scorer, catalog)
+        assert catalog.context is not None
+        self.context = _Context(catalog.context)
+        self.requires_grad_(False)
+
+    def forward(  # type: ignore[override]
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        context_dense: torch.Tensor | None = None,
+        context_rows: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        user_rows, user_known = self.users(users)
+        item_rows, item_known = self.items(items)
+        moment, picked = self.context(users.shape[0], context_dense, context_rows)
+        dense = torch.cat((dense_values(self.users.dense, self.items.dense, user_rows, item_rows), moment), dim=1)
+        ids, offsets = [], []
+        for feature in self.features:
+            values, starts = feature(user_rows, item_rows)
+            ids.append(values)
+            offsets.append(starts)
+        for rows in picked:  # the categorical context columns: the last sparse features
+            values, lengths = side_values(rows, False)
+            ids.append(values)
+            offsets.append(offsets_of(lengths))
+        return self.scorer(dense, ids, offsets), user_known, item_known
+
+
+def id_module(scorer: nn.Module, catalog: Catalog) -> nn.Module:
+    """The ids artifact's module around ``scorer``: with context inputs where the model has context columns,
+    else the call of a model without them, unchanged."""
+    if catalog.context is not None:
+        return ContextIdServingDLRM(scorer, catalog).eval()
+    return IdServingDLRM(scorer, catalog).eval()
+
+
 def plain_inputs(
-    catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor
+    catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, context: ContextRows | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """The serving inputs for B (user, item) pairs, cut from the same KJT the training model sees."""
-    dense, kjt = catalog.batch(user_rows, item_rows)
+    """The serving inputs for B (user, item) pairs, cut from the same KJT the training model sees;
+    ``context`` as ``Catalog.batch``'s."""
+    dense, kjt = catalog.batch(user_rows, item_rows, context=context)
     ids, offsets = [], []
     for jagged in kjt.to_dict().values():
         ids.append(jagged.values())

@@ -7,6 +7,8 @@ It takes one of two kinds of input (B batch, Dn dense features, F sparse feature
 ``ids`` (``IdServingDLRM``, the default): ``model(users, items) -> (ratings, user_known, item_known)``
     users, items: int64, size B: the raw ids (string ids: their place in the description's vocabulary);
     the ids' rows and features are looked up inside, then the features model below rates them.
+    A model with context columns takes ``model(users, items, context_dense, context_rows)`` (see
+    ``ContextIdServingDLRM``): each pair's raw numeric context values and categorical vocabulary rows.
 ``features`` (``ServingDLRM``): ``model(dense, ids, offsets) -> ratings``
     dense:   float32, B x Dn, standardised as described in the side file
     ids:     F int64 tensors; ids[f] holds the embedding rows of feature f for the whole batch, concatenated
@@ -21,19 +23,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from dlrm_cli.config import ExportSpec
 from dlrm_cli.data.catalog import Catalog, EntityTable, Ratings
+from dlrm_cli.data.context import ContextRows, ContextTable, RawContext
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataError, DlrmError, DlrmUsageError
 from dlrm_cli.model.dlrm import RatingDLRM, to_rating
 from dlrm_cli.runtime.files import sidecar_path, temporary_beside
 from dlrm_cli.runtime.progress import Progress, silent
 from dlrm_cli.runtime.quiet import quiet_library_logs
-from dlrm_cli.scoring.metrics import EVAL_BATCH, auc, error_metrics, score
-from dlrm_cli.serving.artifact import IdServingDLRM, ServingDLRM, plain_inputs
+from dlrm_cli.scoring.metrics import EVAL_BATCH, auc, context_slice, error_metrics, score
+from dlrm_cli.serving.artifact import ServingDLRM, id_module, plain_inputs
 from dlrm_cli.store.loading import LoadedModel
 
 PARITY_TOLERANCE = 1e-5
@@ -58,7 +62,7 @@ def export_model(
 
         with quiet_library_logs():
             scorer = torch.jit.script(torchrec.fx.symbolic_trace(QuantizedServingDLRM(model, spec.head).eval()))
-        module = IdServingDLRM(scorer, catalog).eval() if spec.inputs == "ids" else scorer
+        module = id_module(scorer, catalog) if spec.inputs == "ids" else scorer
         torch.jit.save(torch.jit.script(module), str(path), _extra_files=extra)
         return load_artifact(path, spec.format)
     serving = float_module(model, catalog, spec.inputs, spec.head)
@@ -68,6 +72,9 @@ def export_model(
         batch = torch.export.Dim("batch", min=1)
         if spec.inputs == "ids":
             dynamic: tuple[Any, ...] = ({0: batch}, {0: batch})
+            if len(example) == 4:  # context_dense and each categorical column's B x L rows
+                widths = [{0: batch, 1: torch.export.Dim(f"context_{f}", min=1)} for f in range(len(example[3]))]
+                dynamic = (*dynamic, {0: batch}, widths)
         else:
             features = len(example[1])
             dynamic = (
@@ -116,7 +123,7 @@ def float_module(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "
     """The float serving copy of ``model`` that takes ``inputs`` (``ids`` or ``features``) and serves ``head``
     (by default the first)."""
     serving: nn.Module = ServingDLRM(model.cpu(), head).eval()
-    return IdServingDLRM(serving, catalog).eval() if inputs == "ids" else serving
+    return id_module(serving, catalog) if inputs == "ids" else serving
 
 
 def float_size(model: RatingDLRM, catalog: Catalog, inputs: str, head: str = "") -> int:
@@ -160,6 +167,8 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
     }
     if head == "ranking":
         described["scores"] = "the probability (0 to 1) that the user picks the item: rank a user's items by it"
+    if catalog.context is not None:
+        described["context"] = _context_description(catalog.context, spec)
     if spec.inputs == "features":
         return {
             **described,
@@ -168,9 +177,10 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
             "note": "ids[f] holds feature f's embedding rows for the whole batch, concatenated; offsets[f][b] is "
             "where sample b's rows start. Export with --inputs ids for an artifact that takes raw ids.",
         }
+    call = "model(users, items, context_dense, context_rows)" if catalog.context is not None else "model(users, items)"
     return {
         **described,
-        "call": f"model(users, items) -> ({outputs}, user_known, item_known); users and items int64, size B",
+        "call": f"{call} -> ({outputs}, user_known, item_known); users and items int64, size B",
         "users": _id_description(catalog.users),
         "items": _id_description(catalog.items),
         "unknown_ids": (
@@ -186,6 +196,83 @@ def describe(model: RatingDLRM, catalog: Catalog, spec: ExportSpec, checkpoint: 
             f"that takes these instead: model(dense, ids, offsets) -> {outputs}",
         },
     }
+
+
+def _context_description(table: ContextTable, spec: ExportSpec) -> dict[str, Any]:
+    """How an artifact takes the model's context columns (the numeric ones, then the categorical ones), and
+    what stands for each column's default."""
+    defaults = table.parse(None)[0]
+    rows = (
+        "a value's row is its position in vocabulary + 1; 0: a value not in it. Several values of one column "
+        "(|-separated in the data) are summed"
+    )
+    numeric: dict[str, Any] = {"columns": list(table.dense), "mean": list(table.mean), "std": list(table.std)}
+    categorical = [
+        {
+            "column": name,
+            "vocabulary": list(vocabulary),
+            "default": table.defaults[name],
+            "default_rows": defaults.sparse[name][0].tolist(),
+        }
+        for name, vocabulary in table.vocabularies.items()
+    ]
+    described: dict[str, Any] = {"order": table.names, "defaults": dict(table.defaults)}
+    if spec.inputs == "features":
+        numeric["input"] = (
+            "the last columns of dense (context_NAME), standardised by the caller: (value - mean) / std; the default: 0"
+        )
+        described["rows"] = f"each categorical column is the sparse feature of its name: {rows}"
+        return {**described, "numeric": numeric, "categorical": categorical}
+    numeric["input"] = (
+        f"context_dense: float32, B x {len(table.dense)}, the raw values in columns order, standardised inside "
+        "with mean and std; NaN: the column's default (its training mean)"
+    )
+    described["rows"] = (
+        "context_rows: a list of one int64 tensor per categorical column, in order, each B x L (L: the most "
+        f"values a sample has, fewer padded with -1): {rows}"
+    )
+    described["omitted"] = (
+        "a pt2 artifact takes both context inputs: NaN in context_dense and each column's default_rows give the "
+        "defaults"
+        if spec.format == "pt2"
+        else "leave out context_dense or context_rows (or pass None): their columns take their defaults"
+    )
+    return {**described, "numeric": numeric, "categorical": categorical}
+
+
+def parity_context(table: ContextTable, n: int) -> RawContext:
+    """``n`` contexts unlike the defaults, for the parity check: numeric values over the training range (each
+    exact in float32, as a caller sends them; one in 11 missing), categorical values in turn, one in 5 not in
+    the vocabulary and one in 7 two values at once (the first among them, so that an example has L = 2)."""
+    index = np.arange(n)
+    dense = {}
+    for name, mean, std in zip(table.dense, table.mean, table.std, strict=True):
+        values = (mean + std * ((index % 7) - 3) / 2).astype(np.float32).astype(np.float64)
+        values[index % 11 == 10] = np.nan
+        dense[name] = values
+    sparse = {}
+    for name, vocabulary in table.vocabularies.items():
+        words = list(vocabulary) or ["?"]
+        values = [words[i % len(words)] for i in range(n)]
+        for i in range(n):
+            if i % 7 == 0:
+                values[i] = f"{values[i]}|{words[(i + 1) % len(words)]}"
+            elif i % 5 == 4:
+                values[i] = "(not in the vocabulary)"
+        sparse[name] = np.array(values, dtype=object)
+    return RawContext(dense, sparse)
+
+
+def raw_dense(table: ContextTable, context: ContextRows) -> torch.Tensor:
+    """What an ids artifact takes as ``context_dense`` for these model inputs: the raw numeric values."""
+    values = context.dense.to(torch.float64) * torch.tensor(table.std, dtype=torch.float64)
+    return (values + torch.tensor(table.mean, dtype=torch.float64)).to(torch.float32)
+
+
+def default_inputs(table: ContextTable, n: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An ids artifact's context inputs that stand for every column's default, for ``n`` pairs."""
+    rows = table.parse(None)[0].sparse
+    return torch.full((n, len(table.dense)), float("nan")), [rows[name].expand(n, -1) for name in table.vocabularies]
 
 
 def two_stage_note(loaded: LoadedModel) -> str:
@@ -291,8 +378,6 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec, progr
     """Write ``loaded`` as a serving artifact at ``output`` and its input description at ``output``.json,
     after checking the artifact against the eager model on up to 1,024 held-out ratings, and (ids artifacts)
     on ids it never saw; nothing is left at ``output`` when the check fails. ``progress`` hears each step."""
-    from dlrm_cli.model.int8 import QuantizedServingDLRM
-
     catalog, heads = loaded.catalog, loaded.model.config.heads
     if spec.head and spec.head not in heads:
         raise DlrmUsageError(
@@ -305,7 +390,8 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec, progr
         # an unknown user with a known item, and the other way round: both take the neutral rows
         users = torch.cat((users, torch.tensor([catalog.users.neutral_row, users[0]])))
         items = torch.cat((items, torch.tensor([items[0], catalog.items.neutral_row])))
-    inputs = _artifact_inputs(catalog, users, items, spec.inputs)
+    context = catalog.context.encode(parity_context(catalog.context, len(users))) if catalog.context else None
+    example = _artifact_inputs(catalog, users, items, spec.inputs, context)  # with context inputs, if any
     sidecar = sidecar_path(output)
     tmp, sidecar_tmp = temporary_beside(output), temporary_beside(sidecar)
     description = describe(loaded.model, catalog, spec, loaded.checkpoint.name)
@@ -314,22 +400,9 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec, progr
     try:
         tmp.write_bytes(b"")  # an unwritable place fails here with a plain OSError, not inside torch's C++
         progress(f"Exporting {loaded.checkpoint.name} as {spec.format}")
-        artifact = export_model(loaded.model, catalog, spec, tmp, inputs, description)
+        artifact = export_model(loaded.model, catalog, spec, tmp, example, description)
         progress(f"Checking parity on {len(users):,} held-out pairs")
-        with torch.inference_mode():
-            exported = artifact(*inputs)
-            if spec.quantize:  # an int8 artifact must match the eager int8 model, not the float one
-                eager = QuantizedServingDLRM(loaded.model, spec.head).eval()(*plain_inputs(catalog, users, items))
-            else:
-                eager = _eager(loaded, users, items, spec.head)
-        if spec.inputs == "ids":
-            exported, user_known, item_known = exported
-            if not (
-                torch.equal(user_known, users < len(catalog.users))
-                and torch.equal(item_known, items < len(catalog.items))
-            ):
-                raise DlrmError("the exported model does not tell known ids from unknown ones; nothing was written")
-        difference = float((exported - eager).abs().max())
+        difference = _parity(loaded, artifact, spec, users, items, context)
         if not difference <= PARITY_TOLERANCE:
             raise DlrmError(
                 f"the exported model disagrees with the checkpoint by {difference:.3g} "
@@ -358,19 +431,72 @@ def export_checkpoint(loaded: LoadedModel, output: Path, spec: ExportSpec, progr
     )
 
 
-def _eager(loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, head: str) -> torch.Tensor:
-    """What the float artifact must output for these pairs: the head's output on its scale."""
+def _parity(
+    loaded: LoadedModel,
+    artifact: Any,
+    spec: ExportSpec,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    context: ContextRows | None,
+) -> float:
+    """The largest difference between the artifact and the eager model on these pairs: with no context given
+    (each column at its default), and for a model with context columns in ``context`` too."""
+    from dlrm_cli.model.int8 import QuantizedServingDLRM
+
+    catalog, table = loaded.catalog, loaded.catalog.context
+    quantized = QuantizedServingDLRM(loaded.model, spec.head).eval() if spec.quantize else None
+    difference = 0.0
+    for given in [None, context] if context is not None else [None]:
+        inputs = _artifact_inputs(catalog, users, items, spec.inputs, given)
+        if given is None and table is not None and spec.inputs == "ids" and spec.format == "pt2":
+            inputs = (*inputs, *default_inputs(table, len(users)))  # a pt2 artifact takes every input
+        with torch.inference_mode():
+            exported = artifact(*inputs)
+            if quantized is not None:  # an int8 artifact must match the eager int8 model, not the float one
+                eager = quantized(*plain_inputs(catalog, users, items, given))
+            else:
+                eager = _eager(loaded, users, items, spec.head, given)
+        if spec.inputs == "ids":
+            exported, user_known, item_known = exported
+            if not (
+                torch.equal(user_known, users < len(catalog.users))
+                and torch.equal(item_known, items < len(catalog.items))
+            ):
+                raise DlrmError("the exported model does not tell known ids from unknown ones; nothing was written")
+        difference = max(difference, float((exported - eager).abs().max()))
+    return difference
+
+
+def _eager(
+    loaded: LoadedModel, users: torch.Tensor, items: torch.Tensor, head: str, context: ContextRows | None = None
+) -> torch.Tensor:
+    """What the float artifact must output for these pairs (in ``context``, as ``score``'s): the head's
+    output on its scale."""
+    cpu = torch.device("cpu")
     if head == "ranking":  # the ranking head's logit, squashed onto its scale as the artifact squashes it
-        logits = score(loaded.model, loaded.catalog, users, items, torch.device("cpu"), ranking=True)
+        logits = score(loaded.model, loaded.catalog, users, items, cpu, ranking=True, context=context)
         return to_rating(logits, *loaded.model.head_scale(head))
-    return score(loaded.model, loaded.catalog, users, items, torch.device("cpu"))
+    return score(loaded.model, loaded.catalog, users, items, cpu, context=context)
 
 
-def _artifact_inputs(catalog: Catalog, user_rows: torch.Tensor, item_rows: torch.Tensor, inputs: str) -> tuple:
-    """What the artifact takes for these (user row, item row) pairs."""
-    if inputs == "ids":
-        return raw_ids(catalog.users, user_rows), raw_ids(catalog.items, item_rows)
-    return plain_inputs(catalog, user_rows, item_rows)
+def _artifact_inputs(
+    catalog: Catalog,
+    user_rows: torch.Tensor,
+    item_rows: torch.Tensor,
+    inputs: str,
+    context: ContextRows | None = None,
+) -> tuple:
+    """What the artifact takes for these (user row, item row) pairs; ``context``: each pair's (N rows, or one
+    for all), or None for no context inputs (each column at its default)."""
+    if context is not None and len(context) == 1:
+        context = context.expand(len(user_rows))
+    if inputs == "features":
+        return plain_inputs(catalog, user_rows, item_rows, context)
+    ids = raw_ids(catalog.users, user_rows), raw_ids(catalog.items, item_rows)
+    if context is None or catalog.context is None:
+        return ids
+    rows = [context.sparse[name] for name in catalog.context.vocabularies]
+    return (*ids, raw_dense(catalog.context, context), rows)
 
 
 def _test_rows(loaded: LoadedModel, progress: Progress = silent) -> tuple[Ratings, Ratings]:
@@ -391,20 +517,21 @@ def _quantization(
     """The int8 artifact against the float model on the test rows."""
     (held_out, train), catalog = _test_rows(loaded, progress), loaded.catalog
 
-    def served(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    def served(users: torch.Tensor, items: torch.Tensor, context: ContextRows | None) -> torch.Tensor:
         with torch.inference_mode():
-            scored = artifact(*_artifact_inputs(catalog, users, items, spec.inputs))
+            scored = artifact(*_artifact_inputs(catalog, users, items, spec.inputs, context))
         return scored[0] if spec.inputs == "ids" else scored
 
-    def eager(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return _eager(loaded, users, items, spec.head)
+    def eager(users: torch.Tensor, items: torch.Tensor, context: ContextRows | None) -> torch.Tensor:
+        return _eager(loaded, users, items, spec.head, context)
 
     float_bytes = float_size(loaded.model, catalog, spec.inputs, spec.head)
-    pairs = {"test ratings": (held_out.user, held_out.item)}
+    pairs: dict[str, tuple[Any, ...]] = {"test ratings": (held_out.user, held_out.item, held_out.context)}
     if spec.head == "ranking":
         from dlrm_cli.scoring.evaluation import seeded_negatives
 
-        pairs = {"test pairs": pairs["test ratings"], "sampled negatives": seeded_negatives(loaded, held_out, train)}
+        negatives = (*seeded_negatives(loaded, held_out, train), None)  # no context either, as evaluate's AUC
+        pairs = {"test pairs": (held_out.user, held_out.item, None), "sampled negatives": negatives}
     scores = {
         tables: [
             _in_steps(model, *rows, f"{tables} tables: scoring the {name}", progress) for name, rows in pairs.items()
@@ -422,13 +549,18 @@ def _quantization(
 
 
 def _in_steps(
-    score_pairs: Any, users: torch.Tensor, items: torch.Tensor, label: str, progress: Progress
+    score_pairs: Any,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    context: ContextRows | None,
+    label: str,
+    progress: Progress,
 ) -> torch.Tensor:
-    """``score_pairs(users, items)`` a batch at a time, telling ``progress`` how many pairs are done."""
+    """``score_pairs(users, items, context)`` a batch at a time, telling ``progress`` how many pairs are done."""
     out, total = [], len(users)
     progress(label, 0, total)
     for start in range(0, total, EVAL_BATCH):
         chunk = slice(start, start + EVAL_BATCH)
-        out.append(score_pairs(users[chunk], items[chunk]))
+        out.append(score_pairs(users[chunk], items[chunk], context_slice(context, start, len(users[chunk]))))
         progress(label, min(start + EVAL_BATCH, total), total)
     return torch.cat(out) if out else torch.empty(0)

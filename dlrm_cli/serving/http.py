@@ -64,12 +64,44 @@ def _id(value: object) -> int | str:
 Id = Annotated[int | str, PlainValidator(_id, json_schema_input_type=int | str)]
 
 
+def _context(value: object) -> dict[str, Any] | None:
+    """A request's ``context``: an object of column -> value, whose text can be answered back and whose
+    numbers can be read as floats. Which columns the model has, and of what kind, its ``ContextTable.parse``
+    checks against the model that scores the request."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PydanticCustomError("context_type", "must be an object of column: value")
+    for name, given in value.items():
+        for text in (name, given):
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise PydanticCustomError(
+                        "context_text", "must be valid Unicode text (it holds a lone surrogate)"
+                    ) from None
+        if isinstance(given, int) and not isinstance(given, bool):
+            try:
+                float(given)
+            except OverflowError:
+                raise PydanticCustomError("context_range", f"column {name!r}: the number is too large") from None
+    return value
+
+
+Context = Annotated[
+    dict[str, Any] | None, PlainValidator(_context, json_schema_input_type=dict[str, int | float | str] | None)
+]
+
+
 class PredictRequest(BaseModel):
-    """``POST /predict``: rate ``items`` for ``user``, best first."""
+    """``POST /predict``: rate ``items`` for ``user``, best first; ``context`` (a model with context columns):
+    the moment the user asks in, each column not given at its default."""
 
     model_config = ConfigDict(extra="forbid")
     user: Id
     items: list[Id] = Field(min_length=1)
+    context: Context = None
 
 
 class RecommendRequest(BaseModel):
@@ -80,6 +112,7 @@ class RecommendRequest(BaseModel):
     top: StrictInt = Field(10, ge=1)
     exclude_seen: StrictBool = True
     explain: StrictBool = False  # each item's ``because``: the user's training items behind it
+    context: Context = None  # as ``PredictRequest``'s
 
 
 class BecauseResponse(BaseModel):
@@ -113,6 +146,8 @@ class PredictResponse(BaseModel):
     user: str
     recommended: str | None
     user_unseen_in_training: bool
+    context: dict[str, float | str] | None = None  # a model with context columns: the values scored in
+    context_defaulted: list[str] | None = None  # the columns of those that took their default
     items: list[RankedItemResponse]
 
 
@@ -302,10 +337,12 @@ def _queries(model: Any, batch: list[_Pending]) -> tuple[list[Any], list[Any]]:
     for pending in batch:
         request = pending.request
         try:
+            # a request without a context leaves it out: each column at its default (none for a model without)
+            given = {"context": request.context} if request.context is not None else {}
             if pending.kind == "predict":
-                query = model.predict_query(request.user, request.items)
+                query = model.predict_query(request.user, request.items, **given)
             else:
-                query = model.recommend_query(request.user, request.top, request.exclude_seen)
+                query = model.recommend_query(request.user, request.top, request.exclude_seen, **given)
         except Exception as error:  # this request's answer, whatever went wrong
             places.append(error)
             continue
@@ -637,7 +674,16 @@ def _add_status_routes(app: FastAPI, settings: ServeSettings, state: ServiceStat
                 "batches": state.batches,
             },
             "limits": {"max_items": settings.max_items, "max_top": settings.max_top, "max_body": settings.max_body},
+            "context": _context_columns(model),
         }
+
+
+def _context_columns(model: Any) -> dict[str, Any] | None:
+    """The context columns a request may give, and each one's default (None: the model has none)."""
+    table = model.loaded.catalog.context
+    if table is None:
+        return None
+    return {"numeric": list(table.dense), "categorical": list(table.vocabularies), "defaults": dict(table.defaults)}
 
 
 class _NotReady(Exception):
