@@ -5,7 +5,8 @@ rate and its decay, on generated rating CSVs of 10k, 100k and 1M rows with a kno
 
 Each CSV is drawn by the built-in data's generator (``dlrm_cli.data.synthetic``: biases, latent tastes, effects
 of observable features, Gaussian noise, clipped to 0..5), then written as a user would have it: customer, sku,
-stars, the item's price and popularity, the user's age and discount usage, the item's category. Its noise
+stars, the item's price and popularity, the user's age and discount usage, the item's category, and each
+rating's context (its channel and hour, which dlrm reads as context columns). Its noise
 floor is the RMSE of E[clip(mu + noise)] on every row, the prediction of a model that knows every hidden
 parameter. Every run is `dlrm train --data csv:... --retrieval none` with the same columns (the ranking
 stage trains after the rating model and the same way whatever its schedule, so it is left out of every run);
@@ -40,7 +41,7 @@ SIZES = {  # rows: (users, items)
 GRID = ((3e-4, 0.6), (1e-3, 0.6), (1e-3, 0.8), (3e-3, 0.8), (3e-3, 0.6), (1e-3, 0.9))
 COLUMNS = [
     "--user-col", "customer", "--item-col", "sku", "--rating-col", "stars",
-    "--dense-cols", "price,popularity,age,discount_usage", "--sparse-cols", "category",
+    "--dense-cols", "price,popularity,age,discount_usage,hour", "--sparse-cols", "category,channel",
 ]  # fmt: skip
 
 
@@ -60,6 +61,8 @@ def write_csv(size: str, seed: int, folder: Path) -> tuple[Path, float]:
             "age": draws.user_raw[truth.user, 0].round(1),
             "discount_usage": draws.user_raw[truth.user, 6].round(3),
             "category": truth.category[truth.item],
+            "channel": draws.context.sparse["channel"],  # the context of each rating
+            "hour": draws.truth.context.hour,
         }
     )
     path = folder / f"ratings-{size}.csv"

@@ -5,22 +5,24 @@ dlrm and myFM, on the validation rows of the default `dlrm train`.
 
 The built-in data is generated (``dlrm_cli.data.synthetic``) as rating = clip(mu + noise, 0, 5), with mu the
 sum of a global mean, user, item and category biases, a dot product of user and item factors (an item's
-factors include its category's offset) and effects of the observable features. Its noise floor is the RMSE
-of E[clip(mu + noise)], the prediction of a model that knows every hidden parameter.
+factors include its category's offset), effects of the observable features and the effect of each rating's
+context (its channel and hour). Its noise floor is the RMSE of E[clip(mu + noise)], the prediction of a model
+that knows every hidden parameter and reads each rating's context. Beside it, the floor of a model that knows
+every hidden parameter but not the context: E[clip(mu + noise)] averaged over the contexts the generator draws.
 
 No model knows them; it must estimate them from the training ratings. The best any estimator can do, in
 expectation, is to average E[clip(mu + noise)] over the posterior of what it does not know. This script
 samples that posterior exactly (Gibbs sampling; the ratings clipped at 0 or 5 are sampled as latent
 uncensored values), for two estimators that are told more than any model is:
 
-- told every item's parameters, the category effects, the feature effects, the priors and the noise, it
-  estimates only each user's bias and factors;
-- told the generator's form, the category effects, the feature effects, the priors and the noise, it
-  estimates every user's and every item's bias and factors.
+- told every item's parameters, the category effects, the feature and context effects, the priors and the
+  noise, it estimates only each user's bias and factors;
+- told the generator's form, the category effects, the feature and context effects, the priors and the
+  noise, it estimates every user's and every item's bias and factors.
 
 Beside them, in the same run: `dlrm train` with its defaults (its best validation RMSE, from the checkpoint)
 and, where `make peers` made .venv-myfm, myFM's Bayesian matrix factorisation with ids only, fitted on the
-training rows and scored on the validation rows.
+training rows and scored on the validation rows (it reads no context).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Posterior:
         self.spec, self.truth = spec, truth
         self.train, self.val = splits["train"], splits["validation"]
         self.rating = draws.rating[self.train]
-        told = truth.shared_effect  # the global mean, category biases and feature effects
+        told = truth.shared_effect  # the global mean, category biases, feature and context effects
         self.told_train, self.told_val = told[self.train], told[self.val]
         self.rng = np.random.default_rng(seed)
         k = spec.factors
@@ -154,6 +156,7 @@ def main() -> int:
     validation = draws.splits(spec)["validation"]
     actual = draws.rating[validation]
     floor = rmse(expected_clipped(draws.truth.mean[validation], spec.noise, 0, 5), actual)
+    blind = rmse(draws.truth.expected_without_context(spec.noise)[validation], actual)
     rows = []
     for label, estimate_items in (
         ("Bayes-optimal, told every item's parameters (estimates the users')", False),
@@ -169,7 +172,7 @@ def main() -> int:
         folder = Path(name)
         peer = None if args.no_myfm else run_myfm(draws, spec, folder)
         if peer is not None:
-            rows.append(("myFM Bayesian MF, ids, rank 10, 200 iterations", peer["rmse"], peer["seconds"]))
+            rows.append(("myFM Bayesian MF, ids (no context), rank 10, 200 iterations", peer["rmse"], peer["seconds"]))
         dlrm = None if args.no_dlrm else run_dlrm(folder)
         if dlrm is not None:
             rows.append(("**dlrm** (`dlrm train`, its best epoch)", dlrm["rmse"], dlrm["seconds"]))
@@ -177,6 +180,7 @@ def main() -> int:
     print("| model | validation RMSE | above the noise floor | wall time |")
     print("|---|---|---|---|")
     print(f"| noise floor: E[clip(mu + noise)], every hidden parameter known | {floor:.4f} | | |")
+    print(f"| every hidden parameter known but not the context | {blind:.4f} | {blind / floor - 1:+.1%} | |")
     for label, value, seconds in rows:
         print(f"| {label} | {value:.4f} | {value / floor - 1:+.1%} | {seconds:.0f} s |")
     if dlrm is not None:

@@ -267,6 +267,7 @@ class SyntheticSpec:
     seed: int = 0
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
+    context: bool = True  # each rating's channel and hour (a record from before them: False)
 
     kind = "synthetic"
 
@@ -382,7 +383,7 @@ def source_from_dict(raw: dict[str, Any]) -> DataSource:
     raw = dict(raw)
     kind = raw.pop("kind")
     if kind == "synthetic":
-        return SyntheticSpec(**raw)
+        return SyntheticSpec(**{"context": False, **raw})  # a record without the field: data without context
     if kind not in ("movielens", "csv"):
         raise ValueError(f"unknown data kind {kind!r}")
     columns = raw.pop("columns", None)

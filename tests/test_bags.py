@@ -146,8 +146,9 @@ def test_bags_are_chosen_per_run_and_recorded(dlrm):
     metas = {name: json.loads((dlrm.store / name / "meta.json").read_text()) for name in ("plain", "bags")}
     assert metas["plain"]["run"]["train"]["bags"] is False and metas["bags"]["run"]["train"]["bags"] is True
     assert "rated_items" not in metas["plain"]["features"]["sparse"]
-    assert metas["bags"]["features"]["sparse"][-2:] == ["rated_items", "raters"]
-    assert [t["bag"] for t in metas["bags"]["model"]["tables"]][-2:] == [True, True]
+    # the bags come after the side features, before the built-in data's context column
+    assert metas["bags"]["features"]["sparse"][-3:] == ["rated_items", "raters", "channel"]
+    assert [t["bag"] for t in metas["bags"]["model"]["tables"]][-3:] == [True, True, False]
 
 
 @pytest.mark.parametrize(

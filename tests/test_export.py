@@ -122,7 +122,7 @@ def test_features_artifacts_keep_the_low_level_call(trained, tmp_path):
     assert json.loads(result.stdout)["inputs"] == "features"
     description = json.loads(Path(f"{output}.json").read_text())
     assert description["call"] == "model(dense, ids, offsets) -> ratings (float32, size B)"
-    assert [f["feature"] for f in description["sparse"]] == ["user_id", "item_id", "category"]
+    assert [f["feature"] for f in description["sparse"]] == ["user_id", "item_id", "category", "channel"]
 
 
 def test_bad_export_options(trained):

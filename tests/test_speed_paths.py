@@ -77,7 +77,12 @@ def test_benchmark_smoke_json(dlrm):
         assert all(figures["train_samples_per_s"] > 0 for figures in report["train"][model].values())
         assert report["train"][model]["fused"]["ceiling_samples_per_s"] > 0
     paths = {"fused", "plain_ebc", "reference", "batched"}
-    assert set(report["train"]["seed"]) == set(report["train"]["default"]) == paths
+    assert set(report["train"]["seed"]) == paths
+    # the built-in data's context columns (channel, hour), and the same model without them: what they cost
+    assert set(report["train"]["default"]) == {*paths, "fused_without_context"}
+    tables = report["settings"]["tables"]
+    assert "channel" in {t["feature"] for t in tables["default"]}
+    assert "channel" not in {t["feature"] for model in ("seed", "movielens") for t in tables[model]}
     # the model MovieLens data trains, with its bags and without: the references have no bags to compare
     assert set(report["train"]["movielens"]) == {"fused", "plain_ebc", "fused_without_bags"}
     features = {t["feature"] for t in report["settings"]["tables"]["movielens"]}
@@ -93,6 +98,7 @@ def test_benchmark_smoke_json(dlrm):
         *(f"{model}_fused_{ratio}" for model in ("default", "seed") for ratio in
           ("over_plain_ebc", "over_reference", "over_batched", "share_of_ceiling")),
         *(f"movielens_fused_{ratio}" for ratio in ("over_plain_ebc", "over_fused_without_bags", "share_of_ceiling")),
+        "default_fused_over_fused_without_context",
     }  # fmt: skip
 
 

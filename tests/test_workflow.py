@@ -67,7 +67,7 @@ def test_evaluate_reports_model_baseline_and_noise_floor(trained):
     loaded = open_model(trained.store, "tiny")
     test = load_dataset(loaded.checkpoint.run.data).test
     with torch.no_grad():
-        dense, kjt = loaded.catalog.batch(test.user, test.item)
+        dense, kjt = loaded.catalog.batch(test.user, test.item, context=test.context)  # each row's own context
         error = (loaded.model(dense, kjt).double() - test.rating.double()).numpy()
     mean_error = (float(loaded.meta["global_mean"]) - test.rating.double()).numpy()
     expected = {"model": error, "global_mean_baseline": mean_error}
@@ -116,7 +116,7 @@ def test_export_torchscript_runs_without_dlrm_or_torchrec(trained, tmp_path):
     report = json.loads(result.stdout)
     assert report["max_abs_difference"] <= 1e-5 and report["parity_samples"] == 600
     description = json.loads((tmp_path / "model.pt.json").read_text())
-    assert [f["feature"] for f in description["sparse"]] == ["user_id", "item_id", "category"]
+    assert [f["feature"] for f in description["sparse"]] == ["user_id", "item_id", "category", "channel"]
     _run_in_fresh_process(output, "torch.jit.load")
 
 
@@ -166,7 +166,7 @@ def test_export_int8_is_smaller_and_reports_the_rmse_change(dlrm, tmp_path):
 import torch, torchrec
 model = torch.jit.load({str(output)!r})
 B = 2
-out = model(torch.zeros(B, 13), [torch.zeros(B, dtype=torch.long)] * 3, [torch.arange(B)] * 3)
+out = model(torch.zeros(B, 14), [torch.zeros(B, dtype=torch.long)] * 4, [torch.arange(B)] * 4)  # with the context
 assert out.shape == (B,) and ((out >= 0) & (out <= 5)).all()
 print("ok")
 """

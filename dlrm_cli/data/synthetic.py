@@ -1,7 +1,10 @@
 """Built-in data: synthetic ratings that a model can learn, with a known noise floor.
 
 Each user and item has hidden biases and latent factors, and observable dense features that move the
-rating (popular items score higher, price-sensitive users mark expensive items down, ...). A rating is
+rating (popular items score higher, price-sensitive users mark expensive items down, ...). Each rating also
+has a context: the ``channel`` it came through (web, app or email) and its ``hour`` (0-23), both observable.
+The channel's effect depends on the item's category and, for email, on the user's discount usage; ratings
+given late at night are a little harsher. A rating is
 ``clip(mu + noise, 0, 5)`` with Gaussian noise of a known size, so the best possible prediction of each
 rating, E[clip(mu + noise)], is known exactly, and with it the RMSE a perfect model would get.
 """
@@ -9,13 +12,14 @@ rating, E[clip(mu + noise)], is known exactly, and with it the RMSE a perfect mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from dlrm_cli.config import SyntheticSpec
 from dlrm_cli.data.catalog import Catalog, Dataset, EntityTable, Ratings
+from dlrm_cli.data.context import RawContext, build_context
 
 USER_DENSE = [
     "user_age",
@@ -28,6 +32,10 @@ USER_DENSE = [
 ]
 GLOBAL_MEAN = 3.2  # the expected rating before biases, tastes and feature effects
 ITEM_DENSE = ["price", "popularity", "avg_review_length", "days_since_release", "discount_pct", "stock_level"]
+CHANNELS = ["web", "app", "email"]  # the values of the ``channel`` context column
+CHANNEL_SHARES = (0.5, 0.3, 0.2)  # how often each channel carries a rating
+EMAIL_LIFT = 0.3  # per standard deviation of a user's discount usage, on email
+HOUR_EFFECT = 0.15  # the daily cycle's amplitude: lowest at midnight, highest at noon
 CATEGORY_NAMES = [
     "books", "electronics", "garden", "toys", "kitchen", "music", "films", "sports", "fashion", "beauty",
     "games", "tools", "office", "pets", "baby", "health", "travel", "food", "art", "auto",
@@ -70,12 +78,28 @@ class Truth:
     item_factors: np.ndarray
     category_factors: np.ndarray
     feature_effect: np.ndarray  # of each rating
+    context: ContextTruth | None = None  # drawn last (``_in_context``)
+
+    @property
+    def context_effect(self) -> np.ndarray:
+        """The effect of each rating's own context (its channel and hour) on its mean."""
+        if self.context is None:
+            return np.zeros(len(self.user))
+        return self.context_effect_in(self.context.channel, self.context.hour)
+
+    def context_effect_in(self, channel: np.ndarray | int, hour: np.ndarray | int) -> np.ndarray:
+        """The effect on each rating's mean had it come through ``channel`` (an index of ``CHANNELS``) at ``hour``."""
+        return self.context.effect(self.user, self.category[self.item], channel, hour)  # type: ignore[union-attr]
+
+    def mean_in(self, channel: np.ndarray | int, hour: np.ndarray | int) -> np.ndarray:
+        """Each rating's mean had it come through ``channel`` at ``hour`` instead of its own context."""
+        return self.mean - self.context_effect + self.context_effect_in(channel, hour)
 
     @property
     def shared_effect(self) -> np.ndarray:
         """The part of each rating's mean that is no single user's or item's own: the global mean, the item's
-        category's bias and the feature effects."""
-        return GLOBAL_MEAN + self.category_bias[self.category[self.item]] + self.feature_effect
+        category's bias, the feature effects and the context's."""
+        return GLOBAL_MEAN + self.category_bias[self.category[self.item]] + self.feature_effect + self.context_effect
 
     @property
     def mean(self) -> np.ndarray:
@@ -87,7 +111,38 @@ class Truth:
             + self.category_bias[self.category[item]]
             + np.einsum("nk,nk->n", self.user_factors[user], self.item_factors[item])
             + self.feature_effect
+            + self.context_effect
         )
+
+    def expected_without_context(self, noise: float) -> np.ndarray:
+        """The best prediction of each rating by a model that knows every hidden parameter but not the rating's
+        context: E[clip(mu + noise)] averaged over the channels and hours the generator draws."""
+        if self.context is None:
+            return expected_clipped(self.mean, noise, 0.0, 5.0)
+        total = np.zeros(len(self.user))
+        for channel, share in enumerate(CHANNEL_SHARES):
+            for hour in range(24):
+                total += share / 24 * expected_clipped(self.mean_in(channel, hour), noise, 0.0, 5.0)
+        return total
+
+
+@dataclass(frozen=True)
+class ContextTruth:
+    """Each rating's context and the hidden parameters of its effect: per channel and category an offset,
+    per user the lift of email (discount hunters like offers), and a daily cycle of the hour."""
+
+    channel: np.ndarray  # of each rating, an index of ``CHANNELS``
+    hour: np.ndarray  # of each rating, 0-23
+    channel_category: np.ndarray  # channels x categories
+    email_lift: np.ndarray  # of each user
+
+    def effect(
+        self, user: np.ndarray, category: np.ndarray, channel: np.ndarray | int, hour: np.ndarray | int
+    ) -> np.ndarray:
+        """The effect of ``channel`` and ``hour`` on the mean of ratings of ``user`` for items of ``category``."""
+        email = np.asarray(channel) == CHANNELS.index("email")
+        daily = -HOUR_EFFECT * np.cos(2 * np.pi * np.asarray(hour, dtype=np.float64) / 24)  # harsher at night
+        return self.channel_category[channel, category] + email * self.email_lift[user] + daily
 
 
 @dataclass(frozen=True)
@@ -100,6 +155,15 @@ class Draws:
     truth: Truth
     rating: np.ndarray
     order: np.ndarray
+
+    @property
+    def context(self) -> RawContext:
+        """Each rating's raw context columns: ``hour`` (numeric) and ``channel`` (categorical); none for a
+        spec without context."""
+        context = self.truth.context
+        if context is None:
+            return RawContext()
+        return RawContext({"hour": context.hour.astype(np.float64)}, {"channel": np.array(CHANNELS)[context.channel]})
 
     def splits(self, spec: SyntheticSpec) -> dict[str, np.ndarray]:
         n_test = max(1, int(spec.ratings * spec.test_fraction))
@@ -114,8 +178,11 @@ def draw(spec: SyntheticSpec) -> Draws:
     user_raw = _user_features(rng, spec.users)
     category, item_raw = _item_features(rng, spec)
     truth = _who_rates_what(rng, spec, user_raw, item_raw, category)
-    rating = np.clip(truth.mean + rng.normal(0, spec.noise, spec.ratings), 0.0, 5.0)
-    return Draws(user_raw, item_raw, truth, rating, rng.permutation(spec.ratings))
+    noise = rng.normal(0, spec.noise, spec.ratings)
+    order = rng.permutation(spec.ratings)
+    if spec.context:  # drawn last: the draws above are those of the data without context
+        truth = _in_context(rng, spec, truth, _standardise(user_raw)[:, 6])
+    return Draws(user_raw, item_raw, truth, np.clip(truth.mean + noise, 0.0, 5.0), order)
 
 
 def generate(spec: SyntheticSpec) -> Dataset:
@@ -134,9 +201,12 @@ def generate(spec: SyntheticSpec) -> Dataset:
     items.sparse_sizes = {"category": spec.categories}
     items.titles = [f"item {idx} ({name}, ${item_raw[idx, 0]:.2f})" for idx, name in enumerate(names)]
     rating = torch.from_numpy(draws.rating).float()
-    everything = Ratings(torch.from_numpy(user).long(), torch.from_numpy(item).long(), rating)
+    raw_context = draws.context
+    context = build_context(raw_context, train_rows) if raw_context else None  # from the training rows
+    rows_context = context.encode(raw_context) if context is not None else None
+    everything = Ratings(torch.from_numpy(user).long(), torch.from_numpy(item).long(), rating, rows_context)
     return Dataset(
-        catalog=Catalog(users=users, items=items, rating_min=0.0, rating_max=5.0),
+        catalog=Catalog(users=users, items=items, rating_min=0.0, rating_max=5.0, context=context),
         train=everything.subset(splits["train"]),
         validation=everything.subset(splits["validation"]),
         test=everything.subset(splits["test"]),
@@ -207,6 +277,16 @@ def _who_rates_what(
         category_factors=category_factors,
         feature_effect=feature_effect,
     )
+
+
+def _in_context(rng: np.random.Generator, spec: SyntheticSpec, truth: Truth, discount_usage: np.ndarray) -> Truth:
+    """``truth`` with each rating's context drawn (its channel and hour) and the hidden parameters of its
+    effect: ``discount_usage`` is each user's, standardised."""
+    channel = rng.choice(len(CHANNELS), spec.ratings, p=CHANNEL_SHARES)
+    hour = rng.integers(0, 24, spec.ratings)
+    channel_category = rng.normal(0, 0.2, (len(CHANNELS), spec.categories))
+    context = ContextTruth(channel, hour, channel_category, EMAIL_LIFT * discount_usage)
+    return replace(truth, context=context)
 
 
 def _entities(kind: str, dense: np.ndarray, names: list[str]) -> EntityTable:

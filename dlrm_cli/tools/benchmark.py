@@ -43,14 +43,15 @@ REFERENCES = ("reference", "batched")  # hand-written scripts: no bags
 # The models a run can measure. ``seed`` has the sizes of the example dlrm started from (and of the
 # reference script people write from it): 1,000 users and 500 items, embeddings of 64, MLPs 32-64 and 128-64.
 # ``movielens`` is the default model on data of the MovieLens 1M subset's sizes, whose bags (a user's rated
-# items, an item's raters) are what MovieLens data trains with; ``default`` has --rows-row tables.
+# items, an item's raters) are what MovieLens data trains with; ``default`` has --rows-row tables and the
+# built-in data's context columns (a rating's channel and hour). Neither the seed example nor MovieLens has any.
 MODELS: dict[str, TrainConfig] = {
     "default": TrainConfig(),
     "movielens": TrainConfig(),
     "seed": TrainConfig(embedding_dim=64, bottom_mlp=(32, 64), top_mlp=(128, 64), bags=False, biases=False),
 }
 SEED_USERS, SEED_ITEMS = 1_000, 500
-MOVIELENS_SIZES = SyntheticSpec(users=3_000, items=3_600, ratings=487_650)
+MOVIELENS_SIZES = SyntheticSpec(users=3_000, items=3_600, ratings=487_650, context=False)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,16 @@ def _data(model: str, settings: BenchmarkSettings) -> Dataset:
     users, items = (SEED_USERS, SEED_ITEMS) if model == "seed" else (settings.rows, settings.rows)
     ratings = min(max(20_000, 40 * settings.batch_size), 2_000_000)
     try:
-        spec = MOVIELENS_SIZES if model == "movielens" else SyntheticSpec(users=users, items=items, ratings=ratings)
-        return generate(spec)
+        sizes = SyntheticSpec(users=users, items=items, ratings=ratings, context=model == "default")
+        return generate(MOVIELENS_SIZES if model == "movielens" else sizes)
     except ValueError as error:  # sizes this machine cannot hold
         raise DlrmUsageError(str(error)) from None
+
+
+def without_context(data: Dataset) -> Dataset:
+    """The data set as a model without its context columns sees it: the same ratings, users and items."""
+    parts = {name: replace(data.split(name), context=None) for name in ("train", "validation", "test")}
+    return replace(data, catalog=data.catalog.without_context(), **parts)
 
 
 def _next_rows(count: int, batch_size: int) -> Callable[[], torch.Tensor]:
@@ -123,7 +130,8 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
 
     def step() -> int:
         rows = next_rows()
-        dense, kjt = catalog.batch(train.user[rows], train.item[rows], leave_out=True)
+        context = train.context_of(rows)
+        dense, kjt = catalog.batch(train.user[rows], train.item[rows], leave_out=True, context=context)
         train_step(model, optimizers, dense, kjt, train.rating[rows], train_config.embedding_l2).item()
         return settings.batch_size
 
@@ -246,11 +254,12 @@ class PerSampleRatings(TorchDataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         train, catalog = self.data.train, self.data.catalog
         user, item = int(train.user[index]), int(train.item[index])
-        return {
-            "dense": torch.cat([catalog.users.dense[user], catalog.items.dense[item]]),
-            "sparse": torch.tensor([user, item, int(catalog.items.sparse["category"][item, 0])]),
-            "label": train.rating[index],
-        }
+        dense = [catalog.users.dense[user], catalog.items.dense[item]]
+        sparse = [user, item, int(catalog.items.sparse["category"][item, 0])]
+        if train.context is not None:  # the rating's own: its numeric columns, one value of each categorical one
+            dense.append(train.context.dense[index])
+            sparse.extend(int(rows[index, 0]) for rows in train.context.sparse.values())
+        return {"dense": torch.cat(dense), "sparse": torch.tensor(sparse), "label": train.rating[index]}
 
 
 def _reference_model(data: Dataset, train_config: TrainConfig) -> ReferenceDLRM:
@@ -293,8 +302,12 @@ def _batched_train_rate(data: Dataset, train_config: TrainConfig, settings: Benc
     def step() -> int:
         rows = next_rows()
         users, items = train.user[rows], train.item[rows]
-        dense = torch.cat((catalog.users.dense[users], catalog.items.dense[items]), dim=1)
-        sparse = torch.stack((users, items, category[items]), dim=1)
+        dense = [catalog.users.dense[users], catalog.items.dense[items]]
+        sparse = [users, items, category[items]]
+        if train.context is not None:  # as ``PerSampleRatings``
+            dense.append(train.context.dense[rows])
+            sparse.extend(values[rows, 0] for values in train.context.sparse.values())
+        dense, sparse = torch.cat(dense, dim=1), torch.stack(sparse, dim=1)
         loss = nn.functional.mse_loss(model(dense, sparse), train.rating[rows])
         optimizer.zero_grad()
         loss.backward()
@@ -395,6 +408,40 @@ def _check(settings: BenchmarkSettings) -> None:
         raise DlrmUsageError(f"--concurrent takes 0 (skip) or 2 or more processes; got {settings.concurrent}")
 
 
+def _train_rates(
+    model: str, data: Dataset, settings: BenchmarkSettings, threads: int, progress: Callable[[str], None]
+) -> dict[str, dict[str, float]]:
+    """Training samples/s of ``model`` on each path; beside dlrm's fused path, the same model without the
+    bags (``movielens``) and without the context columns (``default``), to show what they cost."""
+    rates: dict[str, dict[str, float]] = {}
+    for path in settings.paths:
+        if model == "movielens" and path in REFERENCES:
+            continue  # the hand-written references have no bags to compare with
+        progress(f"{model} model: training throughput, {path}")
+        torch.set_num_threads(threads)
+        if path == "reference":
+            rate = _reference_train_rate(data, MODELS[model], settings)
+        elif path == "batched":
+            rate = _batched_train_rate(data, MODELS[model], settings)
+        else:
+            embeddings = "fused" if path == "fused" else "plain"
+            rate = _dlrm_train_rate(data, replace(MODELS[model], embeddings=embeddings), settings)
+        rates[path] = {"train_samples_per_s": rate}
+    if "fused" not in settings.paths:
+        return rates
+    if model == "movielens":  # what the bags cost
+        progress(f"{model} model: training throughput, fused without bags")
+        torch.set_num_threads(threads)
+        rate = _dlrm_train_rate(data, replace(MODELS[model], bags=False), settings)
+        rates["fused_without_bags"] = {"train_samples_per_s": rate}
+    if data.catalog.context is not None:  # what the context columns cost
+        progress(f"{model} model: training throughput, fused without the context columns")
+        torch.set_num_threads(threads)
+        rate = _dlrm_train_rate(without_context(data), MODELS[model], settings)
+        rates["fused_without_context"] = {"train_samples_per_s": rate}
+    return rates
+
+
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] = lambda _: None) -> BenchmarkReport:
     """Measure every figure (training processes for the concurrency figure aside) in this process;
     ``progress`` hears what is being measured."""
@@ -407,25 +454,7 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] =
         data = datasets[model] = _data(model, settings)
         users, items = len(data.catalog.users), len(data.catalog.items)
         progress(f"{model} model: synthetic data, {users:,} users and {items:,} items")
-        train[model] = {}
-        for path in settings.paths:
-            if model == "movielens" and path in REFERENCES:
-                continue  # the hand-written references have no bags to compare with
-            progress(f"{model} model: training throughput, {path}")
-            torch.set_num_threads(threads)
-            if path == "reference":
-                rate = _reference_train_rate(data, MODELS[model], settings)
-            elif path == "batched":
-                rate = _batched_train_rate(data, MODELS[model], settings)
-            else:
-                embeddings = "fused" if path == "fused" else "plain"
-                rate = _dlrm_train_rate(data, replace(MODELS[model], embeddings=embeddings), settings)
-            train[model][path] = {"train_samples_per_s": rate}
-        if model == "movielens" and "fused" in settings.paths:  # what the bags cost
-            progress(f"{model} model: training throughput, fused without bags")
-            torch.set_num_threads(threads)
-            rate = _dlrm_train_rate(data, replace(MODELS[model], bags=False), settings)
-            train[model]["fused_without_bags"] = {"train_samples_per_s": rate}
+        train[model] = _train_rates(model, data, settings, threads, progress)
     concurrency: dict[str, Any] = {}
     if settings.concurrent:
         model = settings.models[0]
