@@ -165,7 +165,7 @@ def test_contexts_of_several_values_are_scored_together(model):
     ("context", "message"),
     [
         ("chanel=app", "unknown context column 'chanel' (this model's context columns: hour, channel)"),
-        ("hour=late", "context column 'hour' is numeric, got 'late'"),
+        ("hour=late", "context column 'hour' is numeric, got \"late\""),
         ("hour", "--context takes COLUMN=VALUE pairs separated by commas, got 'hour'"),
         ("hour=1,hour=2", "--context names column 'hour' twice"),
     ],

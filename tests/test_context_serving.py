@@ -111,7 +111,7 @@ def test_a_bad_context_is_a_422_while_good_requests_in_its_batch_are_answered(li
     ]
     queued_bad = {  # well-formed: refused by the model's context table, inside the batch
         "unknown column": ({"user": "u3", "items": ITEMS, "context": {"device": "phone"}}, "unknown context column"),
-        "not a number": ({"user": "u3", "items": ITEMS, "context": {"hour": "late"}}, "is numeric, got 'late'"),
+        "not a number": ({"user": "u3", "items": ITEMS, "context": {"hour": "late"}}, 'is numeric, got "late"'),
         "a list as text": ({"user": "u7", "top": 3, "context": {"channel": ["app"]}}, "takes a value as text"),
     }
     refused_bad = {  # refused before they join a batch

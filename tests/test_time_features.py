@@ -7,11 +7,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from conftest import assert_error
 from fixtures import write_ml1m
 
 from dlrm_cli.config import FileSource, source_from_dict
-from dlrm_cli.data.features import SECONDS_A_DAY, with_time_features
+from dlrm_cli.data.context import RawContext
+from dlrm_cli.data.features import SECONDS_A_DAY, split_rows, with_time_features
 from dlrm_cli.data.readers import RawData, read_movielens
 from dlrm_cli.data.sources import load_dataset, parse_data_option
 from dlrm_cli.errors import DlrmUsageError
@@ -36,10 +38,10 @@ def test_firsts_come_from_the_training_rows_only():
     raw = _raw([10 * DAY, 12 * DAY, 3 * DAY, 20 * DAY, 3 * DAY])
     train = np.array([0, 1, 3])
     context = with_time_features(raw, train, ("user_days", "item_days", "weekday", "year", "user_day"))
-    user_days = np.expm1(context.dense["user_days"])
+    user_days = context.dense["user_days"]
     # days since the user's first training rating (day 10); the test row before it counts as day 0
     assert np.allclose(user_days, [0, 2, 0, 0, 0])
-    item_days = np.expm1(context.dense["item_days"])  # item 7 first rated in training on day 10, item 9 on day 20
+    item_days = context.dense["item_days"]  # item 7 first rated in training on day 10, item 9 on day 20
     assert np.allclose(item_days, [0, 2, 0, 0, 0])
     assert context.sparse["weekday"].tolist() == ["sun", "tue", "sun", "wed", "sun"]  # 1970-01-01 was a Thursday
     assert context.dense["year"][0] == pytest.approx(1970 + 10 / 365.2425)
@@ -90,3 +92,31 @@ def test_refusals(dlrm, tmp_path):
     assert_error(dlrm("train", "--data", data, "--time-features", "year,year", *FAST), 2, "lists 'year' more than once")
     with pytest.raises(DlrmUsageError, match="needs timestamps"):
         with_time_features(replace(_raw([0, 1]), time=None), np.arange(2), ("year",))
+
+
+def test_evaluate_data_derives_the_time_features_of_each_row(dlrm, tmp_path):
+    folder = write_ml1m(tmp_path / "ml")
+    data = f"movielens:{folder}"
+    assert dlrm("train", "--data", data, "--time-features", "year,weekday", "--name", "t", *FAST).exit_code == 0
+    own = json.loads(dlrm("evaluate", "--checkpoint", "t", "--split", "test", "--json").stdout)
+    whole = json.loads(dlrm("evaluate", "--checkpoint", "t", "--data", data, "--json").stdout)
+    assert whole["count"] > own["count"]
+    from dlrm_cli import load
+    from dlrm_cli.scoring.evaluation import _ratings_from, source_to_score
+
+    loaded = load("t", store=dlrm.store).loaded
+    rows = _ratings_from(loaded, source_to_score(loaded, data))
+    source = loaded.checkpoint.run.data
+    dataset = load_dataset(source)
+    test = split_rows(read_movielens(folder), source.split, source.seed, source.validation)["test"]
+    # every row in its own context, as training saw it, not at the defaults
+    assert torch.allclose(rows.context.dense[test], dataset.test.context.dense, atol=1e-5)
+    assert torch.equal(rows.context.sparse["weekday"][test], dataset.test.context.sparse["weekday"])
+    assert dlrm("train", "--data", data, "--time-features", "user_days", "--name", "u", *FAST).exit_code == 0
+    assert_error(dlrm("evaluate", "--checkpoint", "u", "--data", data), 2, "cannot rebuild user_days")
+
+
+def test_a_time_feature_never_replaces_a_column_of_the_data(tmp_path):
+    raw = replace(_raw([0, DAY]), context=RawContext(sparse={"weekday": np.array(["x", "y"])}))
+    with pytest.raises(DlrmUsageError, match="would replace the data's own column 'weekday'"):
+        with_time_features(raw, np.arange(2), ("weekday",))

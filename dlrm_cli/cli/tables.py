@@ -267,7 +267,9 @@ def context_line(context: Any) -> str:
     for name, value in context.values.items():
         numeric = isinstance(value, float)
         part = f"{name}={value:g}" if numeric else f"{name}={value}"
-        if name in context.defaulted:
+        if name in context.defaulted and not numeric and not value:
+            part += " (default: none, no value is typical)"
+        elif name in context.defaulted:
             part += " (default: the training mean)" if numeric else " (default: the most frequent training value)"
         elif name in context.unseen:
             part += " (never seen in training)"

@@ -13,7 +13,9 @@ Legend for shapes: N rows, L values of a multi-valued column.
 
 from __future__ import annotations
 
+import json
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,12 +102,13 @@ class ContextTable:
         sparse = {}
         for name, vocabulary in self.vocabularies.items():
             index = {token: i + 1 for i, token in enumerate(vocabulary)}
-            tokens = [_tokens(value) for value in raw.sparse[name].tolist()]
+            values, inverse = np.unique(np.asarray(raw.sparse[name], dtype=str), return_inverse=True)
+            tokens = [_tokens(value) for value in values.tolist()]  # each distinct value split once
             width = max(1, max((len(t) for t in tokens), default=1))
-            matrix = np.full((n, width), PAD, dtype=np.int64)
+            distinct = np.full((len(values), width), PAD, dtype=np.int64)
             for row, toks in enumerate(tokens):
-                matrix[row, : len(toks)] = [index.get(token, 0) for token in toks]
-            sparse[name] = torch.from_numpy(matrix)
+                distinct[row, : len(toks)] = [index.get(token, 0) for token in toks]
+            sparse[name] = torch.from_numpy(distinct[inverse.reshape(-1)])
         return ContextRows(torch.from_numpy(dense).float(), sparse)
 
     def parse(self, given: dict[str, Any] | None) -> tuple[ContextRows, list[str]]:
@@ -122,16 +125,17 @@ class ContextTable:
             value = given.get(name, self.defaults[name])
             try:
                 number = float(value)
-            except (TypeError, ValueError):
-                raise DlrmUsageError(f"context column {name!r} is numeric, got {value!r}") from None
+            except (TypeError, ValueError, OverflowError):
+                raise DlrmUsageError(f"context column {name!r} is numeric, got {_shown(value)}") from None
             if isinstance(value, bool) or not math.isfinite(number):
-                raise DlrmUsageError(f"context column {name!r} needs a finite number, got {value!r}")
+                raise DlrmUsageError(f"context column {name!r} needs a finite number, got {_shown(value)}")
             dense[name] = np.array([number])
         sparse = {}
         for name in self.vocabularies:
             value = given.get(name, self.defaults[name])
-            if not isinstance(value, (str, int)) or isinstance(value, bool):
-                raise DlrmUsageError(f"context column {name!r} takes a value as text, got {value!r}")
+            if not isinstance(value, (str, numbers.Integral)) or isinstance(value, bool):
+                raise DlrmUsageError(f"context column {name!r} takes a value as text, got {_shown(value)}")
+            value = str(int(value)) if isinstance(value, numbers.Integral) else value
             sparse[name] = np.array([str(value)])
         defaulted = [name for name in self.names if name not in given]
         return self.encode(RawContext(dense, sparse)), defaulted
@@ -169,13 +173,18 @@ def build_context(raw: RawContext, train: np.ndarray) -> ContextTable:
         defaults[name] = centre
     vocabularies = {}
     for name, values in raw.sparse.items():
-        training = values[train].tolist()
-        counts = Counter(token for value in training for token in _tokens(value))
+        distinct, times = np.unique(np.asarray(values[train], dtype=str), return_counts=True)
+        counts: Counter[str] = Counter()
+        whole: Counter[str] = Counter()
+        for value, count in zip(distinct.tolist(), times.tolist(), strict=True):
+            for token in _tokens(value):
+                counts[token] += count
+            if _tokens(value):
+                whole[value] += count
         vocabularies[name] = sorted(counts)
-        whole = Counter(value for value in training if _tokens(value))
         top = whole.most_common(1)[0] if whole else ("", 0)
         # a column of many rare values (a session, a user and day) has no typical value: no value, a zero vector
-        defaults[name] = top[0] if top[1] >= TYPICAL * len(training) else ""
+        defaults[name] = top[0] if top[1] >= TYPICAL * len(train) else ""
     return ContextTable(list(raw.dense), mean, std, vocabularies, defaults)
 
 
@@ -193,6 +202,14 @@ def parse_assignments(text: str | None) -> dict[str, str]:
             raise DlrmUsageError(f"--context names column {name!r} twice")
         given[name] = value.strip()
     return given
+
+
+def _shown(value: object) -> str:
+    """A value as its JSON spelling where it has one (``true``, ``null``), else as Python writes it."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _tokens(value: object) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dlrm_cli.config import FileSource
-from dlrm_cli.data.catalog import PAD, Catalog, Dataset, EntityTable, Ratings
+from dlrm_cli.data.catalog import BAG_FEATURES, PAD, Catalog, Dataset, EntityTable, Ratings
 from dlrm_cli.data.context import RawContext, build_context
 from dlrm_cli.data.readers import RawData, SideTable
 from dlrm_cli.errors import DataError, DlrmUsageError
@@ -200,6 +200,12 @@ def with_time_features(raw: RawData, train: np.ndarray, names: tuple[str, ...]) 
     context = RawContext(dict(raw.context.dense), dict(raw.context.sparse))
     if not names:
         return context
+    taken = {*context.dense, *context.sparse, "user_id", "item_id", *BAG_FEATURES.values()}
+    for side in (raw.users, raw.items):
+        taken |= {*side.dense, *side.sparse} if side is not None else set()
+    clash = sorted(taken & set(names))
+    if clash:
+        raise DlrmUsageError(f"--time-features {clash[0]} would replace the data's own column {clash[0]!r}")
     if raw.time is None:
         raise DlrmUsageError("--time-features needs timestamps, and this data has none (see --time-col)")
     seconds = raw.time.astype(np.float64)
@@ -212,7 +218,7 @@ def with_time_features(raw: RawData, train: np.ndarray, names: tuple[str, ...]) 
             first = np.full(len(keys), np.inf)
             np.minimum.at(first, inverse[train], seconds[train])
             since = seconds - np.where(np.isfinite(first[inverse]), first[inverse], seconds)
-            context.dense[name] = np.log1p(np.maximum(since, 0.0) / SECONDS_A_DAY)
+            context.dense[name] = np.maximum(since, 0.0) / SECONDS_A_DAY
         elif name == "weekday":
             days = np.floor(seconds / SECONDS_A_DAY).astype(np.int64)
             context.sparse[name] = np.array(["mon", "tue", "wed", "thu", "fri", "sat", "sun"])[(days + 3) % 7]

@@ -143,8 +143,8 @@ def load_raw(source: FileSource) -> tuple[RawData, str]:
 
 TIME_FEATURES = {
     "year": "the rating's date, in years",
-    "user_days": "log(1 + days since the user's first training rating)",
-    "item_days": "log(1 + days since the item's first training rating)",
+    "user_days": "days since the user's first training rating",
+    "item_days": "days since the item's first training rating",
     "weekday": "the rating's day of the week (a category)",
     "hour": "the rating's hour, UTC (a category)",
     "user_day": "the user and the day together (a category: the user's mood that day)",

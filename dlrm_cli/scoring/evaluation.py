@@ -205,7 +205,18 @@ def source_to_score(loaded: LoadedModel, text: str) -> DataSource:
         trained_on = loaded.checkpoint.run.data
         columns = trained_on.columns if isinstance(trained_on, FileSource) else None
         columns = columns or CsvColumns()
-    return _without_absent_context(loaded, parse_data_option(text, columns=columns))
+    trained_on = loaded.checkpoint.run.data
+    derived = trained_on.time_features if isinstance(trained_on, FileSource) else ()
+    entity_days = [name for name in derived if name in ("user_days", "item_days")]
+    if entity_days:
+        raise DlrmUsageError(
+            f"evaluate --data cannot rebuild {entity_days[0]} (days since a first training rating) for other "
+            "data; evaluate this checkpoint on its own test or validation rows"
+        )
+    source = parse_data_option(
+        text, columns=columns, time_features=derived if text.partition(":")[0] != "synthetic" else ()
+    )
+    return _without_absent_context(loaded, source)
 
 
 def _without_absent_context(loaded: LoadedModel, source: DataSource) -> DataSource:
@@ -250,6 +261,10 @@ def _ratings_from(loaded: LoadedModel, data: FileSource) -> Ratings:
             found[found < 0] = table.neutral_row
         rows.append(torch.from_numpy(found))
     context = loaded.catalog.context
+    if data.time_features:  # each derived from the rating's own timestamp
+        from dlrm_cli.data.features import with_time_features
+
+        raw = replace(raw, context=with_time_features(raw, np.arange(len(raw)), data.time_features))
     encoded = context.encode(_file_context(context, raw)) if context is not None else None
     return Ratings(rows[0], rows[1], torch.from_numpy(raw.rating), encoded)
 
