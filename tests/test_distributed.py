@@ -37,19 +37,19 @@ def _dlrm(store: Path, *args: str, env: dict[str, str] | None = None, timeout: f
 
 def test_two_processes_train_a_checkpoint_that_one_process_evaluates(tmp_path):
     store = tmp_path / "store"
-    # Three epochs stop short of convergence, and two processes converge a little more slowly than one; a decay
+    # Five epochs stop short of convergence, and two processes converge a little more slowly than one; a decay
     # every epoch brings both close to where they settle, so that their figures can be compared.
     decay = ("--lr-schedule", "step")
     two = _dlrm(
-        store, "train", *TINY, *decay, "--epochs", "3", "--name", "two", "--nproc-per-node", "2", "--print-plan"
+        store, "train", *TINY, *decay, "--epochs", "5", "--name", "two", "--nproc-per-node", "2", "--print-plan"
     )
     assert two.returncode == 0, two.stderr
     assert "Saved checkpoint two" in two.stdout
     for table in ("t_user_id", "t_item_id", "t_category"):  # the plan covers every table
         assert table in two.stderr
-    assert "epoch 3: train loss" in two.workers_stderr  # the workers' own stream, before the launcher's filter
+    assert "epoch 5: train loss" in two.workers_stderr  # the workers' own stream, before the launcher's filter
     assert "Traceback" not in two.workers_stderr, two.workers_stderr  # and no rank printed a traceback there
-    one = Dlrm(store)("train", *TINY, *decay, "--epochs", "3", "--name", "one")
+    one = Dlrm(store)("train", *TINY, *decay, "--epochs", "5", "--name", "one")
     assert one.exit_code == 0, one.output
     rmse = {}
     for name in ("two", "one"):
