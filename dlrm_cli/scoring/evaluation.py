@@ -144,27 +144,31 @@ def score_ratings(
 def interaction_metrics(
     loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0, progress: Progress = silent
 ) -> dict[str, float]:
-    """AUC and log loss of the ranking head on held-out pairs (each a positive) against as many negatives per
-    pair as the run trained with, drawn (seeded) uniformly among the items with ratings in ``train``."""
-    negative_users, negative_items = seeded_negatives(loaded, held_out, train, seed)
-    positive = score_in_steps(loaded, held_out.user, held_out.item, "Scoring held-out pairs", progress, True)
-    negative = score_in_steps(loaded, negative_users, negative_items, "Scoring sampled negatives", progress, True)
+    """AUC and log loss of the ranking head on held-out pairs (each a positive, in its own context) against as
+    many negatives per pair as the run trained with, drawn (seeded) uniformly among the items with ratings in
+    ``train``, each in its pair's context."""
+    users, items, context = seeded_negatives(loaded, held_out, train, seed)
+    label = "Scoring held-out pairs"
+    positive = score_in_steps(loaded, held_out.user, held_out.item, label, progress, True, held_out.context)
+    negative = score_in_steps(loaded, users, items, "Scoring sampled negatives", progress, True, context)
     negatives = int(loaded.checkpoint.run.train.negatives)
     return {**classification_metrics(positive, negative), "negatives_per_interaction": negatives}
 
 
 def seeded_negatives(
     loaded: LoadedModel, held_out: Ratings, train: Ratings, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (user rows, item rows) of as many negatives per held-out pair as the run trained with, drawn
-    (seeded) uniformly among the items with ratings in ``train``: each pair's user, repeated."""
+) -> tuple[torch.Tensor, torch.Tensor, ContextRows | None]:
+    """The (user rows, item rows, contexts) of as many negatives per held-out pair as the run trained with,
+    drawn (seeded) uniformly among the items with ratings in ``train``: each pair's user and context, repeated
+    (as training draws them: an item not picked in that moment)."""
     negatives = int(loaded.checkpoint.run.train.negatives)
     trained = torch.zeros(len(loaded.catalog.items) + 1, dtype=torch.bool)
     trained[train.item] = True
     pool = torch.nonzero(trained).squeeze(1)
     generator = torch.Generator().manual_seed(seed)
     drawn = pool[torch.randint(len(pool), (len(held_out) * negatives,), generator=generator)]
-    return held_out.user.repeat(negatives), drawn
+    context = held_out.context_of(torch.arange(len(drawn)) % max(len(held_out), 1))
+    return held_out.user.repeat(negatives), drawn, context
 
 
 def _training_overlap(loaded: LoadedModel, ratings: Ratings) -> int | None:

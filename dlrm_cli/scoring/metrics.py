@@ -86,9 +86,14 @@ def score_grid(
     context: ContextRows | None = None,
 ) -> torch.Tensor:
     """The ranking score (``RatingDLRM.ranking_scores``) of every item row for every user row: users x items;
-    ``context``: one row that every pair shares, or None (each column at its default)."""
+    ``context``: one row that every pair shares, one row per user row (each user's items scored in it), or
+    None (each column at its default)."""
     pairs_users = user_rows.repeat_interleave(len(item_rows))
     pairs_items = item_rows.repeat(len(user_rows))
+    if context is not None and len(context) > 1:
+        if len(context) != len(user_rows):
+            raise ValueError(f"{len(context)} contexts for {len(user_rows)} users: give one, or one per user")
+        context = context.take(torch.arange(len(user_rows)).repeat_interleave(len(item_rows)))
     predicted = score(model, catalog, pairs_users, pairs_items, device, ranking=True, context=context)
     return predicted.view(len(user_rows), len(item_rows))
 
@@ -97,12 +102,14 @@ def candidate_scorer(
     model: torch.nn.Module, catalog: Catalog, task: Any, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A scorer for ``dlrm_cli.scoring.ranking.rank_metrics``: the ranking scores of a ``RankingTask``'s candidate
-    items for a chunk of users (-inf for the other items)."""
+    items for a chunk of users (-inf for the other items), each user's in its context (``task.user_context``:
+    that of the user's first relevant held-out rating)."""
     candidates = torch.nonzero(task.candidates).squeeze(1)
 
     def scorer(users: torch.Tensor) -> torch.Tensor:
         out = torch.full((len(users), task.n_items), float("-inf"))
-        out[:, candidates] = score_grid(model, catalog, users, candidates, device)
+        context = task.user_context(users)
+        out[:, candidates] = score_grid(model, catalog, users, candidates, device, context=context)
         return out
 
     return scorer

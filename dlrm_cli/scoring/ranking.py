@@ -17,6 +17,11 @@ Metrics, averaged over evaluated users, for each cut-off K:
 
 Scores come from a function of a chunk of user rows that returns a chunk x items tensor, so that a model
 and the baselines (most popular, PureSVD, EASE) go through the same code.
+
+Context columns: a user's whole ranking is one moment, while each held-out rating has its own context. A
+model with context columns scores all of a user's candidates in the context of that user's first relevant
+held-out rating, in the split's row order (``RankingTask.user_context``): the moment at which the user picked
+an item that counts as a hit. The baselines read no context.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch
 
 if TYPE_CHECKING:
     from dlrm_cli.data.catalog import Dataset
+    from dlrm_cli.data.context import ContextRows
 
 COLD_RATINGS = 5
 USER_CHUNK = 256
@@ -51,6 +57,7 @@ class RankingTask:
     relevant_items: torch.Tensor
     skipped: int  # held-out users without a relevant item
     threshold: float
+    relevant_context: ContextRows | None = None  # the relevant pairs' contexts (None: no context columns)
 
     @property
     def candidates(self) -> torch.Tensor:
@@ -61,6 +68,16 @@ class RankingTask:
     def cold(self) -> torch.Tensor:
         """bool, n_items: the items with fewer than COLD_RATINGS training ratings."""
         return self.counts < COLD_RATINGS
+
+    def user_context(self, users: torch.Tensor) -> ContextRows | None:
+        """The context each of ``users`` (some of the task's users) is ranked in, one row each: that of the
+        user's first relevant held-out rating; None without context columns."""
+        if self.relevant_context is None:
+            return None
+        order = torch.arange(len(self.relevant_users))
+        first = torch.full((self.n_users,), len(order), dtype=torch.long)
+        first.scatter_reduce_(0, self.relevant_users, order, "amin")
+        return self.relevant_context.take(first[users])
 
     def relevant_matrix(self, users: torch.Tensor) -> torch.Tensor:
         """chunk x items, True where the item is relevant for the user."""
@@ -93,8 +110,10 @@ def build_task(
     known: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     held_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     threshold: float,
+    context: ContextRows | None = None,
 ) -> RankingTask:
-    """The task for held-out (user, item, rating) rows against the known (training-part) rows."""
+    """The task for held-out (user, item, rating) rows against the known (training-part) rows; ``context``:
+    the held-out rows' contexts, where the data has context columns."""
     known_users, known_items, known_ratings = known
     held_users, held_items, held_ratings = held_out
     good = held_ratings >= threshold
@@ -112,6 +131,7 @@ def build_task(
         relevant_items=relevant_items,
         skipped=len(torch.unique(held_users)) - len(users),
         threshold=threshold,
+        relevant_context=context.take(torch.nonzero(good).squeeze(1)) if context is not None else None,
     )
 
 
@@ -122,7 +142,8 @@ def held_out_task(dataset: Dataset, split: str, relevant: float) -> RankingTask:
     known = tuple(torch.cat([getattr(part, name) for part in parts]) for name in ("user", "item", "rating"))
     held = dataset.split(split)
     n_users, n_items = len(dataset.catalog.users) + 1, len(dataset.catalog.items) + 1
-    return build_task(n_users, n_items, known, (held.user, held.item, held.rating), relevant)  # type: ignore[arg-type]
+    held_out = (held.user, held.item, held.rating)
+    return build_task(n_users, n_items, known, held_out, relevant, held.context)  # type: ignore[arg-type]
 
 
 @dataclass

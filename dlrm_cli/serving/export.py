@@ -530,8 +530,8 @@ def _quantization(
     if spec.head == "ranking":
         from dlrm_cli.scoring.evaluation import seeded_negatives
 
-        negatives = (*seeded_negatives(loaded, held_out, train), None)  # no context either, as evaluate's AUC
-        pairs = {"test pairs": (held_out.user, held_out.item, None), "sampled negatives": negatives}
+        negatives = seeded_negatives(loaded, held_out, train)  # each in its pair's context, as evaluate's AUC
+        pairs = {"test pairs": (held_out.user, held_out.item, held_out.context), "sampled negatives": negatives}
     scores = {
         tables: [
             _in_steps(model, *rows, f"{tables} tables: scoring the {name}", progress) for name, rows in pairs.items()

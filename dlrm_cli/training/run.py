@@ -787,7 +787,8 @@ def validation_ranking_task(dataset: Dataset) -> Any:
 
 
 def validation_ndcg(model: nn.Module, catalog: Catalog, task: Any, device: torch.device) -> float:
-    """NDCG@10 of the model's ranking head over the task's users (0 when it has none)."""
+    """NDCG@10 of the model's ranking head over the task's users (0 when it has none), each user's candidates
+    scored in the context of the user's first relevant validation rating (``RankingTask.user_context``)."""
     from dlrm_cli.scoring.ranking import rank_metrics
 
     if len(task.users) == 0:
