@@ -246,8 +246,8 @@ class Model:
         context: Context | None = None,
     ) -> Recommendation:
         """The ``top`` items of the catalogue for ``user``, as ``dlrm recommend`` shows them (a two-stage
-        checkpoint: ``retrieve`` candidates, default as trained, ordered by its ranker, neither reading the
-        context). ``explain``: each item's ``because`` names the user's training items that drove it most
+        checkpoint: ``retrieve`` candidates, default as trained, chosen without the context and ordered by its
+        ranker in it). ``explain``: each item's ``because`` names the user's training items that drove it most
         (``dlrm_cli.scoring.explain``). ``context``: as ``predict``'s."""
         user_id = _ids(self.loaded.catalog.users, [user])[0]
         return recommend(self.loaded, user_id, top, exclude_seen, retrieve, explain=explain, context=_context(context))

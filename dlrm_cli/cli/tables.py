@@ -286,8 +286,8 @@ def show_batch_recommendations(result: Any, output: Any, rows: int, top: int) ->
     )
     if result.context is not None:
         ui.out().print(context_line(result.context), markup=False, highlight=False)
-        if result.two_stage:
-            ui.err().print("Note: the two stages read no context: these recommendations are the same in any context")
+        if result.same_in_any_context:
+            ui.err().print("Note: this ranker reads no context: these recommendations are the same in any context")
     if result.unknown_users:
         ui.err().print(
             f"Note: not in the training data (ranked for an average user): {', '.join(result.unknown_users[:10])}"

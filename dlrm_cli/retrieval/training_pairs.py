@@ -4,6 +4,10 @@ A generator fitted on the same rows scores its own training pairs optimistically
 ``folds`` parts: the generator fitted on the other parts scores each part's users, from their other items.
 Each part's liked pairs are the positives; negatives are drawn from each user's top candidates (hard ones,
 what the ranker must tell apart at prediction time) and uniformly from the catalogue.
+
+Each pair names the known row whose moment (context columns) it is ranked in: a positive its own row, a
+negative one of its user's positives in the part, drawn at random (the moment in which the user picked that
+item and passed the negative over). The generators read no context; the rows are for the ranker.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ USER_CHUNK = 256
 
 @dataclass(frozen=True)
 class TrainingPairs:
-    """Pairs for the ranker: user rows, item rows, raw pair features (N x P) and labels (1: liked)."""
+    """Pairs for the ranker: user rows, item rows, raw pair features (N x P), labels (1: liked) and the known
+    row whose context each pair is ranked in (an index into the rows ``out_of_fold_pairs`` was given)."""
 
     users: torch.Tensor
     items: torch.Tensor
     features: torch.Tensor
     labels: torch.Tensor
+    rows: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -35,7 +41,10 @@ class TrainingPairs:
     @classmethod
     def concat(cls, parts: list[TrainingPairs]) -> TrainingPairs:
         return cls(
-            *(torch.cat([getattr(part, name) for part in parts]) for name in ("users", "items", "features", "labels"))
+            *(
+                torch.cat([getattr(part, name) for part in parts])
+                for name in ("users", "items", "features", "labels", "rows")
+            )
         )
 
 
@@ -63,6 +72,7 @@ def out_of_fold_pairs(
     """Training pairs from known ``(users, items)`` rows, ``liked`` marking those that are positives; only
     ``allowed`` items (I, bool) are drawn as negatives. ``progress(done, folds)`` hears each fold."""
     generator = torch.Generator().manual_seed(settings.seed)
+    moments = torch.Generator().manual_seed(settings.seed + 1)  # apart, so that the pairs drawn stay the same
     fold = folds_of(users.shape[0], settings, generator)
     n_items = int(allowed.shape[0])
     parts = []
@@ -71,12 +81,56 @@ def out_of_fold_pairs(
         others = History.of_pairs(users[~held], items[~held], n_users, n_items)
         model = fit_generator(others, settings.generator)
         positive = History.of_pairs(users[held & liked], items[held & liked], n_users, n_items)
+        sources = PairRows.of(users, items, held, liked, n_users, n_items, moments)
         part_users = torch.unique(users[held])
         for start in range(0, len(part_users), USER_CHUNK):
             chunk = part_users[start : start + USER_CHUNK]
-            parts.append(_pairs_of(chunk, others, positive, model, allowed, settings, generator))
+            parts.append(_pairs_of(chunk, others, positive, model, allowed, settings, generator, sources))
         progress(k + 1, settings.folds)
     return TrainingPairs.concat(parts)
+
+
+@dataclass(frozen=True)
+class PairRows:
+    """Where one part's pairs take their context: the part's liked rows by (user, item) key, and each user's
+    rows that a negative may take (the user's liked rows in the part, or all of its rows there if none)."""
+
+    keys: torch.Tensor  # the liked rows' user * I + item, sorted
+    liked: torch.Tensor  # their row indices, in the same order
+    offsets: torch.Tensor  # U + 1: user u's rows for negatives are ``pool[offsets[u]:offsets[u + 1]]``
+    pool: torch.Tensor
+    n_items: int
+    generator: torch.Generator  # draws the negatives' rows
+
+    @classmethod
+    def of(
+        cls,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        held: torch.Tensor,
+        liked: torch.Tensor,
+        n_users: int,
+        n_items: int,
+        generator: torch.Generator,
+    ) -> PairRows:
+        """The rows of the part ``held`` (bool over all rows), ``liked`` marking the positives."""
+        users, items = users.long(), items.long()
+        positive = torch.nonzero(held & liked).squeeze(1)
+        keys, order = torch.sort(users[positive] * n_items + items[positive], stable=True)
+        has_liked = torch.bincount(users[positive], minlength=n_users) > 0
+        pool = torch.nonzero(held & (liked | ~has_liked[users])).squeeze(1)
+        pool = pool[torch.argsort(users[pool], stable=True)]
+        counts = torch.bincount(users[pool], minlength=n_users)
+        offsets = torch.cat((torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)))
+        return cls(keys, positive[order], offsets, pool, n_items, generator)
+
+    def rows_of(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each pair's row: a positive's own (the first of equal ones), a negative's drawn among its user's."""
+        found = torch.searchsorted(self.keys, users.long() * self.n_items + items).clamp(max=max(len(self.keys) - 1, 0))
+        own = self.liked[found] if len(self.keys) else torch.zeros_like(users)
+        start, count = self.offsets[users], self.offsets[users + 1] - self.offsets[users]
+        pick = (torch.rand(users.shape, generator=self.generator) * count).long().clamp(max=(count - 1).clamp(min=0))
+        return torch.where(labels > 0, own, self.pool[start + pick])
 
 
 def folds_of(rows: int, settings: PairSettings, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,8 +147,10 @@ def _pairs_of(
     allowed: torch.Tensor,
     settings: PairSettings,
     generator: torch.Generator,
+    sources: PairRows,
 ) -> TrainingPairs:
-    """One chunk of users' positives, hard negatives and uniform negatives, with their pair features."""
+    """One chunk of users' positives, hard negatives and uniform negatives, with their pair features and the
+    rows whose context they take (``sources``)."""
     known = others.matrix(chunk)
     scores = masked_scores(model, known, allowed, others.item_counts())  # type: ignore[arg-type]
     wanted = positive.matrix(chunk) > 0
@@ -121,7 +177,8 @@ def _pairs_of(
         others.counts()[chunk[row]],
     )
     labels = wanted[row, column].float()
-    return TrainingPairs(chunk[row], column, features, labels)
+    users = chunk[row]
+    return TrainingPairs(users, column, features, labels, sources.rows_of(users, column, labels))
 
 
 def _draw(eligible: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

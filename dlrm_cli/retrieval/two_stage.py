@@ -1,5 +1,7 @@
 """Recommending in two stages: a candidate generator proposes each user's best ``candidates`` items, and a DLRM
-ranker, reading each pair's retrieval features beside the user's and the item's own, orders them.
+ranker, reading each pair's retrieval features beside the user's and the item's own, orders them. The generator
+reads no context; a ranker with context columns orders a user's candidates in the moment asked about (one
+context row per user, None: each column at its default).
 
 Legend: B users, C candidates per user, I item rows, P pair features.
 """
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dlrm_cli.data.catalog import Catalog
+from dlrm_cli.data.context import ContextRows
 from dlrm_cli.model.dlrm import RatingDLRM
 from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale, top_candidates
 from dlrm_cli.retrieval.generators import Generator, masked_scores
@@ -37,7 +40,8 @@ class Ranked:
 class TwoStage:
     """The two stages of a checkpoint, ready to recommend: the generator and the users' known items it scores
     from, which items it may propose (``allowed``, I), and the ranker with the catalog it reads and the scale
-    of its pair features."""
+    of its pair features. A ranker trained before rankers read the context has a catalog without it
+    (``reads_context`` False) and orders the candidates the same way in every context."""
 
     generator: Generator
     history: History
@@ -53,8 +57,17 @@ class TwoStage:
         self.item_counts = self.history.item_counts()
         self.user_counts = self.history.counts()
 
-    def rank(self, users: torch.Tensor, items: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """The second stage: the ranker's logit of each (user b, ``items[b, c]``) pair, B x C."""
+    @property
+    def reads_context(self) -> bool:
+        """Whether the ranker reads context columns (its order then depends on the context asked about)."""
+        return self.catalog.context is not None
+
+    def rank(
+        self, users: torch.Tensor, items: torch.Tensor, features: torch.Tensor, context: ContextRows | None = None
+    ) -> torch.Tensor:
+        """The second stage: the ranker's logit of each (user b, ``items[b, c]``) pair in user b's ``context``
+        row (B rows; None: the default context), B x C."""
+        context = context if self.reads_context else None
         pairs_users = users[:, None].expand_as(items).reshape(-1)
         pairs_items = items.reshape(-1)
         scaled = self.scale.apply(features.reshape(-1, features.shape[-1]))
@@ -66,18 +79,29 @@ class TwoStage:
         with torch.no_grad() if fused else torch.inference_mode():
             for start in range(0, pairs_items.shape[0], RANK_BATCH):
                 chunk = slice(start, start + RANK_BATCH)
-                dense, kjt = self.catalog.batch(pairs_users[chunk], pairs_items[chunk], pair_dense=scaled[chunk])
+                pairs = torch.arange(start, min(start + RANK_BATCH, pairs_items.shape[0]))
+                moment = None if context is None else context.take(pairs // items.shape[1])  # each pair's user's
+                dense, kjt = self.catalog.batch(
+                    pairs_users[chunk], pairs_items[chunk], pair_dense=scaled[chunk], context=moment
+                )
                 out.append(self.ranker.logits(dense.to(self.device), kjt.to(self.device))[:, 0].float().cpu())
         self.ranker.train(was_training)
         return (torch.cat(out) if out else torch.empty(0)).view(items.shape)
 
-    def ranked(self, users: torch.Tensor, candidates: int | None = None, keep_scores: bool = True) -> Ranked:
-        """Both stages for B user rows (``keep_scores``: keep the generator's scores of every item)."""
+    def ranked(
+        self,
+        users: torch.Tensor,
+        candidates: int | None = None,
+        keep_scores: bool = True,
+        context: ContextRows | None = None,
+    ) -> Ranked:
+        """Both stages for B user rows, ranked in each user's ``context`` row (see ``rank``; ``keep_scores``:
+        keep the generator's scores of every item)."""
         scores = self.generator_scores(users)
         count = candidates or self.candidates
         items, values, features = top_candidates(scores, count, self.item_counts, self.user_counts[users])
         empty = values == -math.inf  # past the user's last recommendable item: any row the ranker can read
-        logits = self.rank(users, items.masked_fill(empty, 0), features)
+        logits = self.rank(users, items.masked_fill(empty, 0), features, context)
         return Ranked(scores if keep_scores else None, items, values, logits, features[..., Z_SCORE])
 
     def order(self, ranked: Ranked, blend: float | None = None) -> torch.Tensor:
@@ -88,18 +112,21 @@ class TwoStage:
         return mixed.masked_fill(ranked.values == -math.inf, -math.inf)
 
     def recommend(
-        self, users: torch.Tensor, top: int, candidates: int | None = None
+        self, users: torch.Tensor, top: int, candidates: int | None = None, context: ContextRows | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The best ``top`` items of B user rows, two stages: items B x top and their ``order`` values (-inf
-        in slots past a user's last recommendable item). The generator proposes at least ``top`` candidates."""
-        ranked = self.ranked(users, max(candidates or self.candidates, top), keep_scores=False)
+        """The best ``top`` items of B user rows, two stages, each user's in its ``context`` row (see ``rank``):
+        items B x top and their ``order`` values (-inf in slots past a user's last recommendable item). The
+        generator proposes at least ``top`` candidates."""
+        ranked = self.ranked(users, max(candidates or self.candidates, top), keep_scores=False, context=context)
         best, order = torch.topk(self.order(ranked), min(top, ranked.items.shape[1]), dim=1)
         return ranked.items.gather(1, order).masked_fill(best == -math.inf, 0), best  # no item: row 0, -inf
 
-    def full_scores(self, users: torch.Tensor, candidates: int | None = None) -> torch.Tensor:
-        """B x I float64 scores that order every item as the two stages do (for
-        ``dlrm_cli.scoring.ranking.rank_metrics``): see ``spread``."""
-        return self.spread(self.ranked(users, candidates))
+    def full_scores(
+        self, users: torch.Tensor, candidates: int | None = None, context: ContextRows | None = None
+    ) -> torch.Tensor:
+        """B x I float64 scores that order every item as the two stages do, each user's in its ``context`` row
+        (for ``dlrm_cli.scoring.ranking.rank_metrics``): see ``spread``."""
+        return self.spread(self.ranked(users, candidates, context=context))
 
     def spread(self, ranked: Ranked, blend: float | None = None) -> torch.Tensor:
         """B x I float64: the candidates in their ``order``, above every other item, which follow in the

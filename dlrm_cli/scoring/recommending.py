@@ -187,13 +187,14 @@ def recommend_query(
 ) -> Query:
     """The query for the ``top`` items of the whole catalogue for ``user`` in ``context`` (see
     ``predict_query``); ``exclude_seen`` drops the items the user rated in the training rows (kept in the
-    checkpoint). A two-stage checkpoint retrieves ``candidates`` items (default: its own count) and its ranker
-    orders them; neither stage reads the context, which the predicted ratings shown beside them do."""
+    checkpoint). A two-stage checkpoint retrieves ``candidates`` items (default: its own count), without the
+    context, and its ranker orders them in the context (a ranker trained without context columns: the same
+    order in any); the predicted ratings shown beside them read it too."""
     check_retrieve(loaded, candidates, exclude_seen, top)
     moment = query_context(loaded, context)
     user_row = _user_row(loaded, user)
     if loaded.stages is not None and exclude_seen:
-        return replace(_two_stage_query(loaded, user, user_row, top, candidates), context=moment)
+        return replace(_two_stage_query(loaded, user, user_row, top, candidates, moment), context=moment)
     candidates_rows = torch.arange(len(loaded.catalog.items.keys))
     if exclude_seen:
         keep = torch.ones(len(candidates_rows), dtype=torch.bool)
@@ -239,11 +240,14 @@ def check_retrieve(
         )
 
 
-def _two_stage_query(loaded: LoadedModel, user: str, user_row: torch.Tensor, top: int, candidates: int | None) -> Query:
-    """The query of a two-stage checkpoint: the generator's best candidates for the user, ordered by the ranker."""
+def _two_stage_query(
+    loaded: LoadedModel, user: str, user_row: torch.Tensor, top: int, candidates: int | None, moment: Context | None
+) -> Query:
+    """The query of a two-stage checkpoint: the generator's best candidates for the user, ordered by the ranker
+    in ``moment``."""
     stages = loaded.stages
     assert stages is not None
-    items, logits = stages.recommend(user_row, top, candidates)
+    items, logits = stages.recommend(user_row, top, candidates, _rows(moment, 1))
     kept = torch.isfinite(logits[0])
     if not bool(kept.any()):
         raise DlrmError(
@@ -395,7 +399,7 @@ class BatchRecommendations:
     exclude_seen: bool
     seconds: float
     context: Context | None = None  # the context every user was scored in (a model with context columns)
-    two_stage: bool = False  # its two stages chose and ordered the items (they read no context)
+    same_in_any_context: bool = False  # two stages whose ranker reads no context chose and ordered the items
 
     def frame(self) -> Any:
         import pandas as pd
@@ -463,7 +467,7 @@ def recommend_many(
     """The ``top`` items of the whole catalogue for each user (``None``: every user of the training data),
     in chunks of users scored together; ``progress(done, total)`` hears the way. A two-stage checkpoint
     retrieves ``candidates`` items a user (default: its own count) and its ranker orders them. ``context``:
-    the one context every user is scored in (see ``query_context``), which the two stages do not read."""
+    the one context every user is scored in (see ``query_context``), which the ranker of two stages orders in."""
     check_retrieve(loaded, candidates, exclude_seen, top)
     moment = query_context(loaded, context)
     started = time.perf_counter()
@@ -493,7 +497,7 @@ def recommend_many(
         exclude_seen=exclude_seen,
         seconds=time.perf_counter() - started,
         context=moment,
-        two_stage=two_stage,
+        same_in_any_context=two_stage and loaded.stages is not None and not loaded.stages.reads_context,
     )
 
 
@@ -542,17 +546,23 @@ def _two_stage_chunks(
     context: Context | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two stages' best ``top`` items for each user row (items, ranker logits: U x top; -inf past a
-    user's last recommendable item). Neither stage reads ``context``."""
+    user's last recommendable item), ordered in ``context`` (the generator does not read it)."""
     stages = loaded.stages
     assert stages is not None
     best_scores, best_items = [], []
     for start in range(0, len(rows), USERS_PER_CHUNK):
-        items, logits = stages.recommend(rows[start : start + USERS_PER_CHUNK], top, candidates)
+        chunk = rows[start : start + USERS_PER_CHUNK]
+        items, logits = stages.recommend(chunk, top, candidates, _rows(context, len(chunk)))
         best_scores.append(logits)
         best_items.append(items)
         if progress is not None:
             progress(min(start + USERS_PER_CHUNK, len(rows)), len(rows))
     return _joined(best_items, best_scores, top)
+
+
+def _rows(context: Context | None, users: int) -> ContextRows | None:
+    """The context's row once per user (None: no context columns)."""
+    return None if context is None else context.rows.expand(users)
 
 
 def _joined(items: list[torch.Tensor], scores: list[torch.Tensor], top: int) -> tuple[torch.Tensor, torch.Tensor]:

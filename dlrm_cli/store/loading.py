@@ -13,7 +13,7 @@ from dlrm_cli.config import ModelConfig
 from dlrm_cli.data.catalog import Catalog
 from dlrm_cli.errors import CorruptCheckpoint
 from dlrm_cli.model.dlrm import RatingDLRM, build_model, pool_bags
-from dlrm_cli.retrieval.features import FeatureScale
+from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale
 from dlrm_cli.retrieval.generators import generator_from_state
 from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.two_stage import TwoStage
@@ -70,7 +70,7 @@ def load_stages(checkpoint: Checkpoint, catalog: Catalog, device: torch.device) 
         retrieval = checkpoint.tensors("retrieval.pt")
         ranker = build_model(config, device=device)
         ranker.load_state_dict(checkpoint.tensors("ranker.pt"))
-        view = catalog.without_context()
+        view = catalog if ranker_reads_context(config, catalog) else catalog.without_context()
         view = view if any(table.bag for table in config.tables) else view.without_bags()
         ranker, view = pool_bags(ranker.eval(), view)
         return TwoStage(
@@ -87,6 +87,17 @@ def load_stages(checkpoint: Checkpoint, catalog: Catalog, device: torch.device) 
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CorruptCheckpoint(f"checkpoint {checkpoint.name} is corrupt: its ranking stage ({first})") from None
+
+
+def ranker_reads_context(config: ModelConfig, catalog: Catalog) -> bool:
+    """Whether a ranker of ``config`` reads ``catalog``'s context columns: it then has their numeric inputs
+    beside the pair features and a table for each categorical one. A ranker trained before rankers read the
+    context has neither, and keeps ordering without it."""
+    context = catalog.context
+    if context is None:
+        return False
+    numeric = config.num_dense == len(catalog.dense_names) + len(PAIR_FEATURES)
+    return numeric and set(context.vocabularies) <= set(config.feature_names)
 
 
 def open_model(store: Path | str, ref: str, device: str = "cpu") -> LoadedModel:

@@ -5,8 +5,10 @@ ranker over its candidates.
    retrieval features never saw the pair. Fresh negatives each epoch, so that the ranker cannot learn them by
    heart.
 2. The ranker: the run's DLRM with a ranking head, the pair features beside the user's and the item's dense
-   ones, binary cross-entropy; each epoch is judged by the two stages' NDCG@10 on validation users (the
-   generator fitted on the training rows), and the best one is kept.
+   ones and the context columns (each pair in the moment of its training row, ``TrainingPairs.rows``), binary
+   cross-entropy; each epoch is judged by the two stages' NDCG@10 on validation users (the generator fitted
+   on the training rows; each user ranked in the context of its first relevant validation rating), and the
+   best one is kept.
 3. The generator refitted on the training and validation rows, with the users' known items, for the checkpoint.
 """
 
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from dlrm_cli.config import ModelConfig, TrainConfig, relevant_rating
-from dlrm_cli.data.catalog import Dataset
+from dlrm_cli.data.catalog import Dataset, Ratings
 from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale
 from dlrm_cli.retrieval.generators import EASE_MAX_ITEMS, fit_generator
@@ -103,14 +105,14 @@ def train_stages(
     between batches (a signal). None when the data leaves the ranker nothing to learn."""
     started = time.perf_counter()
     ranker_settings = replace(settings, **RANKER)
-    catalog = dataset.catalog.without_context()  # the ranker orders candidates without the context columns
-    catalog = catalog if ranker_settings.bags else catalog.without_bags()
+    catalog = dataset.catalog if ranker_settings.bags else dataset.catalog.without_bags()
     config = model_config_for(replace(dataset, catalog=catalog), ranker_settings)
     config = replace(config, num_dense=config.num_dense + len(PAIR_FEATURES))
     torch.manual_seed(settings.seed)
     model, optimizers = build_for_training(config, ranker_settings, torch.device("cpu"))
     judge = _two_stage(dataset.train.user, dataset.train.item, catalog, model, settings)
     alone = _ndcg(task, judge.generator_scores)
+    ranking = _ranking_scorer(task, judge)
     best: tuple[float, int, Any] = (-1.0, 0, None)
     history = []
     for epoch in range(1, RANKER_EPOCHS + 1):
@@ -119,8 +121,8 @@ def train_stages(
             if len(pairs) == 0 or pairs.labels.min() == pairs.labels.max():
                 return None  # no user has both an item to like and one to pass over: nothing to rank
             judge.scale = FeatureScale.of(pairs.features)
-        record = _epoch(model, optimizers, pairs, judge, ranker_settings, epoch, observer, check_stop)
-        record["val_ndcg"] = _ndcg(task, judge.full_scores)
+        record = _epoch(model, optimizers, pairs, dataset.train, judge, ranker_settings, epoch, observer, check_stop)
+        record["val_ndcg"] = _ndcg(task, ranking)
         history.append(record)
         observer.epoch_done(record)
         if record["val_ndcg"] > best[0]:
@@ -138,16 +140,22 @@ def train_stages(
     return Stages(final, config, metrics, history, time.perf_counter() - started)
 
 
+def _ranking_scorer(task: RankingTask, judge: TwoStage) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The two stages' scores of validation users, each user's candidates in the user's context."""
+    return lambda users: judge.full_scores(users, context=task.user_context(users))
+
+
 def _choose_blend(task: RankingTask, judge: TwoStage) -> tuple[float, dict[float, float]]:
     """The weight of the generator's z-score beside the ranker's logit that ranks the validation users best
-    (the smallest of equals), and every weight's NDCG@10. The ranker scores each user's candidates once."""
+    (the smallest of equals), and every weight's NDCG@10. The ranker scores each user's candidates once, in
+    the user's context."""
     memo: dict[tuple[int, ...], Ranked] = {}
 
     def scorer(blend: float) -> Callable[[torch.Tensor], torch.Tensor]:
         def scores(users: torch.Tensor) -> torch.Tensor:
             key = tuple(users.tolist())
             if key not in memo:  # only the candidates' order reaches NDCG@10: the other items stay tied
-                memo[key] = judge.ranked(users, keep_scores=False)
+                memo[key] = judge.ranked(users, keep_scores=False, context=task.user_context(users))
             return judge.spread(memo[key], blend)
 
         return scores
@@ -188,13 +196,15 @@ def _epoch(
     model: nn.Module,
     optimizers: Any,
     pairs: TrainingPairs,
+    known: Ratings,
     judge: TwoStage,
     settings: TrainConfig,
     epoch: int,
     observer: Any,
     check_stop: Callable[[], None],
 ) -> dict[str, float]:
-    """One pass over the epoch's pairs; returns its history record (without validation)."""
+    """One pass over the epoch's pairs, each in the context of its row of ``known`` (the rows the pairs were
+    built from); returns its history record (without validation)."""
     batches = (len(pairs) + RANKER_BATCH - 1) // RANKER_BATCH
     observer.epoch_started(epoch, RANKER_EPOCHS, batches, optimizers.lr)
     order = torch.randperm(len(pairs))
@@ -203,8 +213,8 @@ def _epoch(
     started, total = time.perf_counter(), 0.0
     for start in range(0, len(pairs), RANKER_BATCH):
         rows = order[start : start + RANKER_BATCH]
-        users, items = pairs.users[rows], pairs.items[rows]
-        dense, kjt = judge.catalog.batch(users, items, leave_out=True, pair_dense=features[rows])
+        users, items, context = pairs.users[rows], pairs.items[rows], known.context_of(pairs.rows[rows])
+        dense, kjt = judge.catalog.batch(users, items, leave_out=True, pair_dense=features[rows], context=context)
         logits, embedded = model(dense, kjt)
         loss = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], pairs.labels[rows])
         fitted = float(loss.detach())
