@@ -1,7 +1,7 @@
 """How close to its noise floor can any model get on the built-in data? Bayes-optimal estimators against
 dlrm and myFM, on the validation rows of the default `dlrm train`.
 
-    .venv/bin/python benchmarks/synthetic_floor.py [--sweeps 300] [--no-dlrm] [--no-myfm]
+    .venv/bin/python benchmarks/synthetic_floor.py [--sweeps 300] [--no-dlrm] [--no-myfm] [--dlrm-seeds 1]
 
 The built-in data is generated (``dlrm_cli.data.synthetic``) as rating = clip(mu + noise, 0, 5), with mu the
 sum of a global mean, user, item and category biases, a dot product of user and item factors (an item's
@@ -20,9 +20,10 @@ uncensored values), for two estimators that are told more than any model is:
 - told the generator's form, the category effects, the feature and context effects, the priors and the
   noise, it estimates every user's and every item's bias and factors.
 
-Beside them, in the same run: `dlrm train` with its defaults (its best validation RMSE, from the checkpoint)
-and, where `make peers` made .venv-myfm, myFM's Bayesian matrix factorisation with ids only, fitted on the
-training rows and scored on the validation rows (it reads no context).
+Beside them, in the same run: `dlrm train` with its defaults (its best validation RMSE, from the checkpoint;
+with ``--dlrm-seeds N``, N models of seeds 0..N-1 on the same data, and their predictions averaged) and,
+where `make peers` made .venv-myfm, myFM's Bayesian matrix factorisation with ids only, fitted on the training
+rows and scored on the validation rows (it reads no context).
 """
 
 from __future__ import annotations
@@ -126,12 +127,33 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(np.mean((predicted - actual) ** 2)))
 
 
-def run_dlrm(folder: Path) -> dict[str, float]:
+def run_dlrm(folder: Path, seed: int = 0) -> dict[str, float]:
+    """``dlrm train`` with its defaults on the built-in data of seed 0, its model seeded with ``seed``."""
     store = folder / "store"
     env = {**os.environ, "DLRM_CHECKPOINT_DIR": str(store)}
-    _, seconds = timed([sys.executable, "-m", "dlrm_cli", "train", "--name", "default"], env)
-    meta = json.loads((store / "default" / "meta.json").read_text())
-    return {"rmse": meta["metrics"]["validation"]["rmse"], "last": meta["history"][-1]["val_rmse"], "seconds": seconds}
+    name = f"seed{seed}"
+    command = [sys.executable, "-m", "dlrm_cli", "train", "--name", name, "--seed", str(seed), "--split-seed", "0"]
+    _, seconds = timed(command, env)
+    meta = json.loads((store / name / "meta.json").read_text())
+    validation = meta["metrics"]["validation"]["rmse"]
+    return {"rmse": validation, "last": meta["history"][-1]["val_rmse"], "seconds": seconds, "name": name}
+
+
+def averaged_dlrm(folder: Path, names: list[str]) -> np.ndarray:
+    """The validation predictions of the checkpoints ``names``, averaged: each rating in its own context."""
+    from dlrm_cli import load
+    from dlrm_cli.data.synthetic import generate
+    from dlrm_cli.scoring.metrics import score
+
+    validation = generate(SyntheticSpec()).validation
+    total = np.zeros(len(validation.rating))
+    for name in names:
+        loaded = load(name, store=folder / "store").loaded
+        rows = validation.context
+        total += score(
+            loaded.model, loaded.catalog, validation.user, validation.item, loaded.device, context=rows
+        ).numpy()
+    return total / len(names)
 
 
 def run_myfm(draws: Draws, spec: SyntheticSpec, folder: Path) -> dict[str, float] | None:
@@ -150,6 +172,7 @@ def main() -> int:
     parser.add_argument("--sweeps", type=int, default=300, help="Gibbs sweeps per estimator (default 300)")
     parser.add_argument("--no-dlrm", action="store_true", help="skip the dlrm training run")
     parser.add_argument("--no-myfm", action="store_true", help="skip the myFM peer")
+    parser.add_argument("--dlrm-seeds", type=int, default=1, help="dlrm models (seeds 0..N-1) to train and average")
     args = parser.parse_args()
     spec = SyntheticSpec()
     draws = draw(spec)
@@ -173,9 +196,16 @@ def main() -> int:
         peer = None if args.no_myfm else run_myfm(draws, spec, folder)
         if peer is not None:
             rows.append(("myFM Bayesian MF, ids (no context), rank 10, 200 iterations", peer["rmse"], peer["seconds"]))
-        dlrm = None if args.no_dlrm else run_dlrm(folder)
-        if dlrm is not None:
-            rows.append(("**dlrm** (`dlrm train`, its best epoch)", dlrm["rmse"], dlrm["seconds"]))
+        runs = [] if args.no_dlrm else [run_dlrm(folder, seed) for seed in range(args.dlrm_seeds)]
+        for run in runs:
+            rows.append(
+                (f"**dlrm** (`dlrm train`, its best epoch), model seed {run['name'][4:]}", run["rmse"], run["seconds"])
+            )
+        if len(runs) > 1:
+            averaged = rmse(averaged_dlrm(folder, [run["name"] for run in runs]), actual)
+            seconds = sum(run["seconds"] for run in runs)
+            rows.append((f"dlrm, the {len(runs)} models' predictions averaged", averaged, seconds))
+        dlrm = runs[0] if runs else None
     print(f"Built-in data ({spec.ratings:,} ratings), the {len(actual):,} validation rows of `dlrm train`")
     print("| model | validation RMSE | above the noise floor | wall time |")
     print("|---|---|---|---|")
@@ -185,6 +215,9 @@ def main() -> int:
         print(f"| {label} | {value:.4f} | {value / floor - 1:+.1%} | {seconds:.0f} s |")
     if dlrm is not None:
         print(f"dlrm's last epoch: {dlrm['last']:.4f} ({dlrm['last'] / dlrm['rmse'] - 1:+.1%} from its best)")
+        bayes = rows[1][1]  # told the generator's form
+        above = ", ".join(f"{value / bayes - 1:+.1%}" for label, value, _ in rows[2:] if "dlrm" in label)
+        print(f"dlrm above the Bayes-optimal estimator told the generator's form ({bayes:.4f}): {above}")
     if not args.no_myfm and peer is None:
         print("myFM: skipped, .venv-myfm is missing (make peers)")
     return 0

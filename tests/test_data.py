@@ -283,7 +283,19 @@ def test_split_seed_keeps_the_split_while_seed_changes_the_model(dlrm, tmp_path)
     assert a["data"] == b["data"]  # the same split, so the same test rows: runs that differ only in the model
     printed = dlrm("train", "--data", f"movielens:{folder}", "--seed", "3", "--split-seed", "0", "--print-config")
     assert "seed = 3\n" in printed.stdout and "split-seed = 0\n" in printed.stdout
-    assert_error(dlrm("train", "--split-seed", "1"), 2, "--split-seed applies to movielens: and csv: data")
+
+
+def test_split_seed_keeps_the_built_in_data_while_seed_changes_the_model(dlrm):
+    sizes = ["--users", "60", "--items", "40", "--ratings", "3000", "--epochs", "1"]
+    for name, seeds in (("a", ["--seed", "0"]), ("b", ["--seed", "3", "--split-seed", "0"]), ("c", ["--seed", "3"])):
+        result = dlrm("train", "--name", name, *seeds, *sizes)
+        assert result.exit_code == 0, result.output
+    a, b, c = (json.loads((dlrm.store / name / "meta.json").read_text()) for name in ("a", "b", "c"))
+    assert a["run"]["data"] == b["run"]["data"] != c["run"]["data"]  # b: a's ratings, c's model seed
+    assert b["run"]["train"]["seed"] == c["run"]["train"]["seed"] == 3
+    assert a["metrics"]["validation"]["rmse"] != b["metrics"]["validation"]["rmse"]  # another model
+    printed = dlrm("train", "--seed", "3", "--split-seed", "0", "--print-config")
+    assert "seed = 3\n" in printed.stdout and "split-seed = 0\n" in printed.stdout
 
 
 def test_synthetic_truth_is_what_the_built_in_ratings_are_drawn_from():

@@ -111,7 +111,12 @@ Name = Annotated[str | None, _option("Checkpoint name (default: DATA-DATE-TIME).
 Data = Annotated[str, _option("Ratings: synthetic, movielens:DIR or csv:FILE.", DATA)]
 Split = Annotated[str | None, _option("Test rows: random:0.1, temporal:0.1 or files:TRAIN,TEST.", DATA)]
 SplitSeed = Annotated[
-    int | None, _option("Seed of a random split and of the validation rows (default: --seed).", DATA, min=0)
+    int | None,
+    _option(
+        "Seed of a random split and of the validation rows; of the built-in data itself (default: --seed).",
+        DATA,
+        min=0,
+    ),
 ]
 TimeFeatures = Annotated[
     str | None, _option("Context from each rating's timestamp: year,user_days,item_days,weekday,hour,user_day.", DATA)
@@ -132,6 +137,10 @@ Noise = Annotated[float, _option("Synthetic rating noise (std).", SYNTH, min=0.0
 BottomMlp = Annotated[str, _option("Bottom MLP hidden sizes; it then ends at --embedding-dim.", OPT)]
 TopMlp = Annotated[str, _option("Top MLP hidden sizes, before the output.", OPT)]
 Dropout = Annotated[float, _option("Dropout on the top MLP's input.", OPT, min=0.0, max=0.95)]
+Ensemble = Annotated[
+    int,
+    _option("Train N models side by side in one checkpoint and predict their mean (N x the time).", OPT, min=1, max=16),
+]
 Biases = Annotated[bool, _option("Add a learned bias for each user and each item to the rating's logit.", OPT)]
 Bags = Annotated[
     bool, _option("Add each user's rated items and each item's raters (training rows) as sparse features.", OPT)
@@ -325,4 +334,6 @@ def _option_values(config: RunConfig) -> dict[str, Any]:
             values["rating_range"] = comma_joined(columns.rating_range)
     else:
         values.update({key: getattr(data, key) for key in SYNTHETIC_SIZES})
+        if data.seed != config.train.seed:
+            values["split_seed"] = data.seed
     return values

@@ -216,8 +216,6 @@ def _data_source(values: dict[str, Any], chosen: set[str]) -> DataSource:
     if sizes and kind != "synthetic" and kind in DATA_KINDS:
         raise DlrmUsageError(f"--{sizes[0]} applies only to --data synthetic")
     synthetic = None
-    if kind == "synthetic" and values["split_seed"] is not None:
-        raise DlrmUsageError("--split-seed applies to movielens: and csv: data; synthetic data has fixed splits")
     if kind == "synthetic":
         try:
             synthetic = SyntheticSpec(**{key: values[key] for key in SYNTHETIC_SIZES})
