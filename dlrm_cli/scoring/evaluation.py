@@ -341,7 +341,8 @@ def rank_evaluation(
         progress("Preparing the retrieval stage")
         stages = split_stages(loaded, dataset, split, retrieve, max(ks))
         fits = {
-            TWO_STAGES: lambda: stages.full_scores,
+            # each user ranked in the context of the user's first relevant held-out rating, as the DLRM row is
+            TWO_STAGES: lambda: lambda users: stages.full_scores(users, context=task.user_context(users)),
             GENERATOR: lambda: stages.generator_scores,
             MAIN_MODEL: fits["DLRM"],
         }
