@@ -88,8 +88,13 @@ class ModelConfig:
     # The top MLP's outputs, in order: ``rating`` (squashed onto the rating scale) and ``ranking`` (a logit
     # trained with binary cross-entropy on sampled negatives). The first is what ``forward`` returns.
     heads: tuple[str, ...] = ("rating",)
+    # Models trained side by side in one (``--ensemble``): each has its own ``embedding_dim`` columns of every
+    # table and its own MLPs; they share the id biases, and the model's logit is the mean of theirs.
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
         if not self.heads or len(set(self.heads)) != len(self.heads) or set(self.heads) - set(HEADS):
             raise ValueError(f"heads must be distinct names among {', '.join(HEADS)}, got {list(self.heads)}")
         if self.num_dense < 0:
@@ -129,7 +134,7 @@ class ModelConfig:
 
     @property
     def table_parameters(self) -> int:
-        return sum(table.num_embeddings for table in self.tables) * self.embedding_dim
+        return sum(table.num_embeddings for table in self.tables) * self.embedding_dim * self.ensemble
 
     @property
     def mlp_parameters(self) -> int:
@@ -139,7 +144,7 @@ class ModelConfig:
             for size in sizes:
                 total += (width + 1) * size
                 width = size
-        return total
+        return total * self.ensemble
 
     def refuse_oversized(self, copies: int, hint: str) -> None:
         """Raise ``ValueError`` before anything is allocated when ``copies`` float32 copies of the model
@@ -152,7 +157,10 @@ class ModelConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        if self.ensemble == 1:  # a single model's record reads as it always has
+            del fields["ensemble"]
+        return fields
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
@@ -198,9 +206,11 @@ class TrainConfig:
     checkpoint_every: int = 1
     retrieval: str = "auto"  # the candidate generator of a two-stage model (``none``: one stage)
     retrieve: int = 100  # candidates the retrieval stage proposes per user, for the ranker to order
+    ensemble: int = 1  # models trained side by side, each on its own loss, predicting their mean
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "lr_step", "embedding_dim", "checkpoint_every", "negatives", "retrieve"):
+        names = ("epochs", "batch_size", "lr_step", "embedding_dim", "checkpoint_every", "negatives", "retrieve")
+        for name in (*names, "ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name, value, allowed in (

@@ -38,7 +38,7 @@ def embedding_configs(config: ModelConfig) -> list[EmbeddingBagConfig]:
     return [
         EmbeddingBagConfig(
             name=table_name(table.feature),
-            embedding_dim=config.embedding_dim,
+            embedding_dim=config.embedding_dim * config.ensemble,  # each member's columns side by side
             num_embeddings=table.num_embeddings,
             feature_names=[table.feature],
             pooling=PoolingType.SUM,
@@ -69,10 +69,27 @@ def bias_name(feature: str) -> str:
     return f"b_{feature}"
 
 
+class Member(nn.Module):
+    """One more model of an ensemble (``ModelConfig.ensemble``): its own bottom MLP, interactions and top MLP
+    over its own columns of the pooled embeddings. The first model is ``DLRMArches``'s own arches."""
+
+    def __init__(self, dense_arch: nn.Module, inter_arch: nn.Module, over_arch: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.dense_arch = dense_arch
+        self.inter_arch = inter_arch
+        self.over_arch = over_arch
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, dense_features: torch.Tensor, embedded_sparse: torch.Tensor) -> torch.Tensor:
+        interactions = self.inter_arch(dense_features=self.dense_arch(dense_features), sparse_features=embedded_sparse)
+        return self.over_arch(self.dropout(interactions))
+
+
 class DLRMArches(nn.Module):
     """TorchRec's four DLRM parts, under the names TorchRec's ``DLRM`` gives them (so a checkpoint's keys are
     ``dlrm.sparse_arch...``, ``dlrm.dense_arch...``), and the one computation from pooled embeddings to
     logits (``head_logits``) that the trained model, the scoring model and every serving artifact run.
+    An ensemble's other models are ``members`` (none for one model, so its keys are as they always were).
 
     A serving artifact holds its own copy without ``sparse_arch`` (its tables are plain ``nn.EmbeddingBag``s).
     No ``forward``: TorchScript compiles only what an artifact calls (``head_logits``)."""
@@ -84,6 +101,7 @@ class DLRMArches(nn.Module):
         inter_arch: nn.Module,
         over_arch: nn.Module,
         dropout: float,
+        members: list[Member] | None = None,
     ) -> None:
         super().__init__()
         self.sparse_arch = sparse_arch
@@ -93,12 +111,20 @@ class DLRMArches(nn.Module):
         # Dropout on the interaction features, the top MLP's input; it has no weights, so it leaves the
         # state dict (and every checkpoint and export) unchanged.
         self.dropout = nn.Dropout(dropout)
+        self.members = nn.ModuleList(members or [])
 
     @classmethod
     def build(cls, config: ModelConfig, embedding_bag_collection: nn.Module, device: torch.device | None) -> DLRMArches:
-        """The arches of ``config``'s model, built in TorchRec's order (so a seed gives the same weights)."""
+        """The arches of ``config``'s model, built in TorchRec's order (so a seed gives the same weights), then
+        those of an ensemble's other models."""
         sparse_arch = SparseArch(embedding_bag_collection)
         features = len(sparse_arch.sparse_feature_names)
+        arches = [cls._arches(config, features, device) for _ in range(config.ensemble)]
+        members = [Member(*parts, config.dropout) for parts in arches[1:]]
+        return cls(sparse_arch, *arches[0], config.dropout, members)
+
+    @staticmethod
+    def _arches(config: ModelConfig, features: int, device: torch.device | None) -> tuple[nn.Module, ...]:
         dense_arch = DenseArch(in_features=config.num_dense, layer_sizes=list(config.bottom_mlp), device=device)
         inter_arch = InteractionArch(num_sparse_features=features)
         over_arch = OverArch(
@@ -106,7 +132,7 @@ class DLRMArches(nn.Module):
             layer_sizes=[*config.top_mlp, len(config.heads)],
             device=device,
         )
-        return cls(sparse_arch, dense_arch, inter_arch, over_arch, config.dropout)
+        return dense_arch, inter_arch, over_arch
 
     def head_logits(
         self, dense_features: torch.Tensor, embedded_sparse: torch.Tensor, biases: torch.Tensor | None
@@ -114,19 +140,36 @@ class DLRMArches(nn.Module):
         """
         Args:
             dense_features: B x Dn.
-            embedded_sparse: B x F x D, each feature's pooled embedding.
+            embedded_sparse: B x F x D, each feature's pooled embedding (B x F x KD for an ensemble of K).
             biases: B x I x H x ``BIAS_COLUMNS``, each of the I id features' bias row for each of the H heads
                 (a head's bias is the sum of its columns), or None.
 
         Returns:
-            B x H: each head's logit.
+            B x H: each head's logit (an ensemble's: the mean of its models' logits).
         """
-        embedded_dense = self.dense_arch(dense_features)
-        interactions = self.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
-        logits = self.over_arch(self.dropout(interactions))
+        if len(self.members) == 0:
+            embedded_dense = self.dense_arch(dense_features)
+            interactions = self.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse)
+            logits = self.over_arch(self.dropout(interactions))
+            if biases is not None:
+                logits = logits + biases.sum(dim=(1, 3))
+            return logits
+        return self.member_logits(dense_features, embedded_sparse, biases).mean(dim=2)
+
+    def member_logits(
+        self, dense_features: torch.Tensor, embedded_sparse: torch.Tensor, biases: torch.Tensor | None
+    ) -> torch.Tensor:
+        """B x H x K: each of an ensemble's K models' logits, each from its own columns of the embeddings."""
+        width = embedded_sparse.shape[2] // (len(self.members) + 1)
+        own = embedded_sparse.narrow(2, 0, width)
+        interactions = self.inter_arch(dense_features=self.dense_arch(dense_features), sparse_features=own)
+        logits = [self.over_arch(self.dropout(interactions))]
+        for index, member in enumerate(self.members):
+            logits.append(member(dense_features, embedded_sparse.narrow(2, (index + 1) * width, width)))
+        stacked = torch.stack(logits, dim=2)
         if biases is not None:
-            logits = logits + biases.sum(dim=(1, 3))
-        return logits
+            stacked = stacked + biases.sum(dim=(1, 3)).unsqueeze(2)
+        return stacked
 
 
 class RatingDLRM(nn.Module):
@@ -196,9 +239,11 @@ class RatingDLRM(nn.Module):
         dense_features: torch.Tensor,
         sparse_features: KeyedJaggedTensor,
         borrow: tuple[torch.Tensor, int] | None = None,
+        members: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every head's logit (B x H) and the pooled embeddings (B x F x D), which training penalises
-        (``embedding_l2``) to regularise exactly the rows a batch used.
+        (``embedding_l2``) to regularise exactly the rows a batch used. With ``members``, an ensemble's
+        logits are each of its models' (B x H x K), which training fits each on its own.
 
         ``borrow`` = (positions, n): the pairs after the first n have no values for the features at these
         positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose user they
@@ -216,6 +261,8 @@ class RatingDLRM(nn.Module):
                 biases = _borrowed(biases, torch.tensor([0], device=biases.device), borrow[1])
         if biases is not None:
             biases = biases.view(biases.shape[0], biases.shape[1], -1, BIAS_COLUMNS)
+        if members and self.config.ensemble > 1:
+            return self.dlrm.member_logits(dense_features, embedded, biases), embedded
         return self.dlrm.head_logits(dense_features, embedded, biases), embedded
 
     def squash(self, logits: torch.Tensor, head: str) -> torch.Tensor:
@@ -261,9 +308,10 @@ class RatingDLRM(nn.Module):
         """Set the output layer's bias so that an untrained model predicts ``rating`` (say, the training
         mean) rather than the middle of the scale."""
         fraction = min(max((rating - self.rating_min) / self.rating_span, 1e-3), 1 - 1e-3)
-        output = self.dense_layers()[1][-1]
-        with torch.no_grad():
-            output.bias[0] = math.log(fraction / (1 - fraction))
+        for over_arch in [self.dlrm.over_arch, *(member.over_arch for member in self.dlrm.members)]:
+            output = [module for module in over_arch.modules() if isinstance(module, nn.Linear)][-1]
+            with torch.no_grad():
+                output.bias[0] = math.log(fraction / (1 - fraction))
 
 
 class TrainingDLRM(RatingDLRM):
@@ -277,7 +325,7 @@ class TrainingDLRM(RatingDLRM):
         sparse_features: KeyedJaggedTensor,
         borrow: tuple[torch.Tensor, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.training_outputs(dense_features, sparse_features, borrow)
+        return self.training_outputs(dense_features, sparse_features, borrow, members=True)
 
 
 def _borrowed(embedded: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from dlrm_cli.data.catalog import Catalog, EntityTable, FeatureSource
 from dlrm_cli.data.context import ContextRows, ContextTable
 from dlrm_cli.data.lookup import dense_values, offsets_of, one_each, side_values
-from dlrm_cli.model.dlrm import BIAS_COLUMNS, DLRMArches, RatingDLRM, bias_name, table_name, to_rating
+from dlrm_cli.model.dlrm import BIAS_COLUMNS, DLRMArches, Member, RatingDLRM, bias_name, table_name, to_rating
 
 
 class ServingDLRM(nn.Module):
@@ -51,14 +51,20 @@ class ServingDLRM(nn.Module):
             )
             for table in model.config.bias_tables
         )
-        # The same arches and the same ``head_logits`` as the trained model, with this head's output row only.
-        over_arch = copy.deepcopy(model.dlrm.over_arch)
-        output = [module for module in over_arch.modules() if isinstance(module, nn.Linear)][-1]
-        output.weight = nn.Parameter(output.weight.detach()[index : index + 1].clone())
-        output.bias = nn.Parameter(output.bias.detach()[index : index + 1].clone())
-        output.out_features = 1
+        # The same arches and the same ``head_logits`` as the trained model, with this head's output row only
+        # (in each model of an ensemble).
         dense_arch, inter_arch = (copy.deepcopy(arch) for arch in (model.dlrm.dense_arch, model.dlrm.inter_arch))
-        self.dlrm = DLRMArches(None, dense_arch, inter_arch, over_arch, model.config.dropout)
+        dropout = model.config.dropout
+        members = [
+            Member(
+                copy.deepcopy(member.dense_arch),
+                copy.deepcopy(member.inter_arch),
+                _one_head(member.over_arch, index),
+                dropout,
+            )
+            for member in model.dlrm.members
+        ]
+        self.dlrm = DLRMArches(None, dense_arch, inter_arch, _one_head(model.dlrm.over_arch, index), dropout, members)
         low, span = model.head_scale(head)
         self.rating_min = float(low)
         self.rating_span = float(span)
@@ -78,6 +84,16 @@ class ServingDLRM(nn.Module):
             # B x I x 1 x BIAS_COLUMNS: each id feature's bias row for the one head served
             logits = self.dlrm.head_logits(dense, sparse, torch.stack(biases, dim=1).unsqueeze(2))
         return to_rating(logits.squeeze(1), self.rating_min, self.rating_span)
+
+
+def _one_head(over_arch: nn.Module, index: int) -> nn.Module:
+    """A copy of a top MLP with the output row of head ``index`` only."""
+    over_arch = copy.deepcopy(over_arch)
+    output = [module for module in over_arch.modules() if isinstance(module, nn.Linear)][-1]
+    output.weight = nn.Parameter(output.weight.detach()[index : index + 1].clone())
+    output.bias = nn.Parameter(output.bias.detach()[index : index + 1].clone())
+    output.out_features = 1
+    return over_arch
 
 
 class _Feature(nn.Module):

@@ -673,6 +673,7 @@ def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:
         dropout=settings.dropout,
         biases=settings.biases,
         heads=heads,
+        ensemble=settings.ensemble,
     )
 
 
@@ -699,7 +700,10 @@ class Objective:
         return cls(config.heads, config.rating_min, span, settings.ranking_weight, settings.positives, relevant)
 
     def loss(self, logits: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
-        """The objective of a batch's logits (B x H); ``ratings`` are the rated pairs' (the first rows)."""
+        """The objective of a batch's logits (B x H); ``ratings`` are the rated pairs' (the first rows). An
+        ensemble's logits (B x H x K): the sum of its models' objectives, each model fitted on its own."""
+        if logits.dim() == 3:
+            return torch.stack([self.loss(logits[:, :, member], ratings) for member in range(logits.shape[2])]).sum()
         rated = ratings.shape[0]
         loss = logits.new_zeros(())
         if "rating" in self.heads:
@@ -740,7 +744,8 @@ def train_step(
     optimizers.zero_grad()
     loss.backward()
     optimizers.step()
-    return fitted.detach()
+    members = logits.shape[2] if logits.dim() == 3 else 1
+    return fitted.detach() / members  # an ensemble's: its models' mean
 
 
 class NegativeSampler:

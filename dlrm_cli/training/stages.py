@@ -45,6 +45,7 @@ RANKER = {
     "sparse_lr": 0.05,
     "embedding_l2": 3e-3,
     "objective": "ranking",
+    "ensemble": 1,  # one ranker, whatever the main model's ensemble
 }
 PAIRS = PairSettings(folds=5, hard=20, uniform=60)
 BLENDS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # the generator's weight in the final order; 1: the generator alone

@@ -49,6 +49,7 @@ def train_command(
     bottom_mlp: o.BottomMlp = o.comma_joined(T.bottom_mlp),
     top_mlp: o.TopMlp = o.comma_joined(T.top_mlp),
     dropout: o.Dropout = T.dropout,
+    ensemble: o.Ensemble = T.ensemble,
     bags: o.Bags = T.bags,
     biases: o.Biases = T.biases,
     objective: o.ObjectiveOption = o.ObjectiveChoice(T.objective),
