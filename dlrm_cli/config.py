@@ -227,6 +227,24 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not self.ranking_weight > 0:
             raise ValueError(f"ranking_weight must be > 0, got {self.ranking_weight}")
+        if self.embeddings == "fused":
+            self._check_fused_widths()
+
+    def _check_fused_widths(self) -> None:
+        """FBGEMM's kernels take rows of a multiple of 4 floats: the tables (``embedding_dim`` for each model of
+        the ensemble) and, where a ranker may be trained, the ranker's (one model's ``embedding_dim``)."""
+        width = self.embedding_dim * self.ensemble
+        if width % 4:
+            shown = f"{width}" if self.ensemble == 1 else f"{self.embedding_dim} x ensemble {self.ensemble} = {width}"
+            raise ValueError(
+                f"fused embeddings need rows of a multiple of 4 floats, and embedding_dim gives {shown}; "
+                "choose another embedding_dim or embeddings plain"
+            )
+        if self.embedding_dim % 4 and self.retrieval != "none":
+            raise ValueError(
+                f"the ranking stage is one model with fused rows of embedding_dim {self.embedding_dim} floats, "
+                "which must be a multiple of 4; choose another embedding_dim or retrieval none"
+            )
 
     def objective_for(self, implicit: bool) -> str:
         """The objective on data with ratings or (``implicit``) without: ``auto`` is ``rating`` where there

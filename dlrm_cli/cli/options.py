@@ -97,7 +97,10 @@ LrScheduleOption = Annotated[
 LrStep = Annotated[int, _option("Epochs between learning-rate decays (--lr-schedule step).", min=1)]
 LrGamma = Annotated[float, _option("Learning-rate decay factor (at each decay).", max=1.0, callback=positive)]
 WeightDecay = Annotated[float, _option("L2 penalty on all weights.", min=0.0)]
-EmbeddingDim = Annotated[int, _option("Size of every embedding (and the bottom MLP's output).", min=1)]
+EmbeddingDim = Annotated[
+    int,
+    _option("Size of every embedding (and the bottom MLP's output); each model of an --ensemble has its own.", min=1),
+]
 EmbeddingsOption = Annotated[
     Embeddings, _option("fused: FBGEMM kernels update only the rows used; plain: Adam on all.", OPT)
 ]

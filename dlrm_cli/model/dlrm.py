@@ -243,7 +243,8 @@ class RatingDLRM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every head's logit (B x H) and the pooled embeddings (B x F x D), which training penalises
         (``embedding_l2``) to regularise exactly the rows a batch used. With ``members``, an ensemble's
-        logits are each of its models' (B x H x K), which training fits each on its own.
+        logits are each of its models' (B x H x K), which training fits each on its own; the id biases, which
+        they share, take the mean of the models' gradients, as one model's biases take its own.
 
         ``borrow`` = (positions, n): the pairs after the first n have no values for the features at these
         positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose user they
@@ -262,6 +263,8 @@ class RatingDLRM(nn.Module):
         if biases is not None:
             biases = biases.view(biases.shape[0], biases.shape[1], -1, BIAS_COLUMNS)
         if members and self.config.ensemble > 1:
+            if biases is not None:  # the same values; each model's gradient reaches them divided by K
+                biases = biases.detach() + (biases - biases.detach()) / self.config.ensemble
             return self.dlrm.member_logits(dense_features, embedded, biases), embedded
         return self.dlrm.head_logits(dense_features, embedded, biases), embedded
 

@@ -107,6 +107,7 @@ def _check_record(meta: dict[str, Any]) -> None:
         ("embedding_dim", train.embedding_dim, model.embedding_dim),
         ("bottom_mlp", (*train.bottom_mlp, train.embedding_dim), model.bottom_mlp),
         ("top_mlp", train.top_mlp, model.top_mlp),
+        ("ensemble", train.ensemble, model.ensemble),
     ):
         if run_value != model_value:
             raise Damaged(f"the run's {key} {_shown(run_value)} does not match its model's {_shown(model_value)}")

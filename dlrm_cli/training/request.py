@@ -141,6 +141,7 @@ LIMITS: dict[str, tuple[float, float | None, bool]] = {
     "seed": (0, 2**32 - 1, True),
     "split_seed": (0, None, True),
     "val_fraction": (0.0, 0.5, True),
+    "ensemble": (1, 16, True),
 }
 
 

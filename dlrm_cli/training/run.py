@@ -837,7 +837,10 @@ def _validate_shared(model: nn.Module, dataset: Dataset, device: torch.device, p
 def _check_fits(config: ModelConfig) -> None:
     """Refuse, before allocating, a model that with its optimizer state and snapshots outgrows the memory."""
     try:
-        config.refuse_oversized(copies=3, hint="choose a smaller --embedding-dim, --bottom-mlp or --top-mlp")
+        sizes = "--embedding-dim, --bottom-mlp or --top-mlp"
+        if config.ensemble > 1:  # which multiplies every size
+            sizes = "--embedding-dim, --bottom-mlp, --top-mlp or --ensemble"
+        config.refuse_oversized(copies=3, hint=f"choose a smaller {sizes}")
     except ValueError as error:
         raise DlrmUsageError(str(error)) from None
 
