@@ -9,7 +9,10 @@ from typer.testing import CliRunner
 from dlrm_cli.cli.main import app
 
 # A small synthetic set and model: the suite must run in minutes on 2 CPU cores.
-TINY = ["--users", "200", "--items", "150", "--ratings", "6000", "--embedding-dim", "16", "--batch-size", "128"]
+TINY = [
+    *("--users", "200", "--items", "150", "--ratings", "6000"),
+    *("--embedding-dim", "16", "--batch-size", "128", "--ensemble", "1"),
+]
 
 
 class Dlrm:

@@ -72,7 +72,7 @@ def test_one_model_keeps_the_state_dict_and_record_it_always_had():
 
 
 def test_an_ensemble_checkpoint_predicts_exports_and_resumes(dlrm, tmp_path):
-    result = dlrm("train", "--name", "e", "--ensemble", "3", *FAST)
+    result = dlrm("train", "--name", "e", *FAST, "--ensemble", "3")
     assert result.exit_code == 0, result.output
     meta = json.loads((dlrm.store / "e" / "meta.json").read_text())
     assert meta["model"]["ensemble"] == 3 and meta["run"]["train"]["ensemble"] == 3

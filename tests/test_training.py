@@ -134,7 +134,7 @@ def test_tiny_request_matches_the_command_lines_tiny_run():
     assert [
         "--users", str(settings.data.users), "--items", str(settings.data.items),
         "--ratings", str(settings.data.ratings), "--embedding-dim", str(settings.train.embedding_dim),
-        "--batch-size", str(settings.train.batch_size),
+        "--batch-size", str(settings.train.batch_size), "--ensemble", str(settings.train.ensemble),
     ] == TINY  # fmt: skip
 
 
