@@ -1,7 +1,8 @@
 """How close to its noise floor can any model get on the built-in data? Bayes-optimal estimators against
 dlrm and myFM, on the validation rows of the default `dlrm train`.
 
-    .venv/bin/python benchmarks/synthetic_floor.py [--sweeps 300] [--no-dlrm] [--no-myfm] [--dlrm-seeds 1]
+    .venv/bin/python benchmarks/synthetic_floor.py [--sweeps 300] [--no-dlrm] [--no-myfm]
+        [--dlrm-seeds 1] [--dlrm-options '--ensemble 1 ...']
 
 The built-in data is generated (``dlrm_cli.data.synthetic``) as rating = clip(mu + noise, 0, 5), with mu the
 sum of a global mean, user, item and category biases, a dot product of user and item factors (an item's
@@ -127,29 +128,31 @@ def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(np.mean((predicted - actual) ** 2)))
 
 
-def run_dlrm(folder: Path, seed: int = 0) -> dict[str, float]:
-    """``dlrm train`` with its defaults on the built-in data of seed 0, its model seeded with ``seed``."""
+def run_dlrm(folder: Path, seed: int = 0, options: tuple[str, ...] = ()) -> dict[str, float]:
+    """``dlrm train`` with its defaults (and ``options``) on the built-in data of seed 0, its model seeded with
+    ``seed``."""
     store = folder / "store"
     env = {**os.environ, "DLRM_CHECKPOINT_DIR": str(store)}
     name = f"seed{seed}"
     command = [sys.executable, "-m", "dlrm_cli", "train", "--name", name, "--seed", str(seed), "--split-seed", "0"]
-    _, seconds = timed(command, env)
+    _, seconds = timed([*command, *options], env)
     meta = json.loads((store / name / "meta.json").read_text())
     validation = meta["metrics"]["validation"]["rmse"]
     return {"rmse": validation, "last": meta["history"][-1]["val_rmse"], "seconds": seconds, "name": name}
 
 
-def averaged_dlrm(folder: Path, names: list[str]) -> np.ndarray:
-    """The validation predictions of the checkpoints ``names``, averaged: each rating in its own context."""
+def dlrm_predictions(folder: Path, names: list[str], own_context: bool = True) -> np.ndarray:
+    """The validation predictions of the checkpoints ``names``, averaged: each rating in its own context, or
+    (``own_context`` False) every rating at the context's defaults."""
     from dlrm_cli import load
     from dlrm_cli.data.synthetic import generate
     from dlrm_cli.scoring.metrics import score
 
     validation = generate(SyntheticSpec()).validation
+    rows = validation.context if own_context else None
     total = np.zeros(len(validation.rating))
     for name in names:
         loaded = load(name, store=folder / "store").loaded
-        rows = validation.context
         total += score(
             loaded.model, loaded.catalog, validation.user, validation.item, loaded.device, context=rows
         ).numpy()
@@ -173,6 +176,7 @@ def main() -> int:
     parser.add_argument("--no-dlrm", action="store_true", help="skip the dlrm training run")
     parser.add_argument("--no-myfm", action="store_true", help="skip the myFM peer")
     parser.add_argument("--dlrm-seeds", type=int, default=1, help="dlrm models (seeds 0..N-1) to train and average")
+    parser.add_argument("--dlrm-options", default="", help="more options for dlrm train, e.g. '--ensemble 1'")
     args = parser.parse_args()
     spec = SyntheticSpec()
     draws = draw(spec)
@@ -196,15 +200,21 @@ def main() -> int:
         peer = None if args.no_myfm else run_myfm(draws, spec, folder)
         if peer is not None:
             rows.append(("myFM Bayesian MF, ids (no context), rank 10, 200 iterations", peer["rmse"], peer["seconds"]))
-        runs = [] if args.no_dlrm else [run_dlrm(folder, seed) for seed in range(args.dlrm_seeds)]
+        options = tuple(args.dlrm_options.split())
+        runs = [] if args.no_dlrm else [run_dlrm(folder, seed, options) for seed in range(args.dlrm_seeds)]
+        command = " ".join(["dlrm train", *options])
         for run in runs:
             rows.append(
-                (f"**dlrm** (`dlrm train`, its best epoch), model seed {run['name'][4:]}", run["rmse"], run["seconds"])
+                (f"**dlrm** (`{command}`, its best epoch), model seed {run['name'][4:]}", run["rmse"], run["seconds"])
             )
         if len(runs) > 1:
-            averaged = rmse(averaged_dlrm(folder, [run["name"] for run in runs]), actual)
-            seconds = sum(run["seconds"] for run in runs)
-            rows.append((f"dlrm, the {len(runs)} models' predictions averaged", averaged, seconds))
+            averaged = rmse(dlrm_predictions(folder, [run["name"] for run in runs]), actual)
+            rows.append(
+                (f"dlrm, the {len(runs)} runs' predictions averaged", averaged, sum(r["seconds"] for r in runs))
+            )
+        if runs:
+            blind_dlrm = rmse(dlrm_predictions(folder, [runs[0]["name"]], own_context=False), actual)
+            rows.append(("dlrm, model seed 0, every rating scored at the default context", blind_dlrm, None))
         dlrm = runs[0] if runs else None
     print(f"Built-in data ({spec.ratings:,} ratings), the {len(actual):,} validation rows of `dlrm train`")
     print("| model | validation RMSE | above the noise floor | wall time |")
@@ -212,11 +222,13 @@ def main() -> int:
     print(f"| noise floor: E[clip(mu + noise)], every hidden parameter known | {floor:.4f} | | |")
     print(f"| every hidden parameter known but not the context | {blind:.4f} | {blind / floor - 1:+.1%} | |")
     for label, value, seconds in rows:
-        print(f"| {label} | {value:.4f} | {value / floor - 1:+.1%} | {seconds:.0f} s |")
+        took = "" if seconds is None else f"{seconds:.0f} s"
+        print(f"| {label} | {value:.4f} | {value / floor - 1:+.1%} | {took} |")
     if dlrm is not None:
         print(f"dlrm's last epoch: {dlrm['last']:.4f} ({dlrm['last'] / dlrm['rmse'] - 1:+.1%} from its best)")
         bayes = rows[1][1]  # told the generator's form
-        above = ", ".join(f"{value / bayes - 1:+.1%}" for label, value, _ in rows[2:] if "dlrm" in label)
+        trained = [value for label, value, seconds in rows[2:] if "dlrm" in label and seconds is not None]
+        above = ", ".join(f"{value / bayes - 1:+.1%}" for value in trained)
         print(f"dlrm above the Bayes-optimal estimator told the generator's form ({bayes:.4f}): {above}")
     if not args.no_myfm and peer is None:
         print("myFM: skipped, .venv-myfm is missing (make peers)")
