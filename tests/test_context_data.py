@@ -3,17 +3,15 @@ a model trained on it reading them, and the generator of benchmarks/context_effe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import TINY
+from fixtures import load_benchmark
 
 from dlrm_cli.config import CsvColumns, FileSource, SyntheticSpec, source_from_dict
 from dlrm_cli.data import synthetic
@@ -23,15 +21,6 @@ from dlrm_cli.scoring.metrics import score
 from dlrm_cli.store.loading import open_model
 
 SPEC = SyntheticSpec(users=120, items=80, ratings=6_000, seed=2)
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "context_effect.py"
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("context_effect", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["context_effect"] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def test_the_built_in_data_carries_each_ratings_context_in_every_split():
@@ -134,7 +123,7 @@ def test_a_model_trained_on_the_built_in_data_reads_the_context(dlrm):
 
 
 def test_the_context_benchmarks_generator_gives_its_documented_optimum(tmp_path):
-    bench = _benchmark()
+    bench = load_benchmark("context_effect")
     generated = bench.generate(users=30, items=20, ratings=3_000, seed=1)
     again = bench.generate(users=30, items=20, ratings=3_000, seed=1)
     assert generated.frame.equals(again.frame)
