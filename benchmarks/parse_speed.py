@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/parse_speed.py DIR
 
-DIR holds a MovieLens release, e.g. ML-25M's ratings.csv and movies.csv.
+DIR holds a MovieLens release, e.g. ML-25M's ratings.csv and movies.csv, or one written by
+benchmarks/ml25m_shape.py.
 """
 
 from __future__ import annotations
