@@ -29,7 +29,6 @@ harness's own Python slows; compare the RMSEs.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -42,10 +41,16 @@ from dlrm_cli.data.catalog import Bag, Dataset, with_bags
 from dlrm_cli.data.sources import load_dataset, parse_data_option
 from dlrm_cli.model.dlrm import RatingDLRM, table_name
 from dlrm_cli.model.optim import build_for_training
+from dlrm_cli.scoring.metrics import evaluate_split
 from dlrm_cli.training.run import model_config_for, train_step
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-subset"
 EXACT_GATHER, EXACT_SCALE = Bag.gather, RatingDLRM._normalise_bags
+
+
+def owners_of(bag: Bag) -> torch.Tensor:
+    """The owner row of each of the bag's values."""
+    return torch.repeat_interleave(torch.arange(bag.offsets.shape[0] - 1), bag.offsets.diff())
 
 
 class Lever:
@@ -59,10 +64,8 @@ class Lever:
             id(bag): (bag, name) for t in (data.catalog.users, data.catalog.items) for name, bag in t.bags.items()
         }
         for bag, _ in self.bags.values():  # (owner, member) keys, sorted: how often a member is in a bag
-            owners = torch.repeat_interleave(
-                torch.arange(bag.offsets.shape[0] - 1), bag.sizes(torch.arange(bag.offsets.shape[0] - 1))
-            )
-            bag.keys = owners * (bag.table_rows + 1) + bag.values
+            bag.owners = owners_of(bag)
+            bag.keys = bag.owners * (bag.table_rows + 1) + bag.values
         Bag.gather = lambda bag, rows, leave_out=None: self.gather(bag, rows, leave_out)  # type: ignore[method-assign]
         RatingDLRM._normalise_bags = lambda model, embedded, features: self.scale(model, embedded, features)  # type: ignore[method-assign]
 
@@ -132,8 +135,7 @@ class Lever:
                 self.state[id(bag)] = torch.zeros_like(table)
                 continue
             pending, direct = self.pending[id(bag)]
-            owners = bag.keys // (bag.table_rows + 1)
-            grad = direct.index_add(0, bag.values, pending[owners])
+            grad = direct.index_add(0, bag.values, pending[bag.owners])
             state = self.state[id(bag)]
             steps = self.args.refresh if self.args.catch_up else 1  # as that many steps of the window's mean
             state.add_(grad * grad / steps)
@@ -169,9 +171,7 @@ def prepared(args: argparse.Namespace) -> Dataset:
     if args.lever == "cap":  # a fixed random subset of each bag
         for table in (data.catalog.users, data.catalog.items):
             for name, bag in table.bags.items():
-                owners = np.repeat(
-                    np.arange(bag.offsets.shape[0] - 1), bag.sizes(torch.arange(bag.offsets.shape[0] - 1)).numpy()
-                )
+                owners = owners_of(bag).numpy()
                 order = np.lexsort((np.random.default_rng(1).random(len(owners)), owners))
                 rank = np.arange(len(owners)) - bag.offsets.numpy()[owners]
                 kept = np.sort(order[rank < args.cap])
@@ -192,22 +192,6 @@ def epoch_order(data: Dataset, args: argparse.Namespace) -> torch.Tensor:
     rank = torch.arange(len(users)) - torch.searchsorted(users, users)
     runs = torch.unique(users * len(users) + rank // args.group, return_inverse=True)[1]
     return shuffled[torch.argsort(torch.randperm(int(runs.max()) + 1)[runs] * args.group + rank % args.group)]
-
-
-def validation_rmse(model: RatingDLRM, data: Dataset) -> float:
-    model.eval()
-    validation, squared = data.validation, 0.0
-    with torch.no_grad():
-        for start in range(0, len(validation), 4096):
-            rows = torch.arange(start, min(start + 4096, len(validation)))
-            dense, kjt = data.catalog.batch(
-                validation.user[rows], validation.item[rows], context=validation.context_of(rows)
-            )
-            logits, _ = model(dense, kjt)
-            predicted = model.squash(logits.reshape(len(rows), -1)[:, 0], "rating")
-            squared += float(((predicted - validation.rating[rows]) ** 2).sum())
-    model.train()
-    return math.sqrt(squared / len(validation))
 
 
 def main() -> int:
@@ -242,8 +226,9 @@ def main() -> int:
             train_step(model, optimizers, dense, kjt, train.rating[rows], settings.embedding_l2)
             steps += 1
         rate = len(train) / (time.perf_counter() - started)
+        rmse = evaluate_split(model, data.catalog, data.validation, torch.device("cpu"))["rmse"]
         print(
-            f"{args.lever} epoch {epoch}: validation RMSE {validation_rmse(model, data):.4f}, "
+            f"{args.lever} epoch {epoch}: validation RMSE {rmse:.4f}, "
             f"{lever.looked_up / len(train):,.0f} bag members a sample, {rate:,.0f} samples/s",
             flush=True,
         )
