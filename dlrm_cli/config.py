@@ -195,6 +195,7 @@ class TrainConfig:
     patience: int | None = 2
     dropout: float = 0.0
     bags: bool = True
+    bag_cap: int | None = None  # a bag of more members keeps a uniform random bag_cap of them (None: all)
     biases: bool = True
     objective: str = "auto"
     negatives: int = 4
@@ -225,6 +226,8 @@ class TrainConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.bag_cap is not None and self.bag_cap < 1:
+            raise ValueError(f"bag_cap must be >= 1, got {self.bag_cap}")
         if not self.ranking_weight > 0:
             raise ValueError(f"ranking_weight must be > 0, got {self.ranking_weight}")
         if self.embeddings == "fused":

@@ -174,3 +174,55 @@ def test_every_kind_of_artifact_holds_the_bags_and_matches_the_checkpoint(dlrm, 
     bags = [entry for entry in sparse if entry["feature"] in ("rated_items", "raters")]
     assert len(bags) == (2 if "--bags" in train else 0)
     assert all("pooled inside the artifact" in entry["ids"] for entry in bags)
+
+
+def test_a_capped_bag_keeps_a_sorted_subset_of_each_large_bag_and_every_small_one_whole():
+    owners = np.repeat(np.arange(4), [0, 3, 10, 6])
+    members = np.concatenate([[4, 1, 7], np.arange(10) * 2, np.arange(6) + 30])
+    bag = Bag.build(owners, members, n_owners=5, table_rows=40)
+    capped = bag.capped(5, seed=3)
+    assert capped.offsets.diff().tolist() == [0, 3, 5, 5, 0]
+    for row in range(5):
+        kept = capped.values[capped.offsets[row] : capped.offsets[row + 1]].tolist()
+        whole = bag.values[bag.offsets[row] : bag.offsets[row + 1]].tolist()
+        assert kept == sorted(kept) and set(kept) <= set(whole) and len(set(kept)) == len(kept)
+    assert capped.values[:3].tolist() == [1, 4, 7]
+    assert bag.capped(10, seed=3) is bag  # no bag above the cap: nothing to draw
+    assert torch.equal(bag.capped(5, seed=3).values, capped.values)  # the seed decides the draw
+
+
+def test_a_capped_bag_is_an_unbiased_sample_of_the_whole_bag():
+    n, cap, draws = 40, 8, 4000
+    bag = Bag.build(np.zeros(n, dtype=np.int64), np.arange(n), n_owners=1, table_rows=n)
+    counts = torch.zeros(n)
+    for seed in range(draws):
+        counts[bag.capped(cap, seed).values] += 1
+    # each member stays with probability cap / n = 0.2: a binomial count's 5-sigma band holds every member's
+    expected, sigma = draws * cap / n, (draws * cap / n * (1 - cap / n)) ** 0.5
+    assert (counts - expected).abs().max() < 5 * sigma
+    weights = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+    estimate = sum(weights[bag.capped(cap, seed).values].sum(0) * n / cap for seed in range(draws)) / draws
+    torch.testing.assert_close(estimate, weights.sum(0), atol=0.3, rtol=0)
+
+
+def test_a_run_with_a_bag_cap_trains_and_scores_on_the_capped_bags(tmp_path):
+    from dlrm_cli.training.run import train
+
+    train(tiny_request(tmp_path / "store", name="capped", epochs=1, bags=True, bag_cap=3))
+    loaded = open_model(tmp_path / "store", "capped")
+    assert loaded.meta["run"]["train"]["bag_cap"] == 3
+    whole = build_model(ModelConfig.from_dict(loaded.meta["model"]))
+    whole.load_state_dict(loaded.checkpoint.tensors("model.pt"))
+    data = load_dataset(loaded.checkpoint.run.data)
+    capped, uncapped = with_bags(data, cap=3, seed=loaded.checkpoint.run.train.seed), with_bags(data)
+    assert int(capped.catalog.items.bags["raters"].offsets.diff().max()) == 3
+    test = data.test
+    pooled = score(loaded.model, loaded.catalog, test.user, test.item, torch.device("cpu"))
+    expected = score(whole, capped.catalog, test.user, test.item, torch.device("cpu"))
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=0)  # the checkpoint keeps the run's draw
+    assert not torch.allclose(pooled, score(whole, uncapped.catalog, test.user, test.item, torch.device("cpu")))
+
+
+def test_a_bag_cap_below_one_is_a_usage_error(dlrm):
+    result = dlrm("train", "--bags", "--bag-cap", "0", *TINY)
+    assert result.exit_code == 2 and "bag-cap" in result.output

@@ -148,6 +148,15 @@ Biases = Annotated[bool, _option("Add a learned bias for each user and each item
 Bags = Annotated[
     bool, _option("Add each user's rated items and each item's raters (training rows) as sparse features.", OPT)
 ]
+BagCap = Annotated[
+    int | None,
+    _option(
+        "Bags of more members keep a uniform random N of them: an epoch's cost stops growing with the largest "
+        "bags (default: every member).",
+        OPT,
+        min=1,
+    ),
+]
 ObjectiveOption = Annotated[
     ObjectiveChoice,
     _option(

@@ -53,6 +53,21 @@ class Bag:
         rows = torch.arange(n_rows, dtype=torch.int64)
         return cls(rows, torch.arange(n_rows + 1, dtype=torch.int64), n_rows, normalised=False)
 
+    def capped(self, cap: int, seed: int) -> Bag:
+        """The bag with every owner of more than ``cap`` members cut to ``cap`` of them drawn uniformly without
+        replacement (``seed``), kept sorted; smaller bags unchanged. Each member of a bag of n > cap stays with
+        probability cap / n: an unbiased sample, so the kept members' sum times n / cap estimates the full one."""
+        sizes = self.offsets.diff()
+        if len(sizes) == 0 or int(sizes.max()) <= cap:
+            return self
+        owners = torch.repeat_interleave(torch.arange(len(sizes)), sizes).numpy()
+        keys = torch.rand(len(owners), generator=torch.Generator().manual_seed(seed)).numpy()
+        order = np.lexsort((keys, owners))  # each owner's positions, in a random order
+        rank = np.arange(len(owners)) - self.offsets.numpy()[owners]  # position within its owner, in that order
+        kept = np.sort(order[rank < cap])  # back in owner order, each bag still sorted
+        offsets = torch.cat((torch.zeros(1, dtype=torch.int64), torch.cumsum(sizes.clamp(max=cap), 0)))
+        return replace(self, values=self.values[torch.from_numpy(kept)], offsets=offsets)
+
     def sizes(self, rows: torch.Tensor) -> torch.Tensor:
         return self.offsets[rows + 1] - self.offsets[rows]
 
@@ -425,14 +440,17 @@ class Dataset:
         return float(self.train.rating.mean())
 
 
-def with_bags(dataset: Dataset) -> Dataset:
+def with_bags(dataset: Dataset, cap: int | None = None, seed: int = 0) -> Dataset:
     """The data set with each user's and each item's implicit-feedback bag, from its training rows only: the
-    items a user rated (SVD++'s N(u)) and the users who rated an item (Rendle et al. 2019's "flipped" bag)."""
+    items a user rated (SVD++'s N(u)) and the users who rated an item (Rendle et al. 2019's "flipped" bag).
+    ``cap``: a bag of more members keeps a uniform random ``cap`` of them (``Bag.capped``, drawn with ``seed``)."""
     catalog, train = dataset.catalog, dataset.train
     users, items = catalog.users, catalog.items
     user_rows, item_rows = train.user.numpy(), train.item.numpy()
     user_bag = Bag.build(user_rows, items.id_rows.numpy()[item_rows], len(users) + 1, items.id_table_rows)
     item_bag = Bag.build(item_rows, users.id_rows.numpy()[user_rows], len(items) + 1, users.id_table_rows)
+    if cap is not None:
+        user_bag, item_bag = user_bag.capped(cap, seed), item_bag.capped(cap, seed + 1)
     users = replace(users, bags={BAG_FEATURES["user"]: user_bag})
     items = replace(items, bags={BAG_FEATURES["item"]: item_bag})
     return replace(dataset, catalog=replace(catalog, users=users, items=items))

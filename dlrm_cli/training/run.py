@@ -649,8 +649,9 @@ def load_resume(store: CheckpointStore, ref: str) -> ResumeFrom:
 
 
 def training_data(dataset: Dataset, settings: TrainConfig) -> Dataset:
-    """The data set as a run with ``settings`` trains on it: with the implicit-feedback bags if it asks for them."""
-    return with_bags(dataset) if settings.bags else dataset
+    """The data set as a run with ``settings`` trains on it: with the implicit-feedback bags if it asks for them
+    (cut to ``bag_cap`` members, drawn with the run's seed)."""
+    return with_bags(dataset, settings.bag_cap, settings.seed) if settings.bags else dataset
 
 
 def model_config_for(dataset: Dataset, settings: TrainConfig) -> ModelConfig:

@@ -51,6 +51,7 @@ def train_command(
     dropout: o.Dropout = T.dropout,
     ensemble: o.Ensemble = T.ensemble,
     bags: o.Bags = T.bags,
+    bag_cap: o.BagCap = T.bag_cap,
     biases: o.Biases = T.biases,
     objective: o.ObjectiveOption = o.ObjectiveChoice(T.objective),
     negatives: o.Negatives = T.negatives,
