@@ -158,6 +158,9 @@ class _EpochLines(_Notices):
         self.stage = "ranker "
         _say(description)
 
+    def step_done(self, label: str, done: int, total: int) -> None:
+        _say(f"{label}: {done}/{total}")
+
 
 def _say(line: str) -> None:
     import sys

@@ -4,6 +4,7 @@ ranker's training pairs, whose retrieval features never come from a generator th
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -114,6 +115,52 @@ def test_no_training_row_feeds_its_own_pair_feature():
     assert not any(
         pair in known for pair in zip(pairs.users[negatives].tolist(), pairs.items[negatives].tolist(), strict=True)
     )
+
+
+def test_a_fold_of_more_users_than_its_limit_draws_the_pairs_of_a_sample_of_them():
+    users, items = _clicks()
+    n_users, n_items = 40, 30
+    liked = torch.ones(len(users), dtype=torch.bool)
+    allowed = History.of_pairs(users, items, n_users, n_items).item_counts() > 0
+    every = PairSettings(folds=3, candidates=10, hard=3, uniform=3, generator="ease", seed=4, users=None)
+    whole = out_of_fold_pairs(users, items, liked, n_users, allowed, every)
+    same = out_of_fold_pairs(users, items, liked, n_users, allowed, replace(every, users=39))  # no fold reaches it
+    assert all(torch.equal(getattr(same, name), getattr(whole, name)) for name in ("users", "items", "features"))
+    sampled = out_of_fold_pairs(users, items, liked, n_users, allowed, replace(every, users=10))
+    fold = folds_of(len(users), every)
+    fold_of = {(u, i): k for u, i, k in zip(users.tolist(), items.tolist(), fold.tolist(), strict=True)}
+    chosen: list[set[int]] = [set(), set(), set()]
+    for user, item in zip(sampled.users.tolist(), sampled.items.tolist(), strict=True):
+        if (user, item) in fold_of:  # a positive: its fold is its row's
+            chosen[fold_of[(user, item)]].add(user)
+    assert all(0 < len(fold_users) <= 10 for fold_users in chosen) and len(sampled) < len(whole)
+    # a sampled user's positives are all of its fold's rows, as without the limit
+    for k, fold_users in enumerate(chosen):
+        for user in fold_users:
+            rows = {i for (u, i), f in fold_of.items() if u == user and f == k}
+            mine = (sampled.users == user) & (sampled.labels == 1)
+            assert {i for i in sampled.items[mine].tolist() if fold_of[(user, i)] == k} == rows
+
+
+def test_drawing_pairs_checks_for_a_stop_between_chunks_of_users(monkeypatch):
+    import dlrm_cli.retrieval.training_pairs as training_pairs
+
+    monkeypatch.setattr(training_pairs, "USER_CHUNK", 4)
+    users, items = _clicks()
+    allowed = History.of_pairs(users, items, 40, 30).item_counts() > 0
+    settings = PairSettings(folds=2, candidates=10, hard=3, uniform=3, generator="ease")
+    calls = []
+
+    def stop() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        out_of_fold_pairs(
+            users, items, torch.ones(len(users), dtype=torch.bool), 40, allowed, settings, check_stop=stop
+        )
+    assert len(calls) == 3  # within the first fold's ten chunks
 
 
 def test_a_user_who_knows_nothing_gets_the_most_popular_items():

@@ -29,6 +29,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Dlrm:
     )
     assert result.exit_code == 0, result.output
     assert "Two stages: validation NDCG@10" in result.output
+    assert "ranker epoch 1/2: training pairs, folds drawn: 5/5" in result.output  # a long step shows progress
     return dlrm
 
 

@@ -173,6 +173,10 @@ class RichProgress:
         self.stage = "ranker "
         self.console.print(description)
 
+    def step_done(self, label: str, done: int, total: int) -> None:
+        """A long step between epochs (the ranker's training pairs): a line for each part done."""
+        self.console.print(f"{label}: {done}/{total}")
+
     def notice(self, text: str) -> None:
         self.console.print(f"[yellow]Warning:[/] {text}", markup=True)
 

@@ -43,8 +43,12 @@ class History:
         return self.offsets[1:] - self.offsets[:-1]
 
     def item_counts(self) -> torch.Tensor:
-        """I: how many users have each item row."""
-        return torch.bincount(self.items, minlength=self.n_items)
+        """I: how many users have each item row (counted once, then kept: a history does not change)."""
+        counts = self.__dict__.get("_item_counts")
+        if counts is None:
+            counts = torch.bincount(self.items, minlength=self.n_items)
+            object.__setattr__(self, "_item_counts", counts)
+        return counts
 
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every known pair as (user rows, item rows)."""

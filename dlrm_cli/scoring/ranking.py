@@ -188,7 +188,8 @@ def rank_metrics(
         if sampled is not None:  # keep the relevant items and ``sampled`` random others
             noise = torch.rand(blocked.shape, generator=generator).masked_fill(blocked | relevant, 2.0)
             kept = torch.zeros_like(blocked)
-            kept.scatter_(1, torch.argsort(noise, dim=1)[:, :sampled], True)
+            lowest = torch.topk(noise, min(sampled, noise.shape[1]), dim=1, largest=False, sorted=False).indices
+            kept.scatter_(1, lowest, True)
             blocked = blocked | ~(kept & (noise < 2.0) | relevant)
         scores = scores.masked_fill(blocked, -math.inf)
         n_relevant = relevant.sum(dim=1)

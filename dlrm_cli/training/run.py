@@ -67,6 +67,7 @@ class TrainingObserver(Protocol):
     def batch_done(self, loss: float) -> None: ...
     def epoch_done(self, record: dict[str, float]) -> None: ...
     def stage_started(self, description: str) -> None: ...
+    def step_done(self, label: str, done: int, total: int) -> None: ...
     def notice(self, text: str) -> None: ...
 
 
@@ -95,6 +96,9 @@ class SilentObserver:
         pass
 
     def stage_started(self, description: str) -> None:
+        pass
+
+    def step_done(self, label: str, done: int, total: int) -> None:
         pass
 
     def notice(self, text: str) -> None:

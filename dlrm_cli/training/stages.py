@@ -18,6 +18,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -117,7 +118,10 @@ def train_stages(
     best: tuple[float, int, Any] = (-1.0, 0, None)
     history = []
     for epoch in range(1, RANKER_EPOCHS + 1):
-        pairs = _pairs(dataset, judge, replace(PAIRS, candidates=settings.retrieve, seed=settings.seed + epoch))
+        drawn = partial(observer.step_done, f"ranker epoch {epoch}/{RANKER_EPOCHS}: training pairs, folds drawn")
+        pairs = _pairs(
+            dataset, judge, replace(PAIRS, candidates=settings.retrieve, seed=settings.seed + epoch), drawn, check_stop
+        )
         if epoch == 1:
             if len(pairs) == 0 or pairs.labels.min() == pairs.labels.max():
                 return None  # no user has both an item to like and one to pass over: nothing to rank
@@ -182,11 +186,18 @@ def _two_stage(
     return TwoStage(generator, history, allowed, ranker, catalog, scale or unit, settings.retrieve)
 
 
-def _pairs(dataset: Dataset, judge: TwoStage, settings: PairSettings) -> TrainingPairs:
+def _pairs(
+    dataset: Dataset,
+    judge: TwoStage,
+    settings: PairSettings,
+    progress: Callable[[int, int], None],
+    check_stop: Callable[[], None],
+) -> TrainingPairs:
     train, catalog = dataset.train, judge.catalog
     liked = train.rating >= relevant_rating(catalog.rating_max)
     generator = replace(settings, generator=judge.generator.kind)
-    return out_of_fold_pairs(train.user, train.item, liked, judge.history.n_users, judge.allowed, generator)
+    n_users = judge.history.n_users
+    return out_of_fold_pairs(train.user, train.item, liked, n_users, judge.allowed, generator, progress, check_stop)
 
 
 def _ndcg(task: RankingTask, scorer: Callable[[torch.Tensor], torch.Tensor]) -> float:
