@@ -1,11 +1,12 @@
 """Where dlrm stands on MovieLens-25M-class data: each step's time and the process's peak memory.
 
     .venv/bin/python benchmarks/ml25m_shape.py /tmp/ml25m       # once: ratings of ML-25M's shape
-    .venv/bin/python benchmarks/scale.py /tmp/ml25m [--steps 100]
+    .venv/bin/python benchmarks/scale.py /tmp/ml25m [--steps 100] [--caps 128,512]
 
 Reads the release as ``dlrm train --data movielens:DIR`` does (parse, splits, vocabularies and features, then the
 implicit-feedback bags), builds the MovieLens model with its default settings, trains ``--steps`` batches with
-the bags and as many without them, and prints samples/s and the epoch time they imply. The epoch times are
+the bags, as many with the bags cut to each of ``--caps`` members (``dlrm train --bag-cap N``) and as many
+without them, and prints samples/s and the epoch time they imply. The epoch times are
 extrapolated from those batches (a whole epoch with the bags takes hours), and labelled so.
 """
 
@@ -51,6 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--steps", type=int, default=100, help="training batches measured each way (default 100)")
+    parser.add_argument("--caps", default="128,512", help="bag caps measured, comma-separated (default 128,512)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         os.environ["DLRM_CACHE_DIR"] = cache
@@ -66,17 +68,20 @@ def main() -> int:
         data = load_dataset(source)
         timed("splits and features", started, f"{len(data.train):,} training rows; ")
     started = time.perf_counter()
-    data = with_bags(data)
+    plain, data = data, with_bags(data)
     bags = [data.catalog.users.bags["rated_items"], data.catalog.items.bags["raters"]]
     longest = [int((bag.offsets[1:] - bag.offsets[:-1]).max()) for bag in bags]
     owners = (data.train.user, data.train.item)
     rows = sum(float(bag.sizes(of).double().mean()) for bag, of in zip(bags, owners, strict=True))
     timed("bags", started, f"longest a user's {longest[0]:,} and an item's {longest[1]:,}; {rows:,.0f} a sample; ")
     settings = TrainConfig()
-    for label, with_them in (("training with the bags", True), ("training without them", False)):
+    runs = [("training with the bags", lambda: data)]
+    for cap in (int(value) for value in args.caps.split(",") if value):
+        runs.append((f"training, bags capped at {cap}", lambda cap=cap: with_bags(plain, cap, settings.seed)))
+    runs.append(("training without them", lambda: replace(data, catalog=data.catalog.without_bags())))
+    for label, run_data in runs:
         started = time.perf_counter()
-        run_data = data if with_them else replace(data, catalog=data.catalog.without_bags())
-        rate = train_rate(run_data, settings, args.steps)
+        rate = train_rate(run_data(), settings, args.steps)
         epoch = len(data.train) / rate / 60
         timed(label, started, f"{rate:,.0f} samples/s, an epoch {epoch:,.1f} min (extrapolated); ")
     return 0
