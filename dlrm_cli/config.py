@@ -228,6 +228,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.bag_cap is not None and self.bag_cap < 1:
             raise ValueError(f"bag_cap must be >= 1, got {self.bag_cap}")
+        if self.bag_cap is not None and not self.bags:
+            raise ValueError("bag_cap caps the implicit-feedback bags, and this run has none: add --bags")
         if not self.ranking_weight > 0:
             raise ValueError(f"ranking_weight must be > 0, got {self.ranking_weight}")
         if self.embeddings == "fused":

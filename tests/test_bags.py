@@ -223,6 +223,9 @@ def test_a_run_with_a_bag_cap_trains_and_scores_on_the_capped_bags(tmp_path):
     assert not torch.allclose(pooled, score(whole, uncapped.catalog, test.user, test.item, torch.device("cpu")))
 
 
-def test_a_bag_cap_below_one_is_a_usage_error(dlrm):
+def test_a_bag_cap_below_one_or_without_bags_is_a_usage_error(dlrm):
     result = dlrm("train", "--bags", "--bag-cap", "0", *TINY)
     assert result.exit_code == 2 and "bag-cap" in result.output
+    result = dlrm("train", "--bag-cap", "8", *TINY)  # the built-in data trains without bags by default
+    assert result.exit_code == 2 and "add --bags" in result.output
+    assert not (dlrm.store).exists() or not any(dlrm.store.iterdir())
