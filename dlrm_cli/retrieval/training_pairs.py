@@ -59,8 +59,8 @@ class PairSettings:
     generator: str = "auto"
     seed: int = 0
     # Users whose pairs a fold draws, at most: a uniform sample of the fold's users above it. Each user costs a
-    # full ranking of the catalogue; the ranker's pair features are few and generic, so beyond some thousands
-    # of users more of them cost time (hours at MovieLens 25M's 162,541 users), not accuracy.
+    # full ranking of the catalogue (hours a run at MovieLens 25M's 162,541 users). Fewer users do cost the
+    # ranker some NDCG (a third of the ML-1M subset's: 0.1843 against 0.1912, docs/scale.md): a bound on time.
     users: int | None = 8000
 
 
