@@ -196,6 +196,8 @@ class TrainConfig:
     dropout: float = 0.0
     bags: bool = True
     bag_cap: int | None = None  # a bag of more members keeps a uniform random bag_cap of them (None: all)
+    heavy_bags: int | None = None  # bags of more members are pooled from a cache (None: every bag exactly)
+    bag_refresh: int = 10  # the cache's gradient is applied, and the cache recomputed, every this many batches
     biases: bool = True
     objective: str = "auto"
     negatives: int = 4
@@ -226,14 +228,27 @@ class TrainConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.bag_cap is not None and self.bag_cap < 1:
-            raise ValueError(f"bag_cap must be >= 1, got {self.bag_cap}")
-        if self.bag_cap is not None and not self.bags:
-            raise ValueError("bag_cap caps the implicit-feedback bags, and this run has none: add --bags")
+        self._check_bags()
         if not self.ranking_weight > 0:
             raise ValueError(f"ranking_weight must be > 0, got {self.ranking_weight}")
         if self.embeddings == "fused":
             self._check_fused_widths()
+
+    def _check_bags(self) -> None:
+        if self.bag_cap is not None and self.bag_cap < 1:
+            raise ValueError(f"bag_cap must be >= 1, got {self.bag_cap}")
+        if self.bag_cap is not None and not self.bags:
+            raise ValueError("bag_cap caps the implicit-feedback bags, and this run has none: add --bags")
+        if self.bag_refresh < 1:
+            raise ValueError(f"bag_refresh must be >= 1, got {self.bag_refresh}")
+        if self.heavy_bags is None:
+            return
+        if self.heavy_bags < 0:
+            raise ValueError(f"heavy_bags must be >= 0, got {self.heavy_bags}")
+        if not self.bags:
+            raise ValueError("heavy_bags applies to the implicit-feedback bags, and this run has none: add --bags")
+        if self.embeddings != "fused":
+            raise ValueError("heavy_bags applies its gradients through the fused tables: use embeddings fused")
 
     def _check_fused_widths(self) -> None:
         """FBGEMM's kernels take rows of a multiple of 4 floats: the tables (``embedding_dim`` for each model of

@@ -157,6 +157,22 @@ BagCap = Annotated[
         min=1,
     ),
 ]
+HeavyBags = Annotated[
+    int | None,
+    _option(
+        "Bags of more members (popular items, prolific users) are read from a cache of their pooled sums, "
+        "their exact gradient applied every --bag-refresh batches: a sample's cost stops growing with the "
+        "largest bags (default: every bag pooled at every sample).",
+        OPT,
+        min=0,
+    ),
+]
+BagRefresh = Annotated[
+    int,
+    _option(
+        "With --heavy-bags: batches between two updates of the cached bags (their gradient, their sums).", OPT, min=1
+    ),
+]
 ObjectiveOption = Annotated[
     ObjectiveChoice,
     _option(

@@ -71,11 +71,16 @@ class Bag:
     def sizes(self, rows: torch.Tensor) -> torch.Tensor:
         return self.offsets[rows + 1] - self.offsets[rows]
 
-    def gather(self, rows: torch.Tensor, leave_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(
+        self, rows: torch.Tensor, leave_out: torch.Tensor | None = None, skip: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The values and lengths of the bags of B entity rows, jagged in batch order. ``leave_out[b]``, when
-        given, is dropped from bag b (in training: the rating being learned is no evidence for itself)."""
+        given, is dropped from bag b (in training: the rating being learned is no evidence for itself).
+        ``skip`` (a flag per owner row): those owners' bags come out empty (training reads them from a cache)."""
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
+        if skip is not None:
+            lengths = torch.where(skip[rows], 0, lengths)
         total = int(lengths.sum())
         first = torch.cumsum(lengths, 0) - lengths
         index = torch.repeat_interleave(starts - first, lengths, output_size=total) + torch.arange(total)
@@ -343,6 +348,7 @@ class Catalog:
         user_side_rows: int | None = None,
         pair_dense: torch.Tensor | None = None,
         context: ContextRows | None = None,
+        cached: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
         """Model inputs for B (user, item) pairs: dense features B x (du + di [+ dc] [+ dp]) and a KJT of the
         sparse ones. ``context``: each pair's context features (B rows; None: every column at its default),
@@ -351,7 +357,9 @@ class Catalog:
         ``leave_out`` (training) drops each pair's item from its user's bag and its user from its item's
         bag, so that a rating is never evidence for itself. ``user_side_rows`` = n: only the first n pairs
         carry their user-side sparse features (``user_side``); the others, whose users repeat the first n
-        in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.training_outputs``)."""
+        in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.training_outputs``).
+        ``cached`` maps a bag feature to a flag per owner row: those bags are left empty, for a training cache
+        of their pooled sums (``dlrm_cli.training.bag_cache``)."""
         dense = dense_values(self.users.dense, self.items.dense, user_rows, item_rows)
         if self.context is not None:
             if context is None:
@@ -379,7 +387,8 @@ class Catalog:
                 cut = side_values(picked, picked.shape[1] == 1 and bool((picked >= 0).all()))
             else:
                 left_out = others[source.owner][: owned.shape[0]] if leave_out else None
-                cut = table.bags[source.name].gather(owned, left_out)
+                skip = cached.get(source.name) if cached else None
+                cut = table.bags[source.name].gather(owned, left_out, skip)
             values.append(cut[0])
             # the borrowing pairs' user side: no values (padded with their zero lengths)
             lengths.append(torch.cat((cut[1], absent)) if source.owner == "users" and len(absent) else cut[1])

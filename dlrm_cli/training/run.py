@@ -50,6 +50,7 @@ from dlrm_cli.store.checkpoints import CheckpointStore
 from dlrm_cli.store.known import KNOWN_FILE, Known
 from dlrm_cli.training import distributed
 from dlrm_cli.training.advice import positives_warning, run_advice, store_option
+from dlrm_cli.training.bag_cache import BagCache
 from dlrm_cli.training.distributed import Parallel, Shard
 from dlrm_cli.training.request import TrainRequest
 from dlrm_cli.training.signals import StopOnSignal
@@ -232,6 +233,7 @@ class TrainingRun:
         self.claimed: str | None = None
         self._stop_requested: Callable[[], int | None] = _nothing
         self._signals: StopOnSignal | None = None
+        self.bag_cache: BagCache | None = None  # with --heavy-bags
 
     # Setting up ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -277,6 +279,12 @@ class TrainingRun:
         self._build_model()
         if resume is not None:
             self._restore(resume)
+        if self.settings.heavy_bags is not None:
+            if self.parallel.active:
+                raise DlrmUsageError("--heavy-bags trains in one process: drop it or --nproc-per-node")
+            self.bag_cache = BagCache(
+                distributed.bare(self.model), self.dataset.catalog, self.settings.heavy_bags, self.settings.bag_refresh
+            )
         validation = self.dataset.validation
         self.baseline = error_metrics(torch.full_like(validation.rating, self.dataset.global_mean), validation.rating)
         expected = self.dataset.expected.get("validation")
@@ -358,6 +366,8 @@ class TrainingRun:
         started = time.perf_counter()
         permutation = torch.randperm(len(train_rows), generator=self.order)[: self.rows_per_epoch]
         loss_sum = torch.zeros((), dtype=torch.float64)
+        if self.bag_cache is not None:
+            self.bag_cache.start()
         for batch, start in enumerate(range(0, self.rows_per_epoch, settings.batch_size), start=1):
             rows = self.parallel.share(permutation[start : start + settings.batch_size])
             step = functools.partial(
@@ -368,6 +378,8 @@ class TrainingRun:
             self._check_batch(loss, epoch, batch)
             loss_sum += loss * rows.shape[0]
             self.observer.batch_done(loss)
+        if self.bag_cache is not None:
+            self.bag_cache.flush()  # the epoch's last gradient, before its weights are scored and saved
         train_seconds = time.perf_counter() - started
         weights = self._weights()  # the epoch's whole weights: a collective when distributed (None off rank 0)
         validation = self.validate(weights)
@@ -393,8 +405,9 @@ class TrainingRun:
             borrow = (self.user_side, rated)
             if context is not None:  # and their moment: a negative is an item not picked in that context
                 context = context.take(torch.arange(users.shape[0]) % rated)
-        dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated, context=context)
-        return train_step(
+        skip, cached = self.bag_cache.batch(users, items) if self.bag_cache is not None else (None, None)
+        dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated, context=context, cached=skip)
+        loss = train_step(
             self.model,
             self.optimizers,
             dense.to(self.device),
@@ -403,7 +416,11 @@ class TrainingRun:
             self.settings.embedding_l2,
             self.objective,
             borrow,
+            cached,
         ).item()
+        if self.bag_cache is not None:
+            self.bag_cache.step_done()
+        return loss
 
     def _check_signal(self, completed: int) -> None:
         """Stop now if a signal came (on any rank); every rank calls this at the same point."""
@@ -736,11 +753,13 @@ def train_step(
     embedding_l2: float = 0.0,
     objective: Objective | None = None,
     borrow: tuple[torch.Tensor, int] | None = None,
+    cached: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the objective (for the rating objective, the MSE) without
     its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale. ``model`` is a
-    ``TrainingDLRM`` (or DistributedModelParallel around one); ``borrow``: see ``RatingDLRM.training_outputs``."""
-    logits, embedded = model(dense, kjt, borrow)
+    ``TrainingDLRM`` (or DistributedModelParallel around one); ``borrow`` and ``cached``: see
+    ``RatingDLRM.training_outputs``."""
+    logits, embedded = model(dense, kjt, borrow, cached) if cached else model(dense, kjt, borrow)
     if objective is None:
         bare = distributed.bare(model)
         objective = Objective(rating_min=bare.rating_min, rating_span=bare.rating_span)

@@ -52,6 +52,8 @@ def train_command(
     ensemble: o.Ensemble = T.ensemble,
     bags: o.Bags = T.bags,
     bag_cap: o.BagCap = T.bag_cap,
+    heavy_bags: o.HeavyBags = T.heavy_bags,
+    bag_refresh: o.BagRefresh = T.bag_refresh,
     biases: o.Biases = T.biases,
     objective: o.ObjectiveOption = o.ObjectiveChoice(T.objective),
     negatives: o.Negatives = T.negatives,

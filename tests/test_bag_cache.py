@@ -1,0 +1,63 @@
+"""Heavy bags read from a training cache of their pooled sums (``dlrm train --heavy-bags N``)."""
+
+from __future__ import annotations
+
+import torch
+from conftest import TINY, tiny_request
+
+from dlrm_cli.data.catalog import with_bags
+from dlrm_cli.data.sources import load_dataset
+from dlrm_cli.model.optim import build_for_training
+from dlrm_cli.store.loading import open_model
+from dlrm_cli.training.bag_cache import BagCache
+from dlrm_cli.training.run import model_config_for, train
+
+
+def weights(store, name: str) -> dict[str, torch.Tensor]:
+    return open_model(store, name).checkpoint.tensors("model.pt")
+
+
+def test_every_bag_cached_and_refreshed_each_batch_trains_as_the_exact_bags(tmp_path):
+    """Refreshed after every batch, the cache's values are the exact ones and its gradient the exact sum, applied
+    once a batch by the same fused Adagrad: the weights after an epoch match the exact path's to rounding."""
+    store = tmp_path / "store"
+    train(tiny_request(store, name="exact", epochs=1, bags=True))
+    train(tiny_request(store, name="cached", epochs=1, bags=True, heavy_bags=0, bag_refresh=1))
+    train(tiny_request(store, name="later", epochs=1, bags=True, heavy_bags=0, bag_refresh=5))
+    exact, cached, later = weights(store, "exact"), weights(store, "cached"), weights(store, "later")
+    for key, tensor in exact.items():
+        torch.testing.assert_close(cached[key], tensor, atol=1e-4, rtol=0)
+    assert max(float((later[key] - tensor).abs().max()) for key, tensor in exact.items()) > 1e-3
+
+
+def test_the_cached_value_is_the_exact_bag_less_the_rating_s_own_member(tmp_path):
+    request = tiny_request(tmp_path / "store", bags=True)
+    data = with_bags(load_dataset(request.config.data))
+    model, _ = build_for_training(
+        model_config_for(data, request.config.train), request.config.train, torch.device("cpu")
+    )
+    cache = BagCache(model, data.catalog, limit=30, refresh=1)
+    cache.start()
+    users, items = data.train.user[:64], data.train.item[:64]
+    skip, cached = cache.batch(users, items)
+    _, kjt = data.catalog.batch(users, items, leave_out=True)
+    _, thinned = data.catalog.batch(users, items, leave_out=True, cached=skip)
+    ebc = model.dlrm.sparse_arch.embedding_bag_collection
+    exact = model._normalise_bags(model.dlrm.sparse_arch(kjt), kjt)
+    for position, (flagged, values) in cached.items():
+        assert flagged.any() and not flagged.all()  # some bags heavier than 30, some not
+        torch.testing.assert_close(values.detach(), exact[flagged, position].detach(), atol=1e-5, rtol=0)
+        feature = model.config.feature_names[position]
+        assert int(thinned[feature].lengths()[flagged].sum()) == 0  # nothing for the tables to look up
+        light = thinned[feature].lengths()[~flagged]
+        assert torch.equal(light, kjt[feature].lengths()[~flagged])
+    assert ebc is cache.ebc
+
+
+def test_heavy_bags_without_bags_or_a_refresh_below_one_is_a_usage_error(dlrm):
+    result = dlrm("train", "--heavy-bags", "8", *TINY)  # the built-in data trains without bags by default
+    assert result.exit_code == 2 and "add --bags" in result.output
+    result = dlrm("train", "--bags", "--heavy-bags", "8", "--bag-refresh", "0", *TINY)
+    assert result.exit_code == 2 and "bag-refresh" in result.output
+    result = dlrm("train", "--bags", "--heavy-bags", "8", "--embeddings", "plain", *TINY)
+    assert result.exit_code == 2 and "fused" in result.output
