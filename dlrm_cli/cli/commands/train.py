@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from dlrm_cli.cli import options as o
 from dlrm_cli.cli.options import SYNTHETIC as S
 from dlrm_cli.cli.options import TRAIN as T
 from dlrm_cli.config import DEFAULT_STORE, DEFAULT_VALIDATION
+
+if TYPE_CHECKING:
+    from dlrm_cli.training.request import TrainRequest
 
 EXAMPLE = "Example: dlrm train --epochs 10 --batch-size 256 --name first-run"
 
@@ -77,7 +82,11 @@ def train_command(
     if print_config:
         typer.echo(o.to_toml(request.config), nl=False)
         return
+    _train(request)
 
+
+def _train(request: TrainRequest) -> None:
+    """Train in this process (or, for more than one, launch the workers) and show the summary."""
     from dlrm_cli.cli import ui
     from dlrm_cli.training.distributed import launched_by_torchrun
     from dlrm_cli.training.request import prepare
