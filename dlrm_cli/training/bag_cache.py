@@ -31,7 +31,8 @@ class CachedBag:
     position: int  # among the model's features
     bag: Bag
     heavy: torch.Tensor  # per owner row: is its bag read from the cache
-    keys: torch.Tensor  # each value's owner * (table rows + 1) + member, ascending: finds a member in a bag
+    keys: torch.Tensor  # each distinct owner * (table rows + 1) + member, ascending: finds a member in a bag
+    key_counts: torch.Tensor  # how many times each of them is in its bag
     heavy_values: torch.Tensor  # the heavy bags' members, bag after bag
     heavy_offsets: torch.Tensor  # where each owner's heavy bag starts among them (light bags: empty)
     member_owners: torch.Tensor  # the heavy bags' owners, grouped by member (the bags transposed)
@@ -51,9 +52,9 @@ class CachedBag:
         order = torch.sort(members, stable=True).indices
         counts = torch.bincount(members, minlength=bag.table_rows)
         heavy_sizes = torch.where(heavy, sizes, 0)
+        keys, key_counts = torch.unique_consecutive(owners * (bag.table_rows + 1) + bag.values, return_counts=True)
         return cls(
-            feature, owner, position, bag, heavy,
-            keys=owners * (bag.table_rows + 1) + bag.values,
+            feature, owner, position, bag, heavy, keys, key_counts,
             heavy_values=members,
             heavy_offsets=torch.cumsum(heavy_sizes, 0) - heavy_sizes,
             member_owners=their_owners[order],
@@ -71,7 +72,8 @@ class CachedBag:
         """The heavy bags of ``rows`` (owner rows), each less its ``left_out`` member, over the square root of
         what is left: the exact path's value as of the last refresh. Its gradient is kept for ``member_grad``."""
         key = rows * (self.bag.table_rows + 1) + left_out
-        copies = torch.searchsorted(self.keys, key, right=True) - torch.searchsorted(self.keys, key)
+        found = torch.searchsorted(self.keys, key).clamp(max=self.keys.shape[0] - 1)
+        copies = torch.where(self.keys[found] == key, self.key_counts[found], 0)
         rest = self.bag.sizes(rows) - copies
         norm = (rest.clamp(min=1).to(self.sums.dtype).rsqrt() * (rest > 0)).unsqueeze(1)
         value = ((self.sums[rows] - copies.unsqueeze(1) * self.table[left_out]) * norm).requires_grad_()

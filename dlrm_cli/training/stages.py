@@ -33,6 +33,7 @@ from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.training_pairs import PairSettings, TrainingPairs, out_of_fold_pairs
 from dlrm_cli.retrieval.two_stage import Ranked, TwoStage
 from dlrm_cli.scoring.ranking import RankingTask, rank_metrics
+from dlrm_cli.training.bag_cache import BagCache
 
 RANKER_EPOCHS = 2
 RANKER_BATCH = 512
@@ -222,12 +223,16 @@ def _epoch(
     order = torch.randperm(len(pairs))
     features = judge.scale.apply(pairs.features)
     model.train()
+    cache = _bag_cache(model, judge.catalog, settings)
     started, total = time.perf_counter(), 0.0
     for start in range(0, len(pairs), RANKER_BATCH):
         rows = order[start : start + RANKER_BATCH]
         users, items, context = pairs.users[rows], pairs.items[rows], known.context_of(pairs.rows[rows])
-        dense, kjt = judge.catalog.batch(users, items, leave_out=True, pair_dense=features[rows], context=context)
-        logits, embedded = model(dense, kjt)
+        skip, cached = cache.batch(users, items) if cache is not None else (None, None)
+        dense, kjt = judge.catalog.batch(
+            users, items, leave_out=True, pair_dense=features[rows], context=context, cached=skip
+        )
+        logits, embedded = model(dense, kjt, None, cached) if cached else model(dense, kjt)
         loss = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], pairs.labels[rows])
         fitted = float(loss.detach())
         if settings.embedding_l2:
@@ -235,11 +240,25 @@ def _epoch(
         optimizers.zero_grad()
         loss.backward()
         optimizers.step()
+        if cache is not None:
+            cache.step_done()
         total += fitted * len(rows)
         observer.batch_done(fitted)
         check_stop()
+    if cache is not None:
+        cache.flush()  # the epoch's last gradient, before the epoch is judged
     lr = optimizers.lr
     optimizers.epoch_done()
     seconds = time.perf_counter() - started
     rate = len(pairs) / max(seconds, 1e-9)
     return {"epoch": epoch, "train_loss": total / max(len(pairs), 1), "lr": lr, "samples_per_s": rate}
+
+
+def _bag_cache(model: nn.Module, catalog: Any, settings: TrainConfig) -> BagCache | None:
+    """The ranker's heavy bags read from a cache of their pooled sums, as the main model's are, with
+    ``--heavy-bags`` (and where the ranker has bags at all)."""
+    if settings.heavy_bags is None or not any(table.bags for table in (catalog.users, catalog.items)):
+        return None
+    cache = BagCache(model, catalog, settings.heavy_bags, settings.bag_refresh)
+    cache.start()
+    return cache
