@@ -59,6 +59,9 @@ def test_two_processes_train_a_checkpoint_that_one_process_evaluates(tmp_path):
     assert abs(rmse["two"] - rmse["one"]) / rmse["one"] < 0.05, rmse
     meta = json.loads((store / "two" / "meta.json").read_text())
     assert meta["complete"] and meta["processes"] == 2
+    peaks = [meta["history"][-1][f"peak_gib_rank_{rank}"] for rank in (0, 1)]  # what each rank holds
+    assert all(0.05 < peak < 64 for peak in peaks), peaks
+    assert "peak memory by rank" in two.workers_stderr
 
 
 def test_two_processes_train_both_heads_and_choose_by_the_whole_models_ranking(tmp_path):

@@ -83,8 +83,8 @@ def test_benchmark_smoke_json(dlrm):
     tables = report["settings"]["tables"]
     assert "channel" in {t["feature"] for t in tables["default"]}
     assert "channel" not in {t["feature"] for model in ("seed", "movielens") for t in tables[model]}
-    # the model MovieLens data trains, with its bags and without: the references have no bags to compare
-    assert set(report["train"]["movielens"]) == {"fused", "plain_ebc", "fused_without_bags"}
+    # the model MovieLens data trains, with its bags, without, and cached: the references have no bags to compare
+    assert set(report["train"]["movielens"]) == {"fused", "plain_ebc", "fused_without_bags", "fused_cached_bags"}
     features = {t["feature"] for t in report["settings"]["tables"]["movielens"]}
     assert {"user_id", "item_id"} <= features
     # the seed example's sizes: 1,000 users and 500 items, whatever --rows says
@@ -97,7 +97,8 @@ def test_benchmark_smoke_json(dlrm):
         "mlp_over_matmul",
         *(f"{model}_fused_{ratio}" for model in ("default", "seed") for ratio in
           ("over_plain_ebc", "over_reference", "over_batched", "share_of_ceiling")),
-        *(f"movielens_fused_{ratio}" for ratio in ("over_plain_ebc", "over_fused_without_bags", "share_of_ceiling")),
+        *(f"movielens_fused_{ratio}" for ratio in
+          ("over_plain_ebc", "over_fused_without_bags", "over_fused_cached_bags", "share_of_ceiling")),
         "default_fused_over_fused_without_context",
     }  # fmt: skip
 

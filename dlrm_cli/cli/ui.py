@@ -12,6 +12,7 @@ from rich.console import Console
 from dlrm_cli.training.advice import VALIDATION_COLUMNS, validation_figures
 
 SPARK = "▁▂▃▄▅▆▇█"
+RANK_PEAK = "peak_gib_rank_"  # a distributed epoch's record: each rank's peak resident GiB
 
 
 def out() -> Console:
@@ -164,9 +165,11 @@ class RichProgress:
         figures = validation_figures(record).replace(
             "val NDCG@10", "val NDCG@10 (two stages)" if self.stage else "val NDCG@10"
         )
+        peaks = [record[key] for key in sorted(record, key=_rank_of) if key.startswith(RANK_PEAK)]
+        memory = f"; peak memory by rank {', '.join(f'{peak:.1f}' for peak in peaks)} GiB" if peaks else ""
         self.console.print(
             f"{self.stage}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {figures}, "
-            f"lr {record['lr']:.2e}, {record['samples_per_s']:,.0f} samples/s"
+            f"lr {record['lr']:.2e}, {record['samples_per_s']:,.0f} samples/s{memory}"
         )
 
     def stage_started(self, description: str) -> None:
@@ -179,6 +182,10 @@ class RichProgress:
 
     def notice(self, text: str) -> None:
         self.console.print(f"[yellow]Warning:[/] {text}", markup=True)
+
+
+def _rank_of(key: str) -> int:
+    return int(key.removeprefix(RANK_PEAK)) if key.startswith(RANK_PEAK) else -1
 
 
 def plan_table(shards: list[Any]) -> Any:

@@ -1,4 +1,4 @@
-"""How the C allocator hands memory back, for the commands that score.
+"""How the C allocator hands memory back, for the commands that score; and a process's peak memory.
 
 Scoring a batch allocates tensors of a few MB and frees them again, batch after batch. glibc's malloc
 serves blocks above its mmap threshold (128 KiB at first) with fresh ``mmap`` calls, and trims the heap
@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import resource
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -37,3 +38,9 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def peak_resident_gib() -> float:
+    """This process's peak resident memory so far, in GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)

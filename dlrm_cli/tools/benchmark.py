@@ -37,6 +37,7 @@ from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.runtime.memory import keep_freed_memory
 from dlrm_cli.runtime.threads import available_cpus, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import score
+from dlrm_cli.training.bag_cache import BagCache
 from dlrm_cli.training.run import model_config_for, train_step, training_data
 
 REFERENCES = ("reference", "batched")  # hand-written scripts: no bags
@@ -127,12 +128,20 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
     model, optimizers = build_for_training(config, train_config, torch.device("cpu"))
     train, catalog = data.train, data.catalog
     next_rows = _next_rows(len(train), settings.batch_size)
+    cache = None
+    if train_config.heavy_bags is not None:  # the bags read from a cache, its refreshes timed with the steps
+        cache = BagCache(model, catalog, train_config.heavy_bags, train_config.bag_refresh)
+        cache.start()
 
     def step() -> int:
         rows = next_rows()
-        context = train.context_of(rows)
-        dense, kjt = catalog.batch(train.user[rows], train.item[rows], leave_out=True, context=context)
-        train_step(model, optimizers, dense, kjt, train.rating[rows], train_config.embedding_l2).item()
+        users, items, context = train.user[rows], train.item[rows], train.context_of(rows)
+        skip, cached = cache.batch(users, items) if cache is not None else (None, None)
+        dense, kjt = catalog.batch(users, items, leave_out=True, context=context, cached=skip)
+        target, l2 = train.rating[rows], train_config.embedding_l2
+        train_step(model, optimizers, dense, kjt, target, l2, cached=cached).item()
+        if cache is not None:
+            cache.step_done()
         return settings.batch_size
 
     governor = take_charge(settings.threads)
@@ -412,7 +421,8 @@ def _train_rates(
     model: str, data: Dataset, settings: BenchmarkSettings, threads: int, progress: Callable[[str], None]
 ) -> dict[str, dict[str, float]]:
     """Training samples/s of ``model`` on each path; beside dlrm's fused path, the same model without the
-    bags (``movielens``) and without the context columns (``default``), to show what they cost."""
+    bags and with them cached (``movielens``) and without the context columns (``default``), to show what they
+    cost."""
     rates: dict[str, dict[str, float]] = {}
     for path in settings.paths:
         if model == "movielens" and path in REFERENCES:
@@ -434,6 +444,10 @@ def _train_rates(
         torch.set_num_threads(threads)
         rate = _dlrm_train_rate(data, replace(MODELS[model], bags=False), settings)
         rates["fused_without_bags"] = {"train_samples_per_s": rate}
+        progress(f"{model} model: training throughput, fused with the bags cached (--heavy-bags 0)")
+        torch.set_num_threads(threads)
+        rate = _dlrm_train_rate(data, replace(MODELS[model], heavy_bags=0, bag_refresh=10), settings)
+        rates["fused_cached_bags"] = {"train_samples_per_s": rate}
     if data.catalog.context is not None:  # what the context columns cost
         progress(f"{model} model: training throughput, fused without the context columns")
         torch.set_num_threads(threads)

@@ -60,6 +60,14 @@ class Parallel:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def gathered(self, value: float) -> list[float]:
+        """``value`` from every rank, in rank order (this process's alone when single)."""
+        if not self.active:
+            return [value]
+        values = [torch.zeros(1, dtype=torch.float64) for _ in range(self.world)]
+        dist.all_gather(values, torch.tensor([value], dtype=torch.float64))
+        return [float(each) for each in values]
+
     def any(self, flag: int) -> int:
         """The largest flag over the ranks (0: none), so that all ranks stop together."""
         if not self.active:

@@ -40,9 +40,10 @@ from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
 from dlrm_cli.data.context import ContextRows
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
-from dlrm_cli.model.dlrm import build_model, resolve_device, table_name, to_rating
+from dlrm_cli.model.dlrm import build_model, pool_bags, resolve_device, table_name, to_rating
 from dlrm_cli.model.optim import Optimizers, build_for_training
 from dlrm_cli.retrieval.generators import check_generator
+from dlrm_cli.runtime.memory import peak_resident_gib
 from dlrm_cli.runtime.quiet import quiet_library_logs
 from dlrm_cli.runtime.threads import ThreadGovernor, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import EVAL_BATCH, candidate_scorer, error_metrics, evaluate_split
@@ -392,6 +393,9 @@ class TrainingRun:
             "samples_per_s": self.rows_per_epoch / train_seconds,
             "seconds": time.perf_counter() - started,
         }
+        if self.parallel.active:  # what each rank holds: the tables' shards, its share of the data
+            peaks = self.parallel.gathered(peak_resident_gib())
+            record.update({f"peak_gib_rank_{rank}": peak for rank, peak in enumerate(peaks)})
         self._epoch_done(record, validation, weights)
         return record
 
@@ -463,8 +467,9 @@ class TrainingRun:
         whole model (``_weights``), which ranks the users when the run has several ranks."""
         metrics: dict[str, float] = {}
         if "rating" in self.model_config.heads:
-            if not self.parallel.active:
-                metrics = evaluate_split(self.model, self.dataset.catalog, self.dataset.validation, self.device)
+            if not self.parallel.active:  # each bag pooled once per entity, not once per rating
+                model, catalog = pool_bags(distributed.bare(self.model), self.dataset.catalog)
+                metrics = evaluate_split(model, catalog, self.dataset.validation, self.device)
             else:
                 metrics = _validate_shared(self.model, self.dataset, self.device, self.parallel)
         if self.ranking_task is not None:
@@ -476,13 +481,13 @@ class TrainingRun:
         the whole model (``weights``, gathered from the shards) and shares the figure, so that every rank
         keeps the same best epoch and stops at the same one."""
         catalog, task = self.dataset.catalog, self.ranking_task
-        if not self.parallel.active:
-            return validation_ndcg(self.model, catalog, task, self.device)
+        if not self.parallel.active:  # each bag pooled once per entity, as for the rating figures
+            return validation_ndcg(*pool_bags(distributed.bare(self.model), catalog), task, self.device)
         value = torch.zeros(1, dtype=torch.float64)
         if weights is not None:
             whole = build_model(self.model_config)
             whole.load_state_dict(weights)
-            value[0] = validation_ndcg(whole.eval(), catalog, task, torch.device("cpu"))
+            value[0] = validation_ndcg(*pool_bags(whole.eval(), catalog), task, torch.device("cpu"))
         return float(self.parallel.sum(value))
 
     def _epoch_done(

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from dlrm_cli.config import ModelConfig, TrainConfig, relevant_rating
 from dlrm_cli.data.catalog import Dataset, Ratings
+from dlrm_cli.model.dlrm import pool_bags
 from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.retrieval.features import PAIR_FEATURES, FeatureScale
 from dlrm_cli.retrieval.generators import EASE_MAX_ITEMS, fit_generator
@@ -128,7 +130,8 @@ def train_stages(
                 return None  # no user has both an item to like and one to pass over: nothing to rank
             judge.scale = FeatureScale.of(pairs.features)
         record = _epoch(model, optimizers, pairs, dataset.train, judge, ranker_settings, epoch, observer, check_stop)
-        record["val_ndcg"] = _ndcg(task, ranking)
+        with _pooled(judge, model, catalog):
+            record["val_ndcg"] = _ndcg(task, ranking)
         history.append(record)
         observer.epoch_done(record)
         if record["val_ndcg"] > best[0]:
@@ -136,7 +139,8 @@ def train_stages(
         elif epoch > best[1]:
             break
     model.load_state_dict(best[2])
-    blend, blends = _choose_blend(task, judge)
+    with _pooled(judge, model, catalog):
+        blend, blends = _choose_blend(task, judge)
     parts = (dataset.train, dataset.validation)
     users, items = torch.cat([part.user for part in parts]), torch.cat([part.item for part in parts])
     final = _two_stage(users, items, catalog, model.eval(), settings, judge.scale)
@@ -144,6 +148,17 @@ def train_stages(
     metrics = {"generator_ndcg": alone, "ranker_ndcg": best[0], "ndcg": blends[blend], "blend": blend}
     metrics["best_epoch"] = float(best[1])
     return Stages(final, config, metrics, history, time.perf_counter() - started)
+
+
+@contextmanager
+def _pooled(judge: TwoStage, model: nn.Module, catalog: Any) -> Iterator[None]:
+    """The judge's ranker scores with each bag pooled once per entity (``pool_bags``), as the checkpoint's
+    ranker will, instead of pooling an item's whole bag for every user it is a candidate for."""
+    judge.ranker, judge.catalog = pool_bags(model, catalog)
+    try:
+        yield
+    finally:
+        judge.ranker, judge.catalog = model, catalog
 
 
 def _ranking_scorer(task: RankingTask, judge: TwoStage) -> Callable[[torch.Tensor], torch.Tensor]:
