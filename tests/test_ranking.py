@@ -12,7 +12,7 @@ from conftest import assert_error
 
 from dlrm_cli.config import SyntheticSpec
 from dlrm_cli.data.synthetic import generate
-from dlrm_cli.scoring.ranking import BASELINES, build_task, held_out_task, rank_metrics
+from dlrm_cli.scoring.ranking import BASELINES, build_task, first_hit, held_out_task, rank_metrics, top_order
 
 
 def _task(known: list[tuple[int, int]], held: list[tuple[int, int, float]], users: int = 3, items: int = 6):
@@ -24,6 +24,23 @@ def _task(known: list[tuple[int, int]], held: list[tuple[int, int, float]], user
 def _fixed(scores: list[list[float]]):
     table = torch.tensor(scores)
     return lambda users: table[users]
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 40])
+def test_the_partial_order_is_the_head_of_a_stable_full_sort(k):
+    """Scores with many ties and blocked (-inf) columns: the first k columns, and the position of the first
+    hit, are those of a stable argsort of the whole row (ties: lowest column first)."""
+    generator = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 6, (64, 30), generator=generator).double()
+    scores[torch.rand(scores.shape, generator=generator) < 0.3] = -math.inf
+    hits = torch.rand(scores.shape, generator=generator) < 0.1
+    hits[0] = False  # a row without a hit
+    order = torch.argsort(-scores, dim=1, stable=True)
+    assert torch.equal(top_order(scores, k), order[:, :k])
+    in_order = hits.gather(1, order)
+    first, found = first_hit(scores, hits)
+    assert torch.equal(found, in_order.any(dim=1))
+    assert torch.equal(first[found], in_order.double().argmax(dim=1)[found])
 
 
 def test_hand_built_ranking_with_known_answers():

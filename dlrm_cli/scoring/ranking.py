@@ -193,11 +193,10 @@ def rank_metrics(
             blocked = blocked | ~(kept & (noise < 2.0) | relevant)
         scores = scores.masked_fill(blocked, -math.inf)
         n_relevant = relevant.sum(dim=1)
-        order = torch.argsort(-scores, dim=1, stable=True)  # ties: lowest item row first
-        hits = relevant.gather(1, order)
-        rankable = hits & ~blocked.gather(1, order)
-        first = rankable.double().argmax(dim=1)
-        sums.mrr += float(torch.where(rankable.any(dim=1), 1.0 / (first + 1).double(), 0.0).sum())
+        order = top_order(scores, max(sums.ks))  # ties: lowest item row first
+        rankable = relevant.gather(1, order) & ~blocked.gather(1, order)
+        first, found_any = first_hit(scores, relevant & ~blocked)
+        sums.mrr += float(torch.where(found_any, 1.0 / (first + 1).double(), 0.0).sum())
         for k in sums.ks:
             top = rankable[:, :k].double()  # fewer than k columns where the catalogue is smaller
             width = top.shape[1]
@@ -224,6 +223,33 @@ def rank_metrics(
         figures["coverage"] = int(sums.shown[k].sum()) / max(int(candidates.sum()), 1)
         result[f"@{k}"] = figures
     return result
+
+
+def top_order(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` columns of each row's order by descending score, ties by lowest column (the first ``k``
+    of a stable ``argsort(-scores)``), without sorting whole rows: the k-th largest score is found by a
+    partial selection, and only the columns above it, and the lowest-numbered of those equal to it, are
+    sorted. B x min(k, columns)."""
+    k = min(k, scores.shape[1])
+    kth = torch.topk(scores, k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    above = scores > kth
+    level = scores == kth
+    room = k - above.sum(dim=1, keepdim=True)  # how many of the tied columns make the cut
+    chosen = above | (level & (torch.cumsum(level, dim=1) <= room))
+    columns = chosen.nonzero()[:, 1].view(scores.shape[0], k)  # each row's k chosen columns, ascending
+    ranked = torch.argsort(-scores.gather(1, columns), dim=1, stable=True)
+    return columns.gather(1, ranked)
+
+
+def first_hit(scores: torch.Tensor, hits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's position of its first hit in the order ``top_order`` gives (every column above it, and the
+    lower-numbered columns tied with it, come first), and whether it has one."""
+    best = scores.masked_fill(~hits, -math.inf).max(dim=1, keepdim=True).values
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    tied_hit = hits & (scores == best)
+    first_column = torch.where(tied_hit, columns, scores.shape[1]).min(dim=1, keepdim=True).values
+    before = (scores > best) | ((scores == best) & (columns < first_column))
+    return before.sum(dim=1), hits.any(dim=1)
 
 
 # Baselines -----------------------------------------------------------------------------------------
