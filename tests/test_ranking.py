@@ -75,6 +75,14 @@ def test_ties_are_broken_by_item_row_and_users_without_relevant_items_are_skippe
     assert result["@5"]["hit_rate"] == 1.0 and result["mrr"] == pytest.approx(1 / 5)
 
 
+def test_a_nan_score_ranks_last():
+    known = [(2, item) for item in range(6)]
+    task = _task(known, [(0, 4, 5.0)])
+    nan = float("nan")
+    result = rank_metrics(task, _fixed([[nan, nan, 0.1, 0.2, 0.3, 0.0], [0] * 6, [0] * 6]), (1,))
+    assert result["@1"]["hit_rate"] == 1.0 and result["mrr"] == 1.0  # item 4 first, the NaNs after item 5
+
+
 def _reference(task, scores: torch.Tensor, k: int) -> dict[str, float]:
     """The metrics from their definitions, one user at a time, with no shared code."""
     totals = dict.fromkeys(("ndcg", "recall", "precision", "hit_rate", "map"), 0.0)

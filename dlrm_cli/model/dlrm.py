@@ -398,7 +398,8 @@ def pool_bags(model: RatingDLRM, catalog: Catalog) -> tuple[RatingDLRM, Catalog]
             index = model.config.feature_names.index(name)
             tables[index] = replace(tables[index], num_embeddings=rows.shape[0], bag=False)
         owners[kind] = replace(entities, bags=pooled_bags)
-    pooled_model = build_model(replace(model.config, tables=tuple(tables)), device=next(model.parameters()).device)
+    with torch.random.fork_rng(devices=[]):  # its initial weights are overwritten: leave training's draws alone
+        pooled_model = build_model(replace(model.config, tables=tuple(tables)), device=next(model.parameters()).device)
     pooled_model.load_state_dict(state)
     pooled_model.train(model.training)
     return pooled_model, replace(catalog, **owners)

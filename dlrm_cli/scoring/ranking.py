@@ -191,7 +191,7 @@ def rank_metrics(
             lowest = torch.topk(noise, min(sampled, noise.shape[1]), dim=1, largest=False, sorted=False).indices
             kept.scatter_(1, lowest, True)
             blocked = blocked | ~(kept & (noise < 2.0) | relevant)
-        scores = scores.masked_fill(blocked, -math.inf)
+        scores = scores.masked_fill(blocked | scores.isnan(), -math.inf)  # a NaN score ranks last
         n_relevant = relevant.sum(dim=1)
         order = top_order(scores, max(sums.ks))  # ties: lowest item row first
         rankable = relevant.gather(1, order) & ~blocked.gather(1, order)

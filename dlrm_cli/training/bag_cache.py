@@ -54,7 +54,7 @@ class CachedBag:
         heavy_sizes = torch.where(heavy, sizes, 0)
         keys, key_counts = torch.unique_consecutive(owners * (bag.table_rows + 1) + bag.values, return_counts=True)
         return cls(
-            feature, owner, position, bag, heavy, keys, key_counts,
+            feature, owner, position, bag, heavy, keys, key_counts.to(torch.int32),
             heavy_values=members,
             heavy_offsets=torch.cumsum(heavy_sizes, 0) - heavy_sizes,
             member_owners=their_owners[order],

@@ -466,23 +466,26 @@ class TrainingRun:
         ranking head, also NDCG@10 (``ndcg``) over the validation users' full rankings. ``weights``: the
         whole model (``_weights``), which ranks the users when the run has several ranks."""
         metrics: dict[str, float] = {}
+        # one process: each bag pooled once per entity for the pass, not once per rating (as evaluate scores)
+        pooled = None if self.parallel.active else pool_bags(distributed.bare(self.model), self.dataset.catalog)
         if "rating" in self.model_config.heads:
-            if not self.parallel.active:  # each bag pooled once per entity, not once per rating
-                model, catalog = pool_bags(distributed.bare(self.model), self.dataset.catalog)
-                metrics = evaluate_split(model, catalog, self.dataset.validation, self.device)
-            else:
+            if pooled is not None:
+                metrics = evaluate_split(*pooled, self.dataset.validation, self.device)
+            else:  # each rank scores a share with its shards, every bag whole
                 metrics = _validate_shared(self.model, self.dataset, self.device, self.parallel)
         if self.ranking_task is not None:
-            metrics["ndcg"] = self._validation_ndcg(weights)
+            metrics["ndcg"] = self._validation_ndcg(weights, pooled)
         return metrics
 
-    def _validation_ndcg(self, weights: dict[str, torch.Tensor] | None) -> float:
-        """NDCG@10 of the ranking head on the validation users. With several ranks, rank 0 ranks them with
-        the whole model (``weights``, gathered from the shards) and shares the figure, so that every rank
-        keeps the same best epoch and stops at the same one."""
+    def _validation_ndcg(self, weights: dict[str, torch.Tensor] | None, pooled: tuple | None = None) -> float:
+        """NDCG@10 of the ranking head on the validation users (one process: with ``pooled``, the model and
+        catalog with their bags pooled). With several ranks, rank 0 ranks them with the whole model
+        (``weights``, gathered from the shards) and shares the figure, so that every rank keeps the same best
+        epoch and stops at the same one."""
         catalog, task = self.dataset.catalog, self.ranking_task
-        if not self.parallel.active:  # each bag pooled once per entity, as for the rating figures
-            return validation_ndcg(*pool_bags(distributed.bare(self.model), catalog), task, self.device)
+        if not self.parallel.active:
+            model, catalog = pooled or pool_bags(distributed.bare(self.model), catalog)
+            return validation_ndcg(model, catalog, task, self.device)
         value = torch.zeros(1, dtype=torch.float64)
         if weights is not None:
             whole = build_model(self.model_config)
@@ -565,6 +568,7 @@ class TrainingRun:
         self.observer.stage_started(stage_description(self.settings, len(self.dataset.catalog.items)))
         with StopOnSignal() as signals:
             check = functools.partial(self._stage_signal, signals)
+            self.bag_cache = None  # the main model's cache, no longer needed beside the ranker's
             stages = train_stages(self.dataset, self.settings, task, self.observer, model_config_for, check)
             if stages is None:
                 self.observer.stage_started("Ranking stage left out: no user has items both to pick and to pass over")
