@@ -13,28 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from scale_targets import run
+
+from dlrm_cli.runtime.memory import rank_peaks
 
 
 def one_run(data: str, cores: str, processes: int, options: list[str], env: dict[str, str]) -> dict[str, object]:
     name = f"p{processes}c{cores.replace(',', '_')}"
     command = ["taskset", "-c", cores, sys.executable, "-m", "dlrm_cli", "train", "--data", data, "--epochs", "1"]
     command += ["--name", name, *options] + (["--nproc-per-node", str(processes)] if processes > 1 else [])
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-        if os.waitstatus_to_exitcode(status) != 0:
-            out.seek(0)
-            raise SystemExit(f"{' '.join(command)} failed:\n{out.read()[-2000:]}")
+    _, wall, peak = run(command, env)
     epoch = json.loads((Path(env["DLRM_CHECKPOINT_DIR"]) / name / "meta.json").read_text())["history"][0]
-    ranks = sorted((key for key in epoch if key.startswith("peak_gib_rank_")), key=lambda key: int(key.split("_")[-1]))
-    peaks = [epoch[key] for key in ranks] or [usage.ru_maxrss / 2**20]  # one process: its own peak
+    peaks = rank_peaks(epoch) or [peak]  # one process: its own peak
     return {"cores": cores, "processes": processes, "rate": epoch["samples_per_s"], "wall": wall, "peaks": peaks}
 
 
@@ -55,9 +49,9 @@ def main() -> int:
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     print("| cores | processes | samples/s | wall time | peak memory (by rank) |")
     print("|---|---|---|---|---|")
-    for run in runs:
-        peaks = ", ".join(f"{peak:.1f}" for peak in run["peaks"]) or "-"  # type: ignore[union-attr]
-        print(f"| {run['cores']} | {run['processes']} | {run['rate']:,.0f} | {run['wall']:.0f} s | {peaks} GiB |")
+    for one in runs:
+        peaks = ", ".join(f"{peak:.1f}" for peak in one["peaks"]) or "-"  # type: ignore[union-attr]
+        print(f"| {one['cores']} | {one['processes']} | {one['rate']:,.0f} | {one['wall']:.0f} s | {peaks} GiB |")
     return 0
 
 

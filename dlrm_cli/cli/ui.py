@@ -9,10 +9,10 @@ from typing import Any
 
 from rich.console import Console
 
+from dlrm_cli.runtime.memory import rank_peaks
 from dlrm_cli.training.advice import VALIDATION_COLUMNS, validation_figures
 
 SPARK = "▁▂▃▄▅▆▇█"
-RANK_PEAK = "peak_gib_rank_"  # a distributed epoch's record: each rank's peak resident GiB
 
 
 def out() -> Console:
@@ -165,7 +165,7 @@ class RichProgress:
         figures = validation_figures(record).replace(
             "val NDCG@10", "val NDCG@10 (two stages)" if self.stage else "val NDCG@10"
         )
-        peaks = [record[key] for key in sorted(record, key=_rank_of) if key.startswith(RANK_PEAK)]
+        peaks = rank_peaks(record)
         memory = f"; peak memory by rank {', '.join(f'{peak:.1f}' for peak in peaks)} GiB" if peaks else ""
         self.console.print(
             f"{self.stage}epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {figures}, "
@@ -182,10 +182,6 @@ class RichProgress:
 
     def notice(self, text: str) -> None:
         self.console.print(f"[yellow]Warning:[/] {text}", markup=True)
-
-
-def _rank_of(key: str) -> int:
-    return int(key.removeprefix(RANK_PEAK)) if key.startswith(RANK_PEAK) else -1
 
 
 def plan_table(shards: list[Any]) -> Any:

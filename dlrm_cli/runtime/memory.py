@@ -40,6 +40,17 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+RANK_PEAK = "peak_gib_rank_"  # a distributed epoch's record: f"{RANK_PEAK}{rank}" is that rank's peak, in GiB
+
+
+def rank_peaks(record: dict[str, float]) -> list[float]:
+    """Each rank's peak resident GiB in an epoch's record, in rank order (none for a single process)."""
+    peaks: list[float] = []
+    while f"{RANK_PEAK}{len(peaks)}" in record:
+        peaks.append(record[f"{RANK_PEAK}{len(peaks)}"])
+    return peaks
+
+
 def peak_resident_gib() -> float:
     """This process's peak resident memory so far, in GiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -40,10 +40,10 @@ from dlrm_cli.data.catalog import Catalog, Dataset, with_bags
 from dlrm_cli.data.context import ContextRows
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.errors import DataChanged, DlrmError, DlrmUsageError, Interrupted
-from dlrm_cli.model.dlrm import build_model, pool_bags, resolve_device, table_name, to_rating
+from dlrm_cli.model.dlrm import RatingDLRM, build_model, pool_bags, resolve_device, table_name, to_rating
 from dlrm_cli.model.optim import Optimizers, build_for_training
 from dlrm_cli.retrieval.generators import check_generator
-from dlrm_cli.runtime.memory import peak_resident_gib
+from dlrm_cli.runtime.memory import RANK_PEAK, peak_resident_gib
 from dlrm_cli.runtime.quiet import quiet_library_logs
 from dlrm_cli.runtime.threads import ThreadGovernor, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import EVAL_BATCH, candidate_scorer, error_metrics, evaluate_split
@@ -395,7 +395,7 @@ class TrainingRun:
         }
         if self.parallel.active:  # what each rank holds: the tables' shards, its share of the data
             peaks = self.parallel.gathered(peak_resident_gib())
-            record.update({f"peak_gib_rank_{rank}": peak for rank, peak in enumerate(peaks)})
+            record.update({f"{RANK_PEAK}{rank}": peak for rank, peak in enumerate(peaks)})
         self._epoch_done(record, validation, weights)
         return record
 
@@ -477,15 +477,16 @@ class TrainingRun:
             metrics["ndcg"] = self._validation_ndcg(weights, pooled)
         return metrics
 
-    def _validation_ndcg(self, weights: dict[str, torch.Tensor] | None, pooled: tuple | None = None) -> float:
-        """NDCG@10 of the ranking head on the validation users (one process: with ``pooled``, the model and
-        catalog with their bags pooled). With several ranks, rank 0 ranks them with the whole model
+    def _validation_ndcg(
+        self, weights: dict[str, torch.Tensor] | None, pooled: tuple[RatingDLRM, Catalog] | None
+    ) -> float:
+        """NDCG@10 of the ranking head on the validation users (one process: ``pooled``, the model and catalog
+        with their bags pooled, from ``validate``). With several ranks, rank 0 ranks them with the whole model
         (``weights``, gathered from the shards) and shares the figure, so that every rank keeps the same best
         epoch and stops at the same one."""
         catalog, task = self.dataset.catalog, self.ranking_task
-        if not self.parallel.active:
-            model, catalog = pooled or pool_bags(distributed.bare(self.model), catalog)
-            return validation_ndcg(model, catalog, task, self.device)
+        if pooled is not None:
+            return validation_ndcg(*pooled, task, self.device)
         value = torch.zeros(1, dtype=torch.float64)
         if weights is not None:
             whole = build_model(self.model_config)
