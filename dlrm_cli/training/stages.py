@@ -118,6 +118,7 @@ def train_stages(
     judge = _two_stage(dataset.train.user, dataset.train.item, catalog, model, settings)
     alone = _ndcg(task, judge.generator_scores)
     ranking = _ranking_scorer(task, judge)
+    cache = _bag_cache(model, catalog, ranker_settings)  # built once, its sums read afresh each epoch
     best: tuple[float, int, Any] = (-1.0, 0, None)
     history = []
     for epoch in range(1, RANKER_EPOCHS + 1):
@@ -129,7 +130,9 @@ def train_stages(
             if len(pairs) == 0 or pairs.labels.min() == pairs.labels.max():
                 return None  # no user has both an item to like and one to pass over: nothing to rank
             judge.scale = FeatureScale.of(pairs.features)
-        record = _epoch(model, optimizers, pairs, dataset.train, judge, ranker_settings, epoch, observer, check_stop)
+        record = _epoch(
+            model, optimizers, pairs, dataset.train, judge, ranker_settings, cache, epoch, observer, check_stop
+        )
         with _pooled(judge, model, catalog):
             record["val_ndcg"] = _ndcg(task, ranking)
         history.append(record)
@@ -227,18 +230,21 @@ def _epoch(
     known: Ratings,
     judge: TwoStage,
     settings: TrainConfig,
+    cache: BagCache | None,
     epoch: int,
     observer: Any,
     check_stop: Callable[[], None],
 ) -> dict[str, float]:
     """One pass over the epoch's pairs, each in the context of its row of ``known`` (the rows the pairs were
-    built from); returns its history record (without validation)."""
+    built from); returns its history record (without validation). ``cache``: the ranker's bag cache with
+    ``--heavy-bags`` (its sums read afresh at the start, its last gradient applied at the end)."""
     batches = (len(pairs) + RANKER_BATCH - 1) // RANKER_BATCH
     observer.epoch_started(epoch, RANKER_EPOCHS, batches, optimizers.lr)
     order = torch.randperm(len(pairs))
     features = judge.scale.apply(pairs.features)
     model.train()
-    cache = _bag_cache(model, judge.catalog, settings)
+    if cache is not None:
+        cache.start()
     started, total = time.perf_counter(), 0.0
     for start in range(0, len(pairs), RANKER_BATCH):
         rows = order[start : start + RANKER_BATCH]
@@ -274,6 +280,4 @@ def _bag_cache(model: nn.Module, catalog: Any, settings: TrainConfig) -> BagCach
     ``--heavy-bags`` (and where the ranker has bags at all)."""
     if settings.heavy_bags is None or not any(table.bags for table in (catalog.users, catalog.items)):
         return None
-    cache = BagCache(model, catalog, settings.heavy_bags, settings.bag_refresh)
-    cache.start()
-    return cache
+    return BagCache(model, catalog, settings.heavy_bags, settings.bag_refresh)
