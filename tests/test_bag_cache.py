@@ -17,6 +17,18 @@ def weights(store, name: str) -> dict[str, torch.Tensor]:
     return open_model(store, name).checkpoint.tensors("model.pt")
 
 
+def cache_over_30(tmp_path):
+    """The tiny data with bags, a model, and a cache of the bags of more than 30 members (some are, some not)."""
+    request = tiny_request(tmp_path / "store", bags=True)
+    data = with_bags(load_dataset(request.config.data))
+    model, _ = build_for_training(
+        model_config_for(data, request.config.train), request.config.train, torch.device("cpu")
+    )
+    cache = BagCache(model, data.catalog, limit=30, refresh=1)
+    cache.start()
+    return data, model, cache
+
+
 def test_every_bag_cached_and_refreshed_each_batch_trains_as_the_exact_bags(tmp_path):
     """Refreshed after every batch, the cache's values are the exact ones and its gradient the exact sum, applied
     once a batch by the same fused Adagrad: the weights after an epoch match the exact path's to rounding."""
@@ -44,13 +56,7 @@ def test_the_ranking_stage_s_ranker_reads_the_cache_too(tmp_path):
 
 
 def test_the_cached_value_is_the_exact_bag_less_the_rating_s_own_member(tmp_path):
-    request = tiny_request(tmp_path / "store", bags=True)
-    data = with_bags(load_dataset(request.config.data))
-    model, _ = build_for_training(
-        model_config_for(data, request.config.train), request.config.train, torch.device("cpu")
-    )
-    cache = BagCache(model, data.catalog, limit=30, refresh=1)
-    cache.start()
+    data, model, cache = cache_over_30(tmp_path)
     users, items = data.train.user[:64], data.train.item[:64]
     skip, cached = cache.batch(users, items)
     _, kjt = data.catalog.batch(users, items, leave_out=True)
@@ -65,6 +71,30 @@ def test_the_cached_value_is_the_exact_bag_less_the_rating_s_own_member(tmp_path
         light = thinned[feature].lengths()[~flagged]
         assert torch.equal(light, kjt[feature].lengths()[~flagged])
     assert ebc is cache.ebc
+
+
+def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path):
+    """Bags above 30 members only: a gradient given to the cached values reaches each member of each heavy bag
+    (less the rating's own) divided by the square root of what is left, as the exact pooling's would."""
+    data, _, cache = cache_over_30(tmp_path)
+    users, items = data.train.user[:64], data.train.item[:64]
+    _, cached = cache.batch(users, items)
+    given = {position: torch.randn_like(values) for position, (_, values) in cached.items()}
+    torch.autograd.backward([values for _, values in cached.values()], list(given.values()))
+    found = cache.cache.member_grad()
+    expected = torch.zeros_like(found)
+    catalog = data.catalog
+    for part in cache.parts:
+        owners = users if part.owner == "users" else items
+        others = catalog.items.id_rows[items] if part.owner == "users" else catalog.users.id_rows[users]
+        bag = (catalog.users if part.owner == "users" else catalog.items).bags[part.feature]
+        flagged, _ = cached[part.position]
+        for grad, owner, other in zip(given[part.position], owners[flagged], others[flagged], strict=True):
+            members = bag.values[bag.offsets[owner] : bag.offsets[owner + 1]]
+            members = members[members != other]
+            share = (grad / len(members) ** 0.5).expand(len(members), -1)
+            expected.index_add_(0, members + part.member_start, share)  # a member rated twice: twice
+    torch.testing.assert_close(found, expected, atol=1e-5, rtol=0)
 
 
 def test_heavy_bags_without_bags_or_a_refresh_below_one_is_a_usage_error(dlrm):

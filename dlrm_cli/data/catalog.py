@@ -82,6 +82,8 @@ class Bag:
         if skip is not None:
             lengths = torch.where(skip[rows], 0, lengths)
         total = int(lengths.sum())
+        if total == 0:  # every bag skipped or empty: nothing to gather or leave out
+            return self.values[:0], lengths
         first = torch.cumsum(lengths, 0) - lengths
         index = torch.repeat_interleave(starts - first, lengths, output_size=total) + torch.arange(total)
         values = self.values[index]

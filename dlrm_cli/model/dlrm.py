@@ -240,7 +240,7 @@ class RatingDLRM(nn.Module):
         sparse_features: KeyedJaggedTensor,
         borrow: tuple[torch.Tensor, int] | None = None,
         members: bool = False,
-        cached: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        cached: dict[int, tuple[torch.Tensor | None, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every head's logit (B x H) and the pooled embeddings (B x F x D), which training penalises
         (``embedding_l2``) to regularise exactly the rows a batch used. With ``members``, an ensemble's
@@ -250,16 +250,18 @@ class RatingDLRM(nn.Module):
         ``borrow`` = (positions, n): the pairs after the first n have no values for the features at these
         positions (the user side, see ``Catalog.batch``) and take them from pair ``index % n``, whose user they
         share: sampled negatives look up their user's bag once, not once each. ``cached`` maps a bag feature's
-        position to (a flag per sample, the pooled values of the flagged samples' bags): values from a training
-        cache (``dlrm_cli.training.bag_cache``), whose bags the KJT leaves empty."""
+        position to (a flag per sample, or None for all of them, and the pooled values of the flagged samples'
+        bags): values from a training cache (``dlrm_cli.training.bag_cache``), whose bags the KJT leaves empty."""
         embedded = self.dlrm.sparse_arch(sparse_features)
         if self.bag_positions:
             embedded = self._normalise_bags(embedded, sparse_features)
         if cached:
-            columns = list(embedded.unbind(1))
-            for position, (flagged, values) in cached.items():
-                columns[position] = columns[position].masked_scatter(flagged.unsqueeze(1), values)
-            embedded = torch.stack(columns, dim=1)
+            columns = [  # no flags: every sample reads the cache
+                values if flagged is None else embedded[:, position].masked_scatter(flagged.unsqueeze(1), values)
+                for position, (flagged, values) in cached.items()
+            ]
+            positions = torch.tensor(list(cached), device=embedded.device)
+            embedded = embedded.index_copy(1, positions, torch.stack(columns, dim=1))
         biases = None
         if self.biases is not None:
             heads = len(self.config.heads)
@@ -335,7 +337,7 @@ class TrainingDLRM(RatingDLRM):
         dense_features: torch.Tensor,
         sparse_features: KeyedJaggedTensor,
         borrow: tuple[torch.Tensor, int] | None = None,
-        cached: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        cached: dict[int, tuple[torch.Tensor | None, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.training_outputs(dense_features, sparse_features, borrow, members=True, cached=cached)
 

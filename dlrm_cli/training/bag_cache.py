@@ -8,6 +8,9 @@ exact path leaves out too), and its gradient, kept per bag, reaches every member
 batches: summed over them and applied by the tables' own fused optimizer, after which the sums are recomputed.
 Bags of at most N members are pooled exactly, as without the option. Scoring is unchanged: ``pool_bags`` pools
 every bag whole, from the trained rows.
+
+The bag features (a user's rated items, an item's raters) are joined into one bag, their owner rows and member
+rows laid end to end, so that a batch reads, and its gradient is kept, in one pass for all of them.
 """
 
 from __future__ import annotations
@@ -22,17 +25,38 @@ from dlrm_cli.data.catalog import Bag, Catalog
 from dlrm_cli.model.dlrm import RatingDLRM, table_name
 
 
-@dataclass
-class CachedBag:
-    """One bag feature's cache: its heavy owners' sums, and the gradient waiting for the next refresh."""
+@dataclass(frozen=True)
+class Part:
+    """One bag feature's place in the joined bag."""
 
     feature: str
     owner: str  # "users" or "items": whose bag it is
     position: int  # among the model's features
+    owner_start: int  # its first owner row in the joined bag
+    owners: int
+    member_start: int  # its first member row in the joined table
+    members: int
+
+
+def joined(bags: list[Bag]) -> Bag:
+    """The bags laid end to end: owners after owners, each bag's members shifted past the tables before it."""
+    member_starts = torch.tensor([0, *(bag.table_rows for bag in bags)]).cumsum(0)
+    value_starts = torch.tensor([0, *(int(bag.offsets[-1]) for bag in bags)]).cumsum(0)
+    values = [bag.values + start for bag, start in zip(bags, member_starts.tolist(), strict=False)]
+    offsets = [torch.zeros(1, dtype=torch.int64)]
+    offsets += [bag.offsets[1:] + start for bag, start in zip(bags, value_starts.tolist(), strict=False)]
+    return Bag(torch.cat(values), torch.cat(offsets), int(member_starts[-1]))
+
+
+@dataclass
+class CachedBag:
+    """A bag's cache: its heavy owners' sums, and the gradient waiting for the next refresh."""
+
     bag: Bag
     heavy: torch.Tensor  # per owner row: is its bag read from the cache
     keys: torch.Tensor  # each distinct owner * (table rows + 1) + member, ascending: finds a member in a bag
     key_counts: torch.Tensor  # how many times each of them is in its bag
+    sizes: torch.Tensor  # per owner row: its bag's size
     heavy_values: torch.Tensor  # the heavy bags' members, bag after bag
     heavy_offsets: torch.Tensor  # where each owner's heavy bag starts among them (light bags: empty)
     member_owners: torch.Tensor  # the heavy bags' owners, grouped by member (the bags transposed)
@@ -43,7 +67,7 @@ class CachedBag:
     direct: torch.Tensor | None = None  # member rows x D: the gradient of the left-out members since then
 
     @classmethod
-    def of(cls, feature: str, owner: str, position: int, bag: Bag, limit: int) -> CachedBag:
+    def of(cls, bag: Bag, limit: int) -> CachedBag:
         sizes = bag.offsets.diff()
         owners = torch.repeat_interleave(torch.arange(sizes.shape[0]), sizes)
         heavy = sizes > limit
@@ -53,17 +77,19 @@ class CachedBag:
         counts = torch.bincount(members, minlength=bag.table_rows)
         heavy_sizes = torch.where(heavy, sizes, 0)
         keys, key_counts = torch.unique_consecutive(owners * (bag.table_rows + 1) + bag.values, return_counts=True)
+        if len(keys) == 0 or int(keys[-1]) < 2**31:  # half the bytes to search through, where the keys fit
+            keys = keys.to(torch.int32)
         return cls(
-            feature, owner, position, bag, heavy, keys, key_counts.to(torch.int32),
+            bag, heavy, keys, key_counts.to(torch.int32), sizes.to(torch.int32),
             heavy_values=members,
             heavy_offsets=torch.cumsum(heavy_sizes, 0) - heavy_sizes,
             member_owners=their_owners[order],
             member_offsets=torch.cat((torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0))),
         )  # fmt: skip
 
-    def recompute(self, weight: torch.Tensor) -> None:
+    def recompute(self, table: torch.Tensor) -> None:
         """The heavy bags' sums from the member table's current rows (light bags sum to nothing here)."""
-        self.table = weight.detach().cpu().clone()
+        self.table = table
         self.sums = nn.functional.embedding_bag(self.heavy_values, self.table, self.heavy_offsets, mode="sum")
         if self.pending is None:
             self.pending, self.direct = torch.zeros_like(self.sums), torch.zeros_like(self.table)
@@ -71,18 +97,19 @@ class CachedBag:
     def pooled(self, rows: torch.Tensor, left_out: torch.Tensor) -> torch.Tensor:
         """The heavy bags of ``rows`` (owner rows), each less its ``left_out`` member, over the square root of
         what is left: the exact path's value as of the last refresh. Its gradient is kept for ``member_grad``."""
-        key = rows * (self.bag.table_rows + 1) + left_out
-        found = torch.searchsorted(self.keys, key).clamp(max=self.keys.shape[0] - 1)
+        key = (rows * (self.bag.table_rows + 1) + left_out).to(self.keys.dtype)
+        found = torch.searchsorted(self.keys, key).clamp_(max=self.keys.shape[0] - 1)
         copies = torch.where(self.keys[found] == key, self.key_counts[found], 0)
-        rest = self.bag.sizes(rows) - copies
-        norm = (rest.clamp(min=1).to(self.sums.dtype).rsqrt() * (rest > 0)).unsqueeze(1)
-        value = ((self.sums[rows] - copies.unsqueeze(1) * self.table[left_out]) * norm).requires_grad_()
+        rest = self.sizes[rows] - copies
+        norm = (rest.clamp(min=1).to(self.sums.dtype).rsqrt_() * (rest > 0)).unsqueeze_(1)
+        scaled = copies.unsqueeze(1) * norm  # the left-out member's share: its copies times the norm
+        value = (self.sums[rows] * norm).sub_(self.table[left_out] * scaled).requires_grad_()
         pending, direct = self.pending, self.direct
 
         def keep(grad: torch.Tensor) -> None:
             grad = grad.cpu()
             pending.index_add_(0, rows, grad * norm)
-            direct.index_add_(0, left_out, -grad * (copies.unsqueeze(1) * norm))
+            direct.index_add_(0, left_out, grad * scaled, alpha=-1)
 
         value.register_hook(keep)
         return value
@@ -103,11 +130,18 @@ class BagCache:
     def __init__(self, model: RatingDLRM, catalog: Catalog, limit: int, refresh: int) -> None:
         self.model, self.catalog, self.refresh = model, catalog, refresh
         features = model.config.feature_names
-        self.bags = [
-            CachedBag.of(name, kind, features.index(name), bag, limit)
-            for kind, table in (("users", catalog.users), ("items", catalog.items))
-            for name, bag in table.bags.items()
-        ]
+        bags = [(name, kind, bag) for kind, table in (("users", catalog.users), ("items", catalog.items))
+                for name, bag in table.bags.items()]  # fmt: skip
+        bags.sort(key=lambda named: features.index(named[0]))  # the KJT's order, for the refresh's lookup
+        self.parts, owner_start, member_start = [], 0, 0
+        for name, kind, bag in bags:
+            owners = bag.offsets.shape[0] - 1
+            part = Part(name, kind, features.index(name), owner_start, owners, member_start, bag.table_rows)
+            self.parts.append(part)
+            owner_start, member_start = owner_start + owners, member_start + bag.table_rows
+        self.cache = CachedBag.of(joined([bag for _, _, bag in bags]), limit)
+        self.skip = {part.feature: self.cache.heavy[part.owner_start : part.owner_start + part.owners]
+                     for part in self.parts}  # fmt: skip
         self.steps = 0
         self.device = next(model.parameters()).device
 
@@ -120,25 +154,29 @@ class BagCache:
 
     def start(self) -> None:
         """Read the sums from the tables as they are now (an epoch's start, a resumed run's)."""
-        for cached in self.bags:
-            cached.recompute(self.weight(cached.feature))
+        self.cache.recompute(torch.cat([self.weight(part.feature).detach().cpu() for part in self.parts]))
 
     def batch(
         self, users: torch.Tensor, items: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[int, tuple[torch.Tensor | None, torch.Tensor]]]:
         """For a batch of (user row, item row) pairs: the owner rows whose bags the batch leaves to the cache
         (``Catalog.batch``'s ``cached``), and each bag feature's position, which samples read the cache and
         their values (``RatingDLRM.training_outputs``'s ``cached``)."""
         rows = {"users": users, "items": items}
         left_out = {"users": self.catalog.items.id_rows[items], "items": self.catalog.users.id_rows[users]}
-        skip, values = {}, {}
-        for cached in self.bags:
-            owned = rows[cached.owner]
-            mask = cached.heavy[owned]
-            skip[cached.feature] = cached.heavy
-            value = cached.pooled(owned[mask], left_out[cached.owner][mask])
-            values[cached.position] = (mask.to(self.device), value.to(self.device))
-        return skip, values
+        owned = torch.cat([rows[part.owner] + part.owner_start for part in self.parts])
+        others = torch.cat([left_out[part.owner] + part.member_start for part in self.parts])
+        mask = self.cache.heavy[owned]
+        if bool(mask.all()):  # every sample's bag is heavy (--heavy-bags 0): no flags to scatter by
+            chunks = self.cache.pooled(owned, others).to(self.device).chunk(len(self.parts))
+            return self.skip, {part.position: (None, chunk) for part, chunk in zip(self.parts, chunks, strict=True)}
+        value = self.cache.pooled(owned[mask], others[mask]).to(self.device)
+        flags = mask.view(len(self.parts), -1)
+        chunks = value.split(flags.sum(dim=1).tolist())
+        return self.skip, {
+            part.position: (flagged.to(self.device), chunk)
+            for part, flagged, chunk in zip(self.parts, flags, chunks, strict=True)
+        }
 
     def step_done(self) -> None:
         self.steps += 1
@@ -146,17 +184,26 @@ class BagCache:
             self.flush()
 
     def flush(self) -> None:
-        """Apply every member's gradient since the last refresh with the tables' fused optimizer (a backward
-        pass over one lookup of each touched member, given that gradient), then recompute the sums."""
-        features = self.model.config.feature_names
-        for cached in self.bags:
-            grad = cached.member_grad()
-            touched = torch.nonzero(grad.abs().sum(dim=1) > 0).flatten()
-            if touched.numel() == 0:
-                continue
-            lengths = torch.zeros(len(features), touched.shape[0], dtype=torch.int64)
-            lengths[cached.position] = 1
-            kjt = KeyedJaggedTensor.from_lengths_sync(keys=features, values=touched, lengths=lengths.flatten())
-            pooled = self.ebc(kjt.to(self.device))[cached.feature]
-            torch.autograd.backward(pooled, grad[touched].to(self.device))
+        """Apply every member's gradient since the last refresh with the tables' fused optimizer (one backward
+        pass over one lookup of each touched member of every bag feature, given that gradient), then recompute
+        the sums."""
+        grad = self.cache.member_grad()
+        grads = [grad[part.member_start : part.member_start + part.members] for part in self.parts]
+        touched = [torch.nonzero((part_grad != 0).any(dim=1)).flatten() for part_grad in grads]
+        if any(rows.shape[0] for rows in touched):
+            self._apply(grads, touched)
         self.start()
+
+    def _apply(self, grads: list[torch.Tensor], touched: list[torch.Tensor]) -> None:
+        """One lookup of each touched member, feature by feature, and a backward pass given their gradients."""
+        features = self.model.config.feature_names
+        lengths = torch.zeros(len(features), max(rows.shape[0] for rows in touched), dtype=torch.int64)
+        for part, rows in zip(self.parts, touched, strict=True):
+            lengths[part.position, : rows.shape[0]] = 1
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=features, values=torch.cat(touched), lengths=lengths.flatten())
+        pooled = self.ebc(kjt.to(self.device))  # a KeyedTensor: B x every feature's columns
+        given = torch.zeros_like(pooled.values())
+        for part, grad, rows in zip(self.parts, grads, touched, strict=True):
+            start = pooled.offset_per_key()[pooled.keys().index(part.feature)]
+            given[: rows.shape[0], start : start + grad.shape[1]] = grad[rows].to(self.device)
+        torch.autograd.backward(pooled.values(), given)

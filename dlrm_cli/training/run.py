@@ -763,7 +763,7 @@ def train_step(
     embedding_l2: float = 0.0,
     objective: Objective | None = None,
     borrow: tuple[torch.Tensor, int] | None = None,
-    cached: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    cached: dict[int, tuple[torch.Tensor | None, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch; returns the objective (for the rating objective, the MSE) without
     its L2 term. See ``Objective``; the default is the rating objective on a 0-5 scale. ``model`` is a
