@@ -12,7 +12,18 @@ from conftest import assert_error
 
 from dlrm_cli.config import SyntheticSpec
 from dlrm_cli.data.synthetic import generate
-from dlrm_cli.scoring.ranking import BASELINES, build_task, first_hit, held_out_task, rank_metrics, top_order
+from dlrm_cli.scoring.ranking import (
+    BASELINES,
+    EASE,
+    build_task,
+    first_hit,
+    held_out_task,
+    pure_svd,
+    rank_metrics,
+    sample_users_of,
+    top_order,
+    usable_baselines,
+)
 
 
 def _task(known: list[tuple[int, int]], held: list[tuple[int, int, float]], users: int = 3, items: int = 6):
@@ -160,6 +171,47 @@ def test_baselines_rank_and_sampled_mode_keeps_the_relevant_items():
     full = rank_metrics(task, popular, (5,))
     sampled = rank_metrics(task, popular, (5,), sampled=5)
     assert sampled["@5"]["hit_rate"] >= full["@5"]["hit_rate"]  # fewer competitors, never fewer hits
+
+
+def test_pure_svd_never_makes_the_dense_matrix_and_scores_as_the_dense_formula():
+    """PureSVD from the sparse ratings and each chunk's own rows equals r_u V V^T from the dense matrix; a pair
+    known twice keeps its last rating, as the dense matrix's assignment does."""
+    generator = torch.Generator().manual_seed(1)
+    pairs = torch.randperm(60 * 40, generator=generator)[:700]
+    u, i = pairs // 40, pairs % 40
+    u, i = torch.cat((u, u[:3])), torch.cat((i, i[:3]))  # three pairs rated again, later
+    ratings = torch.randint(1, 6, (703,), generator=generator).float()
+    task = build_task(60, 40, (u, i, ratings), (u[:5], i[:5], ratings[:5]), 4.0)
+    dense = torch.zeros(60, 40)
+    dense[u[:700], i[:700]] = ratings[:700]
+    dense[u[700:], i[700:]] = ratings[700:]
+    torch.manual_seed(0)
+    _, _, v = torch.svd_lowrank(dense, q=30, niter=8)
+    users = torch.tensor([0, 7, 33, 59])
+    expected = dense[users] @ v[:, :20] @ v[:, :20].T
+    torch.testing.assert_close(pure_svd(task, factors=20)(users), expected, atol=1e-4, rtol=0)
+
+
+def test_sampled_users_are_a_fixed_uniform_draw_and_ease_stays_within_its_item_limit():
+    task = _task([(0, 0), (1, 1), (2, 2)], [(0, 3, 5.0), (1, 4, 5.0), (2, 5, 5.0)])
+    once, again = sample_users_of(task, 2), sample_users_of(task, 2)
+    assert torch.equal(once.users, again.users) and len(once.users) == 2
+    assert set(once.users.tolist()) < {0, 1, 2} and once.users.tolist() == sorted(once.users.tolist())
+    assert usable_baselines(task) == (BASELINES, {})
+    wide = _task([(0, 0)], [(0, 3, 5.0)], items=20_001)
+    usable, left_out = usable_baselines(wide)
+    assert EASE not in usable and "20,001 item rows" in left_out[EASE] and set(usable) == set(BASELINES) - {EASE}
+
+
+def test_evaluate_k_ranks_a_labelled_sample_of_users(trained):
+    full = json.loads(trained("evaluate", "--k", "5", "--no-baselines", "--json").stdout)["ranking"]
+    result = trained("evaluate", "--k", "5", "--no-baselines", "--sample-users", "4", "--json")
+    assert result.exit_code == 0, result.output
+    ranking = json.loads(result.stdout)["ranking"]
+    assert ranking["users"] == 4 and ranking["of_users"] == full["users"] > 4 and full["of_users"] is None
+    table = trained("evaluate", "--k", "5", "--no-baselines", "--sample-users", "4")
+    assert f"4 users (SAMPLED uniformly from {full['users']:,})" in table.stdout
+    assert_error(trained("evaluate", "--sample-users", "4"), 2, "--sample-users goes with --k")
 
 
 def test_evaluate_k_reports_every_figure_beside_the_baselines(trained):

@@ -118,9 +118,10 @@ def show_ranking_evaluation(ranking: Any, implicit: bool) -> None:
 
     out = ui.out()
     held_out = "interaction" if implicit else f"rating >= {ranking.relevant:g}"
+    who = f"{ranking.users:,} users" if ranking.of_users is None else f"{ranking.users:,} users (SAMPLED"
+    who += "" if ranking.of_users is None else f" uniformly from {ranking.of_users:,})"
     out.print(
-        f"Ranking the {ranking.split} split: {ranking.users:,} users with a held-out {held_out} "
-        f"({ranking.skipped:,} without one skipped)"
+        f"Ranking the {ranking.split} split: {who} with a held-out {held_out} ({ranking.skipped:,} without one skipped)"
     )
     if ranking.sampled:
         out.print(f"Candidates: {ranking.sampled} sampled items per user, besides its relevant ones (SAMPLED)")
@@ -149,6 +150,8 @@ def show_ranking_evaluation(ranking: Any, implicit: bool) -> None:
                 f"{ranking.seconds[name]:.1f}",
             )
         out.print(table)
+    for name, why in ranking.left_out.items():
+        out.print(f"{name}: {why}")
 
 
 MODEL_SIZES = {

@@ -55,20 +55,21 @@ class History:
         users = torch.repeat_interleave(torch.arange(self.n_users), self.counts())
         return users, self.items
 
-    def matrix(self, users: torch.Tensor) -> torch.Tensor:
-        """B x I float32, 1 where the user knows the item."""
+    def matrix(self, users: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        """B x I float32, 1 where the user knows the item (or the pair's own value, ``values`` being one per
+        known pair in this history's order)."""
         lengths = self.offsets[users + 1] - self.offsets[users]
         starts = torch.repeat_interleave(self.offsets[users] - (torch.cumsum(lengths, 0) - lengths), lengths)
         index = starts + torch.arange(int(lengths.sum()))
         rows = torch.repeat_interleave(torch.arange(users.shape[0]), lengths)
         out = torch.zeros(users.shape[0], self.n_items)
-        out[rows, self.items[index]] = 1.0
+        out[rows, self.items[index]] = 1.0 if values is None else values[index]
         return out
 
-    def sparse(self) -> torch.Tensor:
-        """U x I sparse COO matrix of ones."""
+    def sparse(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """U x I sparse COO matrix of ones (or of ``values``, as ``matrix`` takes them)."""
         users, items = self.pairs()
-        values = torch.ones(len(items))
+        values = torch.ones(len(items)) if values is None else values.float()
         shape = (self.n_users, self.n_items)
         return torch.sparse_coo_tensor(torch.stack((users, items)), values, shape, check_invariants=False).coalesce()
 

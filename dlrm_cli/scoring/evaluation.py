@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,8 @@ class RankingEvaluation:
     # Two stages: how many candidates the ranker ordered, and the share of relevant items among them (Recall@N
     # of the generator alone: the ceiling of the ranker's recall)
     retrieval: dict[str, Any] | None = None
+    of_users: int | None = None  # with --sample-users: how many users ``users`` were drawn from
+    left_out: dict[str, str] = field(default_factory=dict)  # baselines not ranked, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -321,12 +323,14 @@ def rank_evaluation(
     baselines: bool = True,
     progress: Progress = silent,
     retrieve: int | None = None,
+    sample_users: int | None = None,
 ) -> RankingEvaluation:
-    """Rank every candidate item for each held-out user of ``split`` with the model and, with
-    ``baselines``, with most-popular, PureSVD and EASE; ``progress`` hears each model's users ranked. A
-    two-stage checkpoint ranks three ways: both stages (``retrieve`` candidates a user, default as trained), its
-    generator alone and its main model alone."""
-    from dlrm_cli.scoring.ranking import BASELINES, held_out_task, rank_metrics
+    """Rank every candidate item for each held-out user of ``split`` (or for ``sample_users`` of them, drawn
+    uniformly with a fixed seed) with the model and, with ``baselines``, with most-popular, PureSVD and EASE
+    (where the catalogue allows it); ``progress`` hears each model's users ranked. A two-stage checkpoint ranks
+    three ways: both stages (``retrieve`` candidates a user, default as trained), its generator alone and its
+    main model alone."""
+    from dlrm_cli.scoring.ranking import held_out_task, rank_metrics, sample_users_of, usable_baselines
 
     if split not in SPLITS:
         raise DlrmUsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -335,6 +339,8 @@ def rank_evaluation(
     task = held_out_task(dataset, split, relevant)
     if len(task.users) == 0:
         raise DlrmError(f"no user of the {split} split has a rating of {relevant:g} or more to rank for")
+    of_users = len(task.users) if sample_users is not None and sample_users < len(task.users) else None
+    task = sample_users_of(task, sample_users) if of_users is not None else task
     fits = {"DLRM": functools.partial(candidate_scorer, loaded.model, loaded.catalog, task, loaded.device)}
     retrieval = None
     if loaded.stages is not None:
@@ -349,8 +355,8 @@ def rank_evaluation(
         recall = rank_metrics(task, stages.generator_scores, (stages.candidates,))[f"@{stages.candidates}"]
         retrieval = {"generator": _generator_name(stages), "candidates": stages.candidates}
         retrieval["recall"] = recall["recall"]  # type: ignore[index]
-    if baselines:
-        fits.update({name: functools.partial(make, task) for name, make in BASELINES.items()})
+    usable, left_out = usable_baselines(task) if baselines else ({}, {})
+    fits.update({name: functools.partial(make, task) for name, make in usable.items()})
     models, seconds = {}, {}
     for name, fit in fits.items():
         started = time.perf_counter()
@@ -374,6 +380,8 @@ def rank_evaluation(
         models=models,
         seconds=seconds,
         retrieval=retrieval,
+        of_users=of_users,
+        left_out=left_out,
     )
 
 
@@ -421,17 +429,22 @@ def evaluate_checkpoint(
     baselines: bool = True,
     progress: Progress = silent,
     retrieve: int | None = None,
+    sample_users: int | None = None,
 ) -> EvaluationReport:
     """``evaluate`` on ``split`` (or on every rating of ``data``, a ``--data`` value) and, with ``cutoffs``,
     ``rank_evaluation`` of the split: a held-out rating at or above ``relevant`` (default: 4, or the scale's
     top if lower) makes its item relevant; ``progress`` hears each step."""
     if retrieve is not None and cutoffs is None:
         raise DlrmUsageError("--retrieve goes with --k: it sets how many candidates the two stages rank")
+    if sample_users is not None and cutoffs is None:
+        raise DlrmUsageError("--sample-users goes with --k: it sets how many held-out users are ranked")
     check_retrieve(loaded, retrieve)
     result = evaluate(loaded, split, source_to_score(loaded, data) if data is not None else None, progress)
     ranking = None
     if cutoffs is not None:
         threshold = relevant if relevant is not None else relevant_rating(loaded.catalog.rating_max)
-        ranking = rank_evaluation(loaded, split, cutoffs, threshold, sampled, baselines, progress, retrieve)
+        ranking = rank_evaluation(
+            loaded, split, cutoffs, threshold, sampled, baselines, progress, retrieve, sample_users
+        )
     rated = "rating" in loaded.model.config.heads
     return EvaluationReport(result, ranking, loaded.catalog.implicit, rated)

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
+
+from dlrm_cli.retrieval.history import History
 
 if TYPE_CHECKING:
     from dlrm_cli.data.catalog import Dataset
@@ -144,6 +146,12 @@ def held_out_task(dataset: Dataset, split: str, relevant: float) -> RankingTask:
     n_users, n_items = len(dataset.catalog.users) + 1, len(dataset.catalog.items) + 1
     held_out = (held.user, held.item, held.rating)
     return build_task(n_users, n_items, known, held_out, relevant, held.context)  # type: ignore[arg-type]
+
+
+def sample_users_of(task: RankingTask, count: int, seed: int = 0) -> RankingTask:
+    """The task for ``count`` of its users, drawn uniformly without replacement (the same draw every time)."""
+    picked = torch.randperm(len(task.users), generator=torch.Generator().manual_seed(seed))[:count]
+    return replace(task, users=task.users[torch.sort(picked).values])
 
 
 @dataclass
@@ -261,37 +269,59 @@ def most_popular(task: RankingTask) -> Scorer:
     return lambda users: counts.expand(len(users), -1)
 
 
-def _interactions(task: RankingTask, values: torch.Tensor) -> torch.Tensor:
-    matrix = torch.zeros(task.n_users, task.n_items)
-    matrix[task.known_users, task.known_items] = values
-    return matrix
+def _known(task: RankingTask) -> tuple[History, torch.Tensor]:
+    """The task's known pairs as a ``History``, and each pair's rating (a pair known twice: its last rating)."""
+    history = History.of_pairs(task.known_users, task.known_items, task.n_users, task.n_items)
+    keys = task.known_users.to(torch.int64) * task.n_items + task.known_items.to(torch.int64)
+    order = torch.argsort(keys, stable=True)
+    keys = keys[order]
+    last = torch.ones_like(keys, dtype=torch.bool)
+    last[:-1] = keys[1:] != keys[:-1]  # the history's pairs are the distinct keys, ascending, as these
+    return history, task.known_ratings[order][last].float()
 
 
 def pure_svd(task: RankingTask, factors: int = 50, seed: int = 0) -> Scorer:
     """PureSVD (Cremonesi et al., RecSys 2010): the rating matrix, missing as 0, projected on its top
     ``factors`` right singular vectors; a user's scores are r_u V V^T."""
-    ratings = _interactions(task, task.known_ratings)
-    torch.manual_seed(seed)
-    q = min(factors + 10, min(ratings.shape))  # oversampled: the top ``factors`` come out as exact ones
-    _, _, v = torch.svd_lowrank(ratings, q=q, niter=8)
-    projection = v[:, :factors] @ v[:, :factors].T
-    return lambda users: ratings[users] @ projection
+    history, ratings = _known(task)
+    matrix = history.sparse(ratings)  # never dense: users x items would not fit at large catalogues
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        q = min(factors + 10, min(matrix.shape))  # oversampled: the top ``factors`` come out as exact ones
+        _, _, v = torch.svd_lowrank(matrix, q=q, niter=8)
+    v = v[:, :factors].contiguous()
+    return lambda users: (history.matrix(users, ratings) @ v) @ v.T
 
 
 def ease(task: RankingTask, regularisation: float = 500.0) -> Scorer:
     """EASE (Steck, WWW 2019): item-item weights B from the closed form with a zero diagonal, on the
-    binary interaction matrix X; a user's scores are x_u B."""
-    seen = _interactions(task, torch.ones(len(task.known_items)))
-    gram = (seen.T @ seen).double()
-    gram.diagonal().add_(regularisation)
-    inverse = torch.linalg.inv(gram)
-    weights = (-inverse / inverse.diagonal()[None, :]).float()
-    weights.diagonal().zero_()
-    return lambda users: seen[users] @ weights
+    binary interaction matrix X; a user's scores are x_u B (the retrieval stage's own ``Ease``)."""
+    from dlrm_cli.retrieval.generators import Ease
+
+    history = History.of_pairs(task.known_users, task.known_items, task.n_users, task.n_items)
+    fitted = Ease.fit(history, regularisation)
+    return lambda users: fitted.scores(history.matrix(users))
 
 
+EASE = "EASE λ=500"
 BASELINES: dict[str, Callable[[RankingTask], Scorer]] = {
     "most popular": most_popular,
     "PureSVD-50": pure_svd,
-    "EASE λ=500": ease,
+    EASE: ease,
 }
+
+
+def usable_baselines(task: RankingTask) -> tuple[dict[str, Callable[[RankingTask], Scorer]], dict[str, str]]:
+    """The baselines this task's catalogue allows, and why any other is left out: EASE keeps an items x items
+    matrix, so it ranks up to the retrieval stage's own limit of items."""
+    from dlrm_cli.retrieval.generators import EASE_MAX_ITEMS
+
+    usable, left_out = dict(BASELINES), {}
+    if task.n_items > EASE_MAX_ITEMS:
+        del usable[EASE]
+        size = task.n_items**2 * 8 / 2**30
+        left_out[EASE] = (
+            f"not ranked: its items x items matrix of {task.n_items:,} item rows would take {size:.0f} GiB "
+            f"(EASE ranks up to {EASE_MAX_ITEMS:,} items)"
+        )
+    return usable, left_out

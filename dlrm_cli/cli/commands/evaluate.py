@@ -41,6 +41,14 @@ def evaluate_command(
             help="With --k: rank among this many sampled items per user instead of all (labelled sampled).",
         ),
     ] = None,
+    sample_users: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --k: rank this many held-out users, drawn uniformly with a fixed seed, instead of all "
+            "(labelled sampled; for large data, where ranking the whole catalogue for every user takes hours).",
+        ),
+    ] = None,
     baselines: Annotated[bool, typer.Option(help="With --k: also rank with the baselines.")] = True,
     retrieve: RetrieveQueryOption = None,
     json_output: JsonOption = False,
@@ -72,7 +80,9 @@ def evaluate_command(
                 f"--k {max(cutoffs)} is more than the {items:,} items checkpoint {loaded.checkpoint.name} "
                 f"can rank; give at most {items}"
             )
-        report = evaluate_checkpoint(loaded, split, data, cutoffs, relevant, candidates, baselines, progress, retrieve)
+        report = evaluate_checkpoint(
+            loaded, split, data, cutoffs, relevant, candidates, baselines, progress, retrieve, sample_users
+        )
     if json_output:
         ui.print_json(report.to_dict())
         return
