@@ -44,11 +44,12 @@ def test_every_bag_cached_and_refreshed_each_batch_trains_as_the_exact_bags(tmp_
 
 def test_the_ranking_stage_s_ranker_reads_the_cache_too(tmp_path):
     """With --heavy-bags the two-stage ranker's bags come from the cache as well: refreshed every batch it
-    trains as the exact ranker; refreshed every 5, it trains otherwise (so the cache was read)."""
+    trains as the exact ranker; refreshed after as many pairs as 20 of the main model's batches of 128 (5 of
+    its own of 512), it trains otherwise (so the cache was read)."""
     store, stage = tmp_path / "store", {"epochs": 1, "bags": True, "retrieval": "ease", "retrieve": 20}
     train(tiny_request(store, name="exact", **stage))
     train(tiny_request(store, name="cached", heavy_bags=0, bag_refresh=1, **stage))
-    train(tiny_request(store, name="later", heavy_bags=0, bag_refresh=5, **stage))
+    train(tiny_request(store, name="later", heavy_bags=0, bag_refresh=20, **stage))
     rankers = {name: open_model(store, name).checkpoint.tensors("ranker.pt") for name in ("exact", "cached", "later")}
     for key, tensor in rankers["exact"].items():
         torch.testing.assert_close(rankers["cached"][key], tensor, atol=1e-4, rtol=0)

@@ -277,7 +277,9 @@ def _epoch(
 
 def _bag_cache(model: nn.Module, catalog: Any, settings: TrainConfig) -> BagCache | None:
     """The ranker's heavy bags read from a cache of their pooled sums, as the main model's are, with
-    ``--heavy-bags`` (and where the ranker has bags at all)."""
+    ``--heavy-bags`` (and where the ranker has bags at all), refreshed after as many training pairs as the main
+    model's: every ``bag_refresh`` of its batches of ``batch_size``, in the ranker's batches of ``RANKER_BATCH``."""
     if settings.heavy_bags is None or not any(table.bags for table in (catalog.users, catalog.items)):
         return None
-    return BagCache(model, catalog, settings.heavy_bags, settings.bag_refresh)
+    refresh = max(1, round(settings.bag_refresh * settings.batch_size / RANKER_BATCH))
+    return BagCache(model, catalog, settings.heavy_bags, refresh)
