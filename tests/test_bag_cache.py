@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from conftest import TINY, tiny_request
 
+from dlrm_cli.config import TrainConfig
 from dlrm_cli.data.catalog import with_bags
 from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.store.loading import open_model
 from dlrm_cli.training.bag_cache import BagCache
 from dlrm_cli.training.run import model_config_for, train
+from dlrm_cli.training.stages import _bag_cache
 
 
 def weights(store, name: str) -> dict[str, torch.Tensor]:
@@ -54,6 +58,13 @@ def test_the_ranking_stage_s_ranker_reads_the_cache_too(tmp_path):
     for key, tensor in rankers["exact"].items():
         torch.testing.assert_close(rankers["cached"][key], tensor, atol=1e-4, rtol=0)
     assert max(float((rankers["later"][key] - tensor).abs().max()) for key, tensor in rankers["exact"].items()) > 1e-3
+
+
+def test_the_ranker_refreshes_after_as_many_pairs_as_the_main_model(tmp_path):
+    data, model, _ = cache_over_30(tmp_path)
+    settings = TrainConfig(bags=True, heavy_bags=0, batch_size=128)
+    refreshes = [_bag_cache(model, data.catalog, replace(settings, bag_refresh=every)).refresh for every in (20, 1, 3)]
+    assert refreshes == [5, 1, 1]  # 20 x 128 pairs = 5 of the ranker's batches of 512; never below 1
 
 
 def test_the_cached_value_is_the_exact_bag_less_the_rating_s_own_member(tmp_path):

@@ -285,7 +285,7 @@ def pure_svd(task: RankingTask, factors: int = 50, seed: int = 0) -> Scorer:
     ``factors`` right singular vectors; a user's scores are r_u V V^T."""
     history, ratings = _known(task)
     matrix = history.sparse(ratings)  # never dense: users x items would not fit at large catalogues
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # the CPU's draws only: the fit runs there
         torch.manual_seed(seed)
         q = min(factors + 10, min(matrix.shape))  # oversampled: the top ``factors`` come out as exact ones
         _, _, v = torch.svd_lowrank(matrix, q=q, niter=8)
