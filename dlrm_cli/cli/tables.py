@@ -118,8 +118,9 @@ def show_ranking_evaluation(ranking: Any, implicit: bool) -> None:
 
     out = ui.out()
     held_out = "interaction" if implicit else f"rating >= {ranking.relevant:g}"
-    who = f"{ranking.users:,} users" if ranking.of_users is None else f"{ranking.users:,} users (SAMPLED"
-    who += "" if ranking.of_users is None else f" uniformly from {ranking.of_users:,})"
+    who = f"{ranking.users:,} users"
+    if ranking.of_users is not None:
+        who += f" (SAMPLED uniformly from {ranking.of_users:,})"
     out.print(
         f"Ranking the {ranking.split} split: {who} with a held-out {held_out} ({ranking.skipped:,} without one skipped)"
     )

@@ -38,14 +38,14 @@ class Part:
     members: int
 
 
-def joined(bags: list[Bag]) -> Bag:
-    """The bags laid end to end: owners after owners, each bag's members shifted past the tables before it."""
-    member_starts = torch.tensor([0, *(bag.table_rows for bag in bags)]).cumsum(0)
-    value_starts = torch.tensor([0, *(int(bag.offsets[-1]) for bag in bags)]).cumsum(0)
-    values = [bag.values + start for bag, start in zip(bags, member_starts.tolist(), strict=False)]
+def joined(bags: list[Bag], parts: list[Part]) -> Bag:
+    """The bags laid end to end, in the parts' order: owners after owners, each bag's members shifted to its
+    part's first member row."""
+    value_starts = torch.tensor([0, *(int(bag.offsets[-1]) for bag in bags)]).cumsum(0)[:-1].tolist()
+    values = [bag.values + part.member_start for bag, part in zip(bags, parts, strict=True)]
     offsets = [torch.zeros(1, dtype=torch.int64)]
-    offsets += [bag.offsets[1:] + start for bag, start in zip(bags, value_starts.tolist(), strict=False)]
-    return Bag(torch.cat(values), torch.cat(offsets), int(member_starts[-1]))
+    offsets += [bag.offsets[1:] + start for bag, start in zip(bags, value_starts, strict=True)]
+    return Bag(torch.cat(values), torch.cat(offsets), parts[-1].member_start + parts[-1].members)
 
 
 @dataclass
@@ -139,7 +139,7 @@ class BagCache:
             part = Part(name, kind, features.index(name), owner_start, owners, member_start, bag.table_rows)
             self.parts.append(part)
             owner_start, member_start = owner_start + owners, member_start + bag.table_rows
-        self.cache = CachedBag.of(joined([bag for _, _, bag in bags]), limit)
+        self.cache = CachedBag.of(joined([bag for _, _, bag in bags], self.parts), limit)
         self.skip = {part.feature: self.cache.heavy[part.owner_start : part.owner_start + part.owners]
                      for part in self.parts}  # fmt: skip
         self.steps = 0
