@@ -85,6 +85,22 @@ def test_the_cached_value_is_the_exact_bag_less_the_rating_s_own_member(tmp_path
     assert ebc is cache.ebc
 
 
+def test_a_batch_of_training_pairs_reads_the_weights_found_for_them_once(tmp_path):
+    """Given the training pairs, the cache finds each pair's weights once; a batch named by its pairs' index
+    reads the same values as one whose weights are searched for."""
+    data, model, _ = cache_over_30(tmp_path)
+    train = data.train
+    cache = BagCache(model, data.catalog, limit=30, refresh=1, pairs=(train.user, train.item))
+    cache.start()
+    rows = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:64]
+    _, searched = cache.batch(train.user[rows], train.item[rows])
+    _, read = cache.batch(train.user[rows], train.item[rows], rows)
+    assert cache.pair_weights is not None and cache.pair_weights.shape == (len(cache.parts), len(train), 2)
+    for position, (flagged, values) in searched.items():
+        assert torch.equal(read[position][0], flagged)
+        torch.testing.assert_close(read[position][1], values, atol=1e-6, rtol=0)
+
+
 def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path):
     """Bags above 30 members only: a gradient given to the cached values reaches each member of each heavy bag
     (less the rating's own) divided by the square root of what is left, as the exact pooling's would."""

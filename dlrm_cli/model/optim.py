@@ -1,10 +1,10 @@
 """The model as trained, with its optimizers.
 
-``fused`` (the default): TorchRec's FusedEmbeddingBagCollection, whose FBGEMM kernels apply the sparse
-optimizer to the rows a batch touched inside the backward pass; the MLPs keep Adam. ``plain``: an
-EmbeddingBagCollection and Adam over every parameter, as in the seed script, which updates every row of
-every table at every step. Both keep their weights under the same state-dict keys, so checkpoints from
-either path load into the other (and into the plain model used by evaluate, predict and export).
+``fused`` (the default): TorchRec's FusedEmbeddingBagCollection (fed in table order: ``model.fused``), whose
+FBGEMM kernels apply the sparse optimizer to the rows a batch touched inside the backward pass; the MLPs keep
+Adam. ``plain``: an EmbeddingBagCollection and Adam over every parameter, as in the seed script, which updates
+every row of every table at every step. Both keep their weights under the same state-dict keys, so checkpoints
+from either path load into the other (and into the plain model used by evaluate, predict and export).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.keyed import CombinedOptimizer
 
 from dlrm_cli.config import ModelConfig, TrainConfig
 from dlrm_cli.model.dlrm import TrainingDLRM, bias_configs, embedding_configs
+from dlrm_cli.model.fused import OrderedFusedEmbeddingBagCollection
 
 # Each ``--sparse-optimizer`` (``dlrm_cli.config.SPARSE_OPTIMIZERS``) as the optimizer class that TorchRec's
 # fused tables take in one process, and as the FBGEMM kernel that sharded tables take under torchrun.
@@ -103,7 +103,7 @@ def build_for_training(
         sparse = None
     else:
         kwargs: dict[str, Any] = {"lr": settings.sparse_lr}
-        ebc = FusedEmbeddingBagCollection(
+        ebc = OrderedFusedEmbeddingBagCollection(
             tables=embedding_configs(config),
             optimizer_type=SPARSE_OPTIMIZER_CLASSES[settings.sparse_optimizer],
             optimizer_kwargs=kwargs,
@@ -111,7 +111,7 @@ def build_for_training(
         )
         biases = None
         if config.biases:
-            biases = FusedEmbeddingBagCollection(
+            biases = OrderedFusedEmbeddingBagCollection(
                 tables=bias_configs(config),
                 optimizer_type=SPARSE_OPTIMIZER_CLASSES[settings.sparse_optimizer],
                 optimizer_kwargs=kwargs,

@@ -130,13 +130,13 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
     next_rows = _next_rows(len(train), settings.batch_size)
     cache = None
     if train_config.heavy_bags is not None:  # the bags read from a cache, its refreshes timed with the steps
-        cache = BagCache(model, catalog, train_config.heavy_bags, train_config.bag_refresh)
+        cache = BagCache(model, catalog, train_config.heavy_bags, train_config.bag_refresh, (train.user, train.item))
         cache.start()
 
     def step() -> int:
         rows = next_rows()
         users, items, context = train.user[rows], train.item[rows], train.context_of(rows)
-        skip, cached = cache.batch(users, items) if cache is not None else (None, None)
+        skip, cached = cache.batch(users, items, rows) if cache is not None else (None, None)
         dense, kjt = catalog.batch(users, items, leave_out=True, context=context, cached=skip)
         target, l2 = train.rating[rows], train_config.embedding_l2
         train_step(model, optimizers, dense, kjt, target, l2, cached=cached).item()

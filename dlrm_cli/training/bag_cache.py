@@ -94,15 +94,22 @@ class CachedBag:
         if self.pending is None:
             self.pending, self.direct = torch.zeros_like(self.sums), torch.zeros_like(self.table)
 
-    def pooled(self, rows: torch.Tensor, left_out: torch.Tensor) -> torch.Tensor:
-        """The heavy bags of ``rows`` (owner rows), each less its ``left_out`` member, over the square root of
-        what is left: the exact path's value as of the last refresh. Its gradient is kept for ``member_grad``."""
+    def weights(self, rows: torch.Tensor, left_out: torch.Tensor) -> torch.Tensor:
+        """B x 2, for the heavy bags of ``rows`` (owner rows) each less its ``left_out`` member: one over the
+        square root of what is left (0 for nothing), and that times the member's copies in the bag."""
         key = (rows * (self.bag.table_rows + 1) + left_out).to(self.keys.dtype)
         found = torch.searchsorted(self.keys, key).clamp_(max=self.keys.shape[0] - 1)
         copies = torch.where(self.keys[found] == key, self.key_counts[found], 0)
         rest = self.sizes[rows] - copies
-        norm = (rest.clamp(min=1).to(self.sums.dtype).rsqrt_() * (rest > 0)).unsqueeze_(1)
-        scaled = copies.unsqueeze(1) * norm  # the left-out member's share: its copies times the norm
+        norm = rest.clamp(min=1).to(torch.float32).rsqrt_() * (rest > 0)
+        return torch.stack((norm, norm * copies), dim=1)
+
+    def pooled(self, rows: torch.Tensor, left_out: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The heavy bags of ``rows`` (owner rows), each less its ``left_out`` member, over the square root of
+        what is left: the exact path's value as of the last refresh. Its gradient is kept for ``member_grad``.
+        ``weights``: theirs (``weights``), where the caller has them already."""
+        weights = (self.weights(rows, left_out) if weights is None else weights).to(self.sums.dtype)
+        norm, scaled = weights[:, :1], weights[:, 1:]  # the left-out member's share: its copies times the norm
         value = (self.sums[rows] * norm).sub_(self.table[left_out] * scaled).requires_grad_()
         pending, direct = self.pending, self.direct
 
@@ -127,7 +134,16 @@ class CachedBag:
 class BagCache:
     """The heavy bags of every bag feature of a single-process, fused-table training run."""
 
-    def __init__(self, model: RatingDLRM, catalog: Catalog, limit: int, refresh: int) -> None:
+    def __init__(
+        self,
+        model: RatingDLRM,
+        catalog: Catalog,
+        limit: int,
+        refresh: int,
+        pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """``pairs`` (user rows, item rows): the training pairs, whose index ``batch`` may be given, so that
+        each pair's weights (``CachedBag.weights``) are found once here rather than at every batch."""
         self.model, self.catalog, self.refresh = model, catalog, refresh
         features = model.config.feature_names
         bags = [(name, kind, bag) for kind, table in (("users", catalog.users), ("items", catalog.items))
@@ -144,6 +160,15 @@ class BagCache:
                      for part in self.parts}  # fmt: skip
         self.steps = 0
         self.device = next(model.parameters()).device
+        self.members: tuple[KeyedJaggedTensor, torch.Tensor, list[int]] | None = None  # see _member_lookup
+        self.pair_weights = None if pairs is None else self._weights_of(*pairs)  # parts x pairs x 2
+
+    def _weights_of(self, users: torch.Tensor, items: torch.Tensor, chunk: int = 1 << 20) -> torch.Tensor:
+        found = torch.empty(len(self.parts), users.shape[0], 2)
+        for start in range(0, users.shape[0], chunk):
+            owned, others = self._coordinates(users[start : start + chunk], items[start : start + chunk])
+            found[:, start : start + chunk] = self.cache.weights(owned, others).view(len(self.parts), -1, 2)
+        return found
 
     @property
     def ebc(self) -> nn.Module:
@@ -156,21 +181,31 @@ class BagCache:
         """Read the sums from the tables as they are now (an epoch's start, a resumed run's)."""
         self.cache.recompute(torch.cat([self.weight(part.feature).detach().cpu() for part in self.parts]))
 
-    def batch(
-        self, users: torch.Tensor, items: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], dict[int, tuple[torch.Tensor | None, torch.Tensor]]]:
-        """For a batch of (user row, item row) pairs: the owner rows whose bags the batch leaves to the cache
-        (``Catalog.batch``'s ``cached``), and each bag feature's position, which samples read the cache and
-        their values (``RatingDLRM.training_outputs``'s ``cached``)."""
+    def _coordinates(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each pair's owner row and left-out member row in the joined bag, part after part."""
         rows = {"users": users, "items": items}
         left_out = {"users": self.catalog.items.id_rows[items], "items": self.catalog.users.id_rows[users]}
         owned = torch.cat([rows[part.owner] + part.owner_start for part in self.parts])
         others = torch.cat([left_out[part.owner] + part.member_start for part in self.parts])
+        return owned, others
+
+    def batch(
+        self, users: torch.Tensor, items: torch.Tensor, pairs: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[int, tuple[torch.Tensor | None, torch.Tensor]]]:
+        """For a batch of (user row, item row) pairs: the owner rows whose bags the batch leaves to the cache
+        (``Catalog.batch``'s ``cached``), and each bag feature's position, which samples read the cache and
+        their values (``RatingDLRM.training_outputs``'s ``cached``). ``pairs``: the batch's index among the
+        training pairs the cache was given, if it is made of them."""
+        owned, others = self._coordinates(users, items)
+        weights = None
+        if pairs is not None and self.pair_weights is not None:
+            weights = self.pair_weights[:, pairs].view(-1, 2)
         mask = self.cache.heavy[owned]
         if bool(mask.all()):  # every sample's bag is heavy (--heavy-bags 0): no flags to scatter by
-            chunks = self.cache.pooled(owned, others).to(self.device).chunk(len(self.parts))
+            chunks = self.cache.pooled(owned, others, weights).to(self.device).chunk(len(self.parts))
             return self.skip, {part.position: (None, chunk) for part, chunk in zip(self.parts, chunks, strict=True)}
-        value = self.cache.pooled(owned[mask], others[mask]).to(self.device)
+        value = self.cache.pooled(owned[mask], others[mask], None if weights is None else weights[mask])
+        value = value.to(self.device)
         flags = mask.view(len(self.parts), -1)
         chunks = value.split(flags.sum(dim=1).tolist())
         return self.skip, {
@@ -185,25 +220,36 @@ class BagCache:
 
     def flush(self) -> None:
         """Apply every member's gradient since the last refresh with the tables' fused optimizer (one backward
-        pass over one lookup of each touched member of every bag feature, given that gradient), then recompute
+        pass over one lookup of every member row of every bag feature, given that gradient), then recompute
         the sums."""
-        grad = self.cache.member_grad()
-        grads = [grad[part.member_start : part.member_start + part.members] for part in self.parts]
-        touched = [torch.nonzero((part_grad != 0).any(dim=1)).flatten() for part_grad in grads]
-        if any(rows.shape[0] for rows in touched):
-            self._apply(grads, touched)
+        self._apply(self.cache.member_grad())
         self.start()
 
-    def _apply(self, grads: list[torch.Tensor], touched: list[torch.Tensor]) -> None:
-        """One lookup of each touched member, feature by feature, and a backward pass given their gradients."""
+    def _apply(self, grad: torch.Tensor) -> None:
+        """Look up each member row once and pass its gradient back. A row whose gradient is zero (no bag that
+        holds it was read since the last refresh) is left as it was by every sparse optimizer dlrm offers."""
+        if self.members is None:
+            self.members = self._member_lookup()
+        kjt, given, columns = self.members
+        for part, start in zip(self.parts, columns, strict=True):
+            rows = grad[part.member_start : part.member_start + part.members]
+            given[: part.members, start : start + rows.shape[1]] = rows.to(self.device)
+        torch.autograd.backward(self.ebc(kjt).values(), given)
+
+    def _member_lookup(self) -> tuple[KeyedJaggedTensor, torch.Tensor, list[int]]:
+        """The refresh's lookup, the same at every refresh: a KJT with one bag per member row of each bag
+        feature (the other features empty), the gradient to give its output, whose other columns stay zero,
+        and each part's first column in it."""
         features = self.model.config.feature_names
-        lengths = torch.zeros(len(features), max(rows.shape[0] for rows in touched), dtype=torch.int64)
-        for part, rows in zip(self.parts, touched, strict=True):
-            lengths[part.position, : rows.shape[0]] = 1
-        kjt = KeyedJaggedTensor.from_lengths_sync(keys=features, values=torch.cat(touched), lengths=lengths.flatten())
-        pooled = self.ebc(kjt.to(self.device))  # a KeyedTensor: B x every feature's columns
-        given = torch.zeros_like(pooled.values())
-        for part, grad, rows in zip(self.parts, grads, touched, strict=True):
-            start = pooled.offset_per_key()[pooled.keys().index(part.feature)]
-            given[: rows.shape[0], start : start + grad.shape[1]] = grad[rows].to(self.device)
-        torch.autograd.backward(pooled.values(), given)
+        batch = max(part.members for part in self.parts)
+        lengths = torch.zeros(len(features), batch, dtype=torch.int64)
+        for part in self.parts:
+            lengths[part.position, : part.members] = 1
+        values = torch.cat([torch.arange(part.members) for part in self.parts])
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=features, values=values, lengths=lengths.flatten())
+        columns, width = {}, 0  # the output's columns: each table's features in turn, as wide as the table
+        for table in self.ebc.embedding_bag_configs():
+            for name in table.feature_names:
+                columns[name], width = width, width + table.embedding_dim
+        given = torch.zeros(batch, width, device=self.device)
+        return kjt.to(self.device), given, [columns[part.feature] for part in self.parts]

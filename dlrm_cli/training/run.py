@@ -283,9 +283,11 @@ class TrainingRun:
         if self.settings.heavy_bags is not None:
             if self.parallel.active:
                 raise DlrmUsageError("--heavy-bags trains in one process: drop it or --nproc-per-node")
+            train = self.dataset.train  # its pairs' weights found once, for every batch of the run
             self.bag_cache = BagCache(
-                distributed.bare(self.model), self.dataset.catalog, self.settings.heavy_bags, self.settings.bag_refresh
-            )
+                distributed.bare(self.model), self.dataset.catalog, self.settings.heavy_bags,
+                self.settings.bag_refresh, (train.user, train.item),
+            )  # fmt: skip
         validation = self.dataset.validation
         self.baseline = error_metrics(torch.full_like(validation.rating, self.dataset.global_mean), validation.rating)
         expected = self.dataset.expected.get("validation")
@@ -373,7 +375,7 @@ class TrainingRun:
             rows = self.parallel.share(permutation[start : start + settings.batch_size])
             step = functools.partial(
                 self._step, train_rows.user[rows], train_rows.item[rows], train_rows.rating[rows],
-                train_rows.context_of(rows),
+                train_rows.context_of(rows), rows,
             )  # fmt: skip
             loss = self.governor.timed(step, len(rows)) if self.governor is not None else step()
             self._check_batch(loss, epoch, batch)
@@ -400,16 +402,23 @@ class TrainingRun:
         return record
 
     def _step(
-        self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor, context: ContextRows | None = None
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        ratings: torch.Tensor,
+        context: ContextRows | None = None,
+        rows: torch.Tensor | None = None,
     ) -> float:
+        """One optimizer step on the training pairs at ``rows`` (their users, items, ratings and context)."""
         catalog, borrow, rated = self.dataset.catalog, None, None
         if self.negatives is not None:  # the rated pairs first, then each user's sampled negatives
+            rows = None  # (so the batch is more than the pairs at rows)
             users, items = self.negatives.extend(users, items)
             rated = ratings.shape[0]  # the negatives borrow their user's features from these pairs
             borrow = (self.user_side, rated)
             if context is not None:  # and their moment: a negative is an item not picked in that context
                 context = context.take(torch.arange(users.shape[0]) % rated)
-        skip, cached = self.bag_cache.batch(users, items) if self.bag_cache is not None else (None, None)
+        skip, cached = self.bag_cache.batch(users, items, rows) if self.bag_cache is not None else (None, None)
         dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated, context=context, cached=skip)
         loss = train_step(
             self.model,
