@@ -253,8 +253,8 @@ class RatingDLRM(nn.Module):
         position to (a flag per sample, or None for all of them, and the pooled values of the flagged samples'
         bags): values from a training cache (``dlrm_cli.training.bag_cache``), whose bags the KJT leaves empty."""
         embedded = self.dlrm.sparse_arch(sparse_features)
-        read_whole = cached is not None and all(cached.get(p, (0,))[0] is None for p in self.bag_positions)
-        if self.bag_positions and not read_whole:  # bags read whole from the cache replace their columns below
+        all_cached = cached is not None and all(p in cached and cached[p][0] is None for p in self.bag_positions)
+        if self.bag_positions and not all_cached:  # every sample's bags from the cache: their columns replaced below
             embedded = self._normalise_bags(embedded, sparse_features)
         if cached:
             columns = [  # no flags: every sample reads the cache
