@@ -158,6 +158,8 @@ class BagCache:
         self.cache = CachedBag.of(joined([bag for _, _, bag in bags], self.parts), limit)
         self.skip = {part.feature: self.cache.heavy[part.owner_start : part.owner_start + part.owners]
                      for part in self.parts}  # fmt: skip
+        # every bag read from the cache (an empty one reads as nothing there, as it pools to nothing exactly)
+        self.all_heavy = bool((self.cache.heavy | (self.cache.sizes == 0)).all())
         self.steps = 0
         self.device = next(model.parameters()).device
         self.members: tuple[KeyedJaggedTensor, torch.Tensor, list[int]] | None = None  # see _member_lookup
@@ -200,10 +202,10 @@ class BagCache:
         weights = None
         if pairs is not None and self.pair_weights is not None:
             weights = self.pair_weights[:, pairs].view(-1, 2)
-        mask = self.cache.heavy[owned]
-        if bool(mask.all()):  # every sample's bag is heavy (--heavy-bags 0): no flags to scatter by
+        if self.all_heavy:  # every bag is read from the cache (--heavy-bags 0): no flags to scatter by
             chunks = self.cache.pooled(owned, others, weights).to(self.device).chunk(len(self.parts))
             return self.skip, {part.position: (None, chunk) for part, chunk in zip(self.parts, chunks, strict=True)}
+        mask = self.cache.heavy[owned]
         value = self.cache.pooled(owned[mask], others[mask], None if weights is None else weights[mask])
         value = value.to(self.device)
         flags = mask.view(len(self.parts), -1)
