@@ -43,7 +43,7 @@ def train_rate(data, settings, steps: int) -> float:
     train, catalog, size = data.train, data.catalog, settings.batch_size
     cache = None
     if settings.heavy_bags is not None:
-        cache = BagCache(model, catalog, settings.heavy_bags, settings.bag_refresh)
+        cache = BagCache(model, catalog, settings.heavy_bags, settings.bag_refresh, (train.user, train.item))
         cache.start()
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     for step in range(steps + 5):
@@ -51,7 +51,7 @@ def train_rate(data, settings, steps: int) -> float:
             started = time.perf_counter()
         rows = order[step * size : (step + 1) * size]
         users, items = train.user[rows], train.item[rows]
-        skip, cached = cache.batch(users, items) if cache is not None else (None, None)
+        skip, cached = cache.batch(users, items, rows) if cache is not None else (None, None)
         dense, kjt = catalog.batch(users, items, leave_out=True, context=train.context_of(rows), cached=skip)
         train_step(model, optimizers, dense, kjt, train.rating[rows], settings.embedding_l2, cached=cached)
         if cache is not None:
