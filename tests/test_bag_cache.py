@@ -99,6 +99,10 @@ def test_a_batch_of_training_pairs_reads_the_weights_found_for_them_once(tmp_pat
     for position, (flagged, values) in searched.items():
         assert torch.equal(read[position][0], flagged)
         torch.testing.assert_close(read[position][1], values, atol=1e-6, rtol=0)
+    cache.pair_weights.zero_()  # the batch reads them: without them every cached bag reads as nothing
+    _, nothing = cache.batch(train.user[rows], train.item[rows], rows)
+    assert all(bool((values == 0).all()) for _, values in nothing.values())
+    assert any(bool((values != 0).any()) for _, values in searched.values())
 
 
 def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path):

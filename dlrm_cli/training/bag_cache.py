@@ -161,6 +161,7 @@ class BagCache:
         # every bag read from the cache (an empty one reads as nothing there, as it pools to nothing exactly)
         self.all_heavy = bool((self.cache.heavy | (self.cache.sizes == 0)).all())
         self.steps = 0
+        self.read = False  # whether a batch read the cache since the last refresh
         self.device = next(model.parameters()).device
         self.members: tuple[KeyedJaggedTensor, torch.Tensor, list[int]] | None = None  # see _member_lookup
         self.pair_weights = None if pairs is None else self._weights_of(*pairs)  # parts x pairs x 2
@@ -198,6 +199,7 @@ class BagCache:
         (``Catalog.batch``'s ``cached``), and each bag feature's position, which samples read the cache and
         their values (``RatingDLRM.training_outputs``'s ``cached``). ``pairs``: the batch's index among the
         training pairs the cache was given, if it is made of them."""
+        self.read = True
         owned, others = self._coordinates(users, items)
         weights = None
         if pairs is not None and self.pair_weights is not None:
@@ -223,13 +225,18 @@ class BagCache:
     def flush(self) -> None:
         """Apply every member's gradient since the last refresh with the tables' fused optimizer (one backward
         pass over one lookup of every member row of every bag feature, given that gradient), then recompute
-        the sums."""
+        the sums. Nothing to do when no batch read the cache since (an epoch that ended on a refresh)."""
+        if not self.read:
+            return
+        self.read = False
         self._apply(self.cache.member_grad())
         self.start()
 
     def _apply(self, grad: torch.Tensor) -> None:
         """Look up each member row once and pass its gradient back. A row whose gradient is zero (no bag that
-        holds it was read since the last refresh) is left as it was by every sparse optimizer dlrm offers."""
+        holds it was read since the last refresh) is left as it was by every sparse optimizer dlrm offers, whose
+        fused kernels take a learning rate and nothing else (``model.optim``): a weight decay given to them
+        would also shrink every such row at every refresh."""
         if self.members is None:
             self.members = self._member_lookup()
         kjt, given, columns = self.members
