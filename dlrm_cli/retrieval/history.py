@@ -9,6 +9,11 @@ from typing import Any
 import torch
 
 
+def pair_keys(users: torch.Tensor, items: torch.Tensor, n_items: int) -> torch.Tensor:
+    """One int64 per (user row, item row) pair, ascending with the user row, then the item row."""
+    return users.to(torch.int64) * n_items + items.to(torch.int64)
+
+
 @dataclass(frozen=True)
 class History:
     """Known (user row, item row) pairs as compressed rows: user ``u``'s items are
@@ -21,7 +26,11 @@ class History:
     @classmethod
     def of_pairs(cls, users: torch.Tensor, items: torch.Tensor, n_users: int, n_items: int) -> History:
         """The history of ``(users[k], items[k])`` pairs (repeats kept once)."""
-        keys = torch.unique(users.to(torch.int64) * n_items + items.to(torch.int64))
+        return cls.of_keys(torch.unique(pair_keys(users, items, n_items)), n_users, n_items)
+
+    @classmethod
+    def of_keys(cls, keys: torch.Tensor, n_users: int, n_items: int) -> History:
+        """The history of the pairs whose ``pair_keys`` are ``keys``, distinct and ascending."""
         rows = torch.div(keys, n_items, rounding_mode="floor")
         counts = torch.bincount(rows, minlength=n_users)
         offsets = torch.cat((torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)))

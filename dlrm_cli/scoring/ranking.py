@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dlrm_cli.retrieval.history import History
+from dlrm_cli.retrieval.history import History, pair_keys
 
 if TYPE_CHECKING:
     from dlrm_cli.data.catalog import Dataset
@@ -271,13 +271,12 @@ def most_popular(task: RankingTask) -> Scorer:
 
 def _known(task: RankingTask) -> tuple[History, torch.Tensor]:
     """The task's known pairs as a ``History``, and each pair's rating (a pair known twice: its last rating)."""
-    history = History.of_pairs(task.known_users, task.known_items, task.n_users, task.n_items)
-    keys = task.known_users.to(torch.int64) * task.n_items + task.known_items.to(torch.int64)
+    keys = pair_keys(task.known_users, task.known_items, task.n_items)
     order = torch.argsort(keys, stable=True)
     keys = keys[order]
     last = torch.ones_like(keys, dtype=torch.bool)
-    last[:-1] = keys[1:] != keys[:-1]  # the history's pairs are the distinct keys, ascending, as these
-    return history, task.known_ratings[order][last].float()
+    last[:-1] = keys[1:] != keys[:-1]  # each distinct pair once, ascending: the history's own order
+    return History.of_keys(keys[last], task.n_users, task.n_items), task.known_ratings[order][last].float()
 
 
 def pure_svd(task: RankingTask, factors: int = 50, seed: int = 0) -> Scorer:
