@@ -215,3 +215,36 @@ def test_a_plateau_schedule_with_a_factor_of_one_keeps_the_rate():
     for figure in (0.9, 0.95, 0.97):
         optimizers.epoch_done(figure)
     assert optimizers.lr == pytest.approx(1e-3)
+
+
+def test_the_fused_kernels_take_each_scheduled_rate_when_the_schedule_moves_and_keep_it_between():
+    """The fused tables' ``step`` only hands their kernels the rate; dlrm hands it over when the schedule moves
+    (an epoch's end, a restore), not at every batch, and the kernels hold it in between."""
+    optimizers = _optimizers(lr=0.01, sparse_lr=0.1, lr_schedule="step", lr_step=1, lr_gamma=0.5)
+    kernels = [module for module in _fused_kernels(optimizers)]
+
+    def kernel_rates() -> list[float]:
+        return [kernel.get_learning_rate() for kernel in kernels]
+
+    assert kernels and kernel_rates() == pytest.approx([0.1] * len(kernels))
+    optimizers.step()
+    optimizers.epoch_done()
+    assert kernel_rates() == pytest.approx([0.05] * len(kernels))
+    for _ in range(3):
+        optimizers.zero_grad()
+        optimizers.step()
+    assert kernel_rates() == pytest.approx([0.05] * len(kernels))
+
+
+def _fused_kernels(optimizers) -> list:
+    """The FBGEMM modules behind the fused tables' optimizer."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
+
+    found, stack = [], [optimizers.sparse]
+    while stack:
+        optimizer = stack.pop()
+        if hasattr(optimizer, "optimizers"):  # a CombinedOptimizer: (name, optimizer) pairs
+            stack.extend(inner for _, inner in optimizer.optimizers)
+        elif isinstance(getattr(optimizer, "_emb_module", None), SplitTableBatchedEmbeddingBagsCodegen):
+            found.append(optimizer._emb_module)
+    return found
