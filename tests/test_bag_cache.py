@@ -10,6 +10,7 @@ from conftest import TINY, tiny_request
 from dlrm_cli.config import TrainConfig
 from dlrm_cli.data.catalog import with_bags
 from dlrm_cli.data.sources import load_dataset
+from dlrm_cli.model.dlrm import _with_columns
 from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.store.loading import open_model
 from dlrm_cli.training.bag_cache import BagCache
@@ -107,26 +108,47 @@ def test_a_batch_of_training_pairs_reads_the_weights_found_for_them_once(tmp_pat
 
 def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path):
     """Bags above 30 members only: a gradient given to the cached values reaches each member of each heavy bag
-    (less the rating's own) divided by the square root of what is left, as the exact pooling's would."""
+    (less the rating's own) divided by the square root of what is left, as the exact pooling's would, summed
+    over every batch read since the last refresh."""
     data, _, cache = cache_over_30(tmp_path)
-    users, items = data.train.user[:64], data.train.item[:64]
-    _, cached = cache.batch(users, items)
-    given = {position: torch.randn_like(values) for position, (_, values) in cached.items()}
-    torch.autograd.backward([values for _, values in cached.values()], list(given.values()))
-    found = cache.cache.member_grad()
-    expected = torch.zeros_like(found)
     catalog = data.catalog
-    for part in cache.parts:
-        owners = users if part.owner == "users" else items
-        others = catalog.items.id_rows[items] if part.owner == "users" else catalog.users.id_rows[users]
-        bag = (catalog.users if part.owner == "users" else catalog.items).bags[part.feature]
-        flagged, _ = cached[part.position]
-        for grad, owner, other in zip(given[part.position], owners[flagged], others[flagged], strict=True):
-            members = bag.values[bag.offsets[owner] : bag.offsets[owner + 1]]
-            members = members[members != other]
-            share = (grad / len(members) ** 0.5).expand(len(members), -1)
-            expected.index_add_(0, members + part.member_start, share)  # a member rated twice: twice
-    torch.testing.assert_close(found, expected, atol=1e-5, rtol=0)
+    expected = None
+    for batch in (slice(0, 64), slice(64, 160)):
+        users, items = data.train.user[batch], data.train.item[batch]
+        _, cached = cache.batch(users, items)
+        given = {position: torch.randn_like(values) for position, (_, values) in cached.items()}
+        torch.autograd.backward([values for _, values in cached.values()], list(given.values()))
+        for part in cache.parts:
+            owners = users if part.owner == "users" else items
+            others = catalog.items.id_rows[items] if part.owner == "users" else catalog.users.id_rows[users]
+            bag = (catalog.users if part.owner == "users" else catalog.items).bags[part.feature]
+            flagged, _ = cached[part.position]
+            for grad, owner, other in zip(given[part.position], owners[flagged], others[flagged], strict=True):
+                members = bag.values[bag.offsets[owner] : bag.offsets[owner + 1]]
+                members = members[members != other]
+                share = (grad / len(members) ** 0.5).expand(len(members), -1)
+                if expected is None:
+                    expected = torch.zeros(part.member_start + cache.cache.bag.table_rows, grad.shape[0])
+                expected.index_add_(0, members + part.member_start, share)  # a member rated twice: twice
+    found = cache.cache.member_grad()
+    torch.testing.assert_close(found, expected[: found.shape[0]], atol=1e-4, rtol=1e-5)  # summed in another order
+    assert not cache.cache.reads and bool((cache.cache.member_grad() == 0).all())  # and then it starts afresh
+
+
+def test_cached_columns_replace_their_features_with_the_values_and_gradients_of_index_copy():
+    """The bag features come last, so their cached columns are joined on; any other positions are copied in.
+    Either way, the same tensor and the same gradients as ``index_copy``."""
+    for positions in ([3, 4], [1, 3], [4]):
+        embedded = torch.randn(6, 5, 4, requires_grad=True)
+        columns = [torch.randn(6, 4, requires_grad=True) for _ in positions]
+        found = _with_columns(embedded, positions, columns)
+        copied = embedded.index_copy(1, torch.tensor(positions), torch.stack(columns, dim=1))
+        torch.testing.assert_close(found, copied, atol=0, rtol=0)
+        given = torch.randn_like(found)
+        inputs = [embedded, *columns]
+        grads = torch.autograd.grad(found, inputs, given)
+        for grad, reference in zip(grads, torch.autograd.grad(copied, inputs, given), strict=True):
+            torch.testing.assert_close(grad, reference, atol=0, rtol=0)
 
 
 def test_heavy_bags_without_bags_or_a_refresh_below_one_is_a_usage_error(dlrm):

@@ -92,6 +92,12 @@ def test_a_bag_is_gathered_in_batch_order_with_its_own_members():
     assert lengths.tolist() == [1, 0, 2, 0] and values.tolist() == [1, 4, 5]
     values, lengths = bag.gather(torch.tensor([2, 0]))
     assert lengths.tolist() == [1, 3] and values.tolist() == [7, 3, 4, 5]
+    rows = torch.tensor([1, 3, 0, 2])  # every bag left to a training cache: flagged one by one, or all at once
+    for skip in (torch.ones(4, dtype=torch.bool), True):
+        values, lengths = bag.gather(rows, leave_out=torch.tensor([2, 9, 3, 7]), skip=skip)
+        assert values.tolist() == [] and lengths.tolist() == [0, 0, 0, 0] and lengths.dtype == torch.int64
+    values, lengths = bag.gather(rows, skip=torch.tensor([True, False, False, False]))  # a flag per owner
+    assert lengths.tolist() == [2, 0, 0, 1] and values.tolist() == [1, 2, 7]
 
 
 def test_the_model_pools_a_bag_as_its_sum_over_the_square_root_of_its_size():

@@ -206,3 +206,19 @@ def test_scoring_keeps_freed_memory_unless_the_user_set_the_allocator(monkeypatc
     assert calls == [(memory.M_MMAP_THRESHOLD, 32 << 20), (memory.M_TRIM_THRESHOLD, 1 << 30)]
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert memory.keep_freed_memory() is False and len(calls) == 2  # the user's setting stands
+
+
+def test_one_thread_runs_a_block_on_one_thread_and_restores_the_count_even_after_an_error():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with threads.one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), threads.one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

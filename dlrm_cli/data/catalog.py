@@ -72,11 +72,14 @@ class Bag:
         return self.offsets[rows + 1] - self.offsets[rows]
 
     def gather(
-        self, rows: torch.Tensor, leave_out: torch.Tensor | None = None, skip: torch.Tensor | None = None
+        self, rows: torch.Tensor, leave_out: torch.Tensor | None = None, skip: torch.Tensor | bool | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The values and lengths of the bags of B entity rows, jagged in batch order. ``leave_out[b]``, when
         given, is dropped from bag b (in training: the rating being learned is no evidence for itself).
-        ``skip`` (a flag per owner row): those owners' bags come out empty (training reads them from a cache)."""
+        ``skip`` (a flag per owner row, or True for all of them): those owners' bags come out empty (training
+        reads them from a cache)."""
+        if skip is True:
+            return self.values[:0], torch.zeros(rows.shape[0], dtype=self.offsets.dtype)
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
         if skip is not None:
@@ -350,7 +353,7 @@ class Catalog:
         user_side_rows: int | None = None,
         pair_dense: torch.Tensor | None = None,
         context: ContextRows | None = None,
-        cached: dict[str, torch.Tensor] | None = None,
+        cached: dict[str, torch.Tensor | bool] | None = None,
     ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
         """Model inputs for B (user, item) pairs: dense features B x (du + di [+ dc] [+ dp]) and a KJT of the
         sparse ones. ``context``: each pair's context features (B rows; None: every column at its default),
@@ -360,8 +363,8 @@ class Catalog:
         bag, so that a rating is never evidence for itself. ``user_side_rows`` = n: only the first n pairs
         carry their user-side sparse features (``user_side``); the others, whose users repeat the first n
         in order (sampled negatives), get none, and the model borrows them (``RatingDLRM.training_outputs``).
-        ``cached`` maps a bag feature to a flag per owner row: those bags are left empty, for a training cache
-        of their pooled sums (``dlrm_cli.training.bag_cache``)."""
+        ``cached`` maps a bag feature to a flag per owner row (or True for every owner): those bags are left
+        empty, for a training cache of their pooled sums (``dlrm_cli.training.bag_cache``)."""
         dense = dense_values(self.users.dense, self.items.dense, user_rows, item_rows)
         if self.context is not None:
             if context is None:
@@ -369,7 +372,8 @@ class Catalog:
             dense = torch.cat((dense, context.dense.to(dense.dtype)), dim=1)
         if pair_dense is not None:
             dense = torch.cat((dense, pair_dense.to(dense.dtype)), dim=1)
-        user_ids, item_ids = self.users.id_rows[user_rows], self.items.id_rows[item_rows]
+        user_ids = self.users.id_rows.index_select(0, user_rows)
+        item_ids = self.items.id_rows.index_select(0, item_rows)
         rows = {"users": user_rows if user_side_rows is None else user_rows[:user_side_rows], "items": item_rows}
         others = {"users": item_ids, "items": user_ids}  # each pair's other side, left out of its bag
         absent = torch.zeros(user_rows.shape[0] - rows["users"].shape[0], dtype=torch.int64)
@@ -383,9 +387,9 @@ class Catalog:
                 continue
             table, owned = self.owner(source.owner), rows[source.owner]
             if source.kind == "id":
-                cut = (table.id_rows[owned], one_each(owned))
+                cut = (table.id_rows.index_select(0, owned), one_each(owned))
             elif source.kind == "side":
-                picked = table.sparse[source.name][owned]
+                picked = table.sparse[source.name].index_select(0, owned)
                 cut = side_values(picked, picked.shape[1] == 1 and bool((picked >= 0).all()))
             else:
                 left_out = others[source.owner][: owned.shape[0]] if leave_out else None

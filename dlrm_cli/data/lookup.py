@@ -15,7 +15,7 @@ def dense_values(
     user_dense: torch.Tensor, item_dense: torch.Tensor, user_rows: torch.Tensor, item_rows: torch.Tensor
 ) -> torch.Tensor:
     """B x (du + di): each pair's user features, then its item features."""
-    return torch.cat((user_dense[user_rows], item_dense[item_rows]), dim=1)
+    return torch.cat((user_dense.index_select(0, user_rows), item_dense.index_select(0, item_rows)), dim=1)
 
 
 def one_each(rows: torch.Tensor) -> torch.Tensor:

@@ -261,8 +261,7 @@ class RatingDLRM(nn.Module):
                 values if flagged is None else embedded[:, position].masked_scatter(flagged.unsqueeze(1), values)
                 for position, (flagged, values) in cached.items()
             ]
-            positions = torch.tensor(list(cached), device=embedded.device)
-            embedded = embedded.index_copy(1, positions, torch.stack(columns, dim=1))
+            embedded = _with_columns(embedded, list(cached), columns)
         biases = None
         if self.biases is not None:
             heads = len(self.config.heads)
@@ -341,6 +340,17 @@ class TrainingDLRM(RatingDLRM):
         cached: dict[int, tuple[torch.Tensor | None, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.training_outputs(dense_features, sparse_features, borrow, members=True, cached=cached)
+
+
+def _with_columns(embedded: torch.Tensor, positions: list[int], columns: list[torch.Tensor]) -> torch.Tensor:
+    """``embedded`` (B x F x D) with the features at ``positions`` replaced by ``columns`` (each B x D). The bag
+    features come last (``Catalog``'s feature order), so the columns usually replace the trailing ones, which a
+    join does with a cheaper backward than ``index_copy``'s."""
+    replaced = torch.stack(columns, dim=1)
+    first = embedded.shape[1] - len(positions)
+    if positions == list(range(first, embedded.shape[1])):
+        return torch.cat((embedded[:, :first], replaced), dim=1)
+    return embedded.index_copy(1, torch.tensor(positions, device=embedded.device), replaced)
 
 
 def _borrowed(embedded: torch.Tensor, positions: torch.Tensor, rows: int) -> torch.Tensor:

@@ -34,7 +34,8 @@ import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -84,6 +85,20 @@ def take_charge(requested: int | None) -> ThreadGovernor | None:
         torch.set_num_threads(fixed)
         return None
     return ThreadGovernor(available_cpus(), torch.set_num_threads)  # its first trial runs here
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a block on one of torch's threads, then go back to the count in force: for the few ops whose
+    parallel path is slower than their serial one at the sizes training gives them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def candidates(most: int) -> list[int]:
