@@ -3,10 +3,13 @@
     make peers                                               # once: myFM in .venv-myfm
     .venv/bin/python benchmarks/ml25m_shape.py /tmp/ml25m    # once: ratings of ML-25M's shape
     .venv/bin/python benchmarks/scale_targets.py /tmp/ml25m [--subset DIR] [--seeds 3] [--skip-subset]
+        [--skip-large] [--before REV]
 
 1. The ML-1M subset, rating model (``--retrieval none``), seeds 0..N-1 on the agreed split: the exact bags
    against the cached bags (``--heavy-bags 0 --bag-refresh 10``), and myFM with the same bags. Test RMSE, the
-   training time (``dlrm train``'s "trained in"), and each process's wall time.
+   training time (``dlrm train``'s "trained in"), and each process's wall time. ``--before REV``: also dlrm as
+   of that git revision (exported with ``git archive`` and run from there with this environment, its own store),
+   with its exact bags, in turn with the others: the speed-up against the code as it was.
 2. The ML-25M-shaped ratings: ``dlrm train --epochs 1 --batch-size 4096 --heavy-bags 0 --bag-refresh 30`` with
    every other default (so the ranking stage too): the epoch's time and samples/s, the ranking stage's time and
    the process's peak memory; and, for comparison, the same epoch without the bags (one stage).
@@ -36,11 +39,11 @@ LARGE = ["--epochs", "1", "--batch-size", "4096", "--heavy-bags", "0", "--bag-re
 RANKED_USERS = 5000  # evaluate --k --sample-users: the whole catalogue ranked for this many test users
 
 
-def run(command: list[str], env: dict[str, str]) -> tuple[str, float, float]:
+def run(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[str, float, float]:
     """Stdout, wall seconds and peak resident GiB of one process."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True, cwd=cwd)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
@@ -59,15 +62,33 @@ def meta(store: Path, name: str) -> dict:
     return json.loads((store / name / "meta.json").read_text())
 
 
-def subset_runs(data: Path, seeds: int, folder: Path, env: dict[str, str]) -> dict[str, list[dict[str, float]]]:
-    store = Path(env["DLRM_CHECKPOINT_DIR"])
-    runs: dict[str, list[dict[str, float]]] = {"exact": [], "cached": [], "myfm": []}
+def exported(revision: str, folder: Path) -> Path:
+    """The repository's files at a git revision, in ``folder``; ``python -m dlrm_cli`` run there imports them."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", revision], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--before {revision}: {archive.stderr.decode().strip()}")
+    folder.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def subset_runs(
+    data: Path, seeds: int, folder: Path, env: dict[str, str], before: str | None = None
+) -> dict[str, list[dict[str, float]]]:
+    runs: dict[str, list[dict[str, float]]] = {"exact": [], "cached": [], "myfm": [], "before": []}
+    labels: list[tuple[str, list[str], Path | None, dict[str, str]]] = [("exact", [], None, env)]
+    labels.append(("cached", CACHED_SUBSET, None, env))
+    if before is not None:  # its own store: it may not read this code's checkpoints, nor this code its own
+        earlier = {**env, "DLRM_CHECKPOINT_DIR": f"{folder}/before-store"}
+        labels.insert(0, ("before", [], exported(before, folder / "before"), earlier))
     for seed in range(seeds):
-        for label, options in (("exact", []), ("cached", CACHED_SUBSET)):
+        for label, options, cwd, label_env in labels:
             name = f"{label}{seed}"
             train = dlrm("train", "--data", f"movielens:{data}", "--split-seed", "0", "--seed", str(seed))
-            _, wall, _ = run([*train, "--name", name, "--retrieval", "none", *options], env)
-            report = json.loads(run(dlrm("evaluate", "-c", name, "--json"), env)[0])
+            _, wall, _ = run([*train, "--name", name, "--retrieval", "none", *options], label_env, cwd)
+            report = json.loads(run(dlrm("evaluate", "-c", name, "--json"), label_env, cwd)[0])
+            store = Path(label_env["DLRM_CHECKPOINT_DIR"])
             found = {"rmse": report["model"]["rmse"], "train": meta(store, name)["seconds"], "wall": wall}
             runs[label].append(found)
             print(f"subset {label} seed {seed}: {json.dumps(found)}", file=sys.stderr, flush=True)
@@ -121,21 +142,32 @@ def spread(runs: list[dict[str, float]]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
-def print_subset(runs: dict[str, list[dict[str, float]]]) -> None:
-    exact, cached, peer = runs["exact"], runs["cached"], runs["myfm"]
+def print_subset(runs: dict[str, list[dict[str, float]]], before: str | None) -> None:
+    exact, cached, peer, earlier = runs["exact"], runs["cached"], runs["myfm"], runs["before"]
     print(f"ML-1M subset, rating model, {len(exact)} seeds (agreed split; mean per seed)")
     print("| run | test RMSE | training | process wall time |")
     print("|---|---|---|---|")
-    rows = [("dlrm, exact bags", exact), ("dlrm --heavy-bags 0 --bag-refresh 10", cached)]
+    rows = [(f"dlrm as of {before}, exact bags", earlier)] if earlier else []
+    rows += [("dlrm, exact bags", exact), ("dlrm --heavy-bags 0 --bag-refresh 10", cached)]
     rows += [("myFM with the same bags (fit)", peer)] if peer else []
     for label, found in rows:
         print(f"| {label} | {spread(found)} | {mean(found, 'train'):.1f} s | {mean(found, 'wall'):.1f} s |")
     change = mean(cached, "rmse") - mean(exact, "rmse")
+    if earlier:
+        print(
+            f"target: training >= 2x faster than dlrm as of {before}: "
+            f"{mean(earlier, 'train') / mean(cached, 'train'):.2f}x (process wall time "
+            f"{mean(earlier, 'wall') / mean(cached, 'wall'):.2f}x; per seed "
+            + ", ".join(f"{old['train'] / new['train']:.2f}" for old, new in zip(earlier, cached, strict=True))
+            + f"); test RMSE {mean(cached, 'rmse') - mean(earlier, 'rmse'):+.4f}"
+        )
     print(
-        f"target: training >= 2x faster: {mean(exact, 'train') / mean(cached, 'train'):.2f}x "
-        f"(process wall time {mean(exact, 'wall') / mean(cached, 'wall'):.2f}x); "
-        f"test RMSE within 0.002: {change:+.4f}"
+        f"training against this code's exact bags: {mean(exact, 'train') / mean(cached, 'train'):.2f}x "
+        f"(process wall time {mean(exact, 'wall') / mean(cached, 'wall'):.2f}x; per seed "
+        + ", ".join(f"{old['train'] / new['train']:.2f}" for old, new in zip(exact, cached, strict=True))
+        + ")"
     )
+    print(f"target: test RMSE within 0.002 of the exact bags: {change:+.4f}")
     if peer:
         ours, theirs = mean(cached, "wall"), mean(peer, "wall")
         print(f"target: less wall time than myFM with bags: {ours:.1f} s against {theirs:.1f} s")
@@ -167,13 +199,16 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--skip-subset", action="store_true", help="only the ML-25M-shaped figures")
     parser.add_argument("--skip-large", action="store_true", help="only the subset's figures")
+    parser.add_argument("--before", metavar="REV", help="also train the subset with dlrm as of this git revision")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "DLRM_CHECKPOINT_DIR": f"{folder}/store", "DLRM_CACHE_DIR": f"{folder}/cache"}
-        subset = None if args.skip_subset else subset_runs(args.subset.resolve(), args.seeds, Path(folder), env)
+        subset = None
+        if not args.skip_subset:
+            subset = subset_runs(args.subset.resolve(), args.seeds, Path(folder), env, args.before)
         large = None if args.skip_large else large_runs(args.large.resolve(), env)
     if subset is not None:
-        print_subset(subset)
+        print_subset(subset, args.before)
     if large is not None:
         print_large(large)
     return 0
