@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 from conftest import TINY, tiny_request
 
@@ -13,6 +14,7 @@ from dlrm_cli.data.sources import load_dataset
 from dlrm_cli.model.dlrm import _with_columns
 from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.store.loading import open_model
+from dlrm_cli.training import bag_cache
 from dlrm_cli.training.bag_cache import BagCache
 from dlrm_cli.training.run import model_config_for, train
 from dlrm_cli.training.stages import _bag_cache
@@ -106,13 +108,15 @@ def test_a_batch_of_training_pairs_reads_the_weights_found_for_them_once(tmp_pat
     assert any(bool((values != 0).any()) for _, values in searched.values())
 
 
-def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path):
+@pytest.mark.parametrize("folded", [1, 32])
+def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path, monkeypatch, folded):
     """Bags above 30 members only: a gradient given to the cached values reaches each member of each heavy bag
     (less the rating's own) divided by the square root of what is left, as the exact pooling's would, summed
-    over every batch read since the last refresh."""
+    over every batch read since the last refresh, whether the reads were added in as they came or at once."""
+    monkeypatch.setattr(bag_cache, "FOLDED_READS", folded)
     data, _, cache = cache_over_30(tmp_path)
     catalog = data.catalog
-    expected = None
+    expected = torch.zeros_like(cache.cache.table)
     for batch in (slice(0, 64), slice(64, 160)):
         users, items = data.train.user[batch], data.train.item[batch]
         _, cached = cache.batch(users, items)
@@ -127,11 +131,10 @@ def test_the_cache_keeps_each_member_s_exact_gradient(tmp_path):
                 members = bag.values[bag.offsets[owner] : bag.offsets[owner + 1]]
                 members = members[members != other]
                 share = (grad / len(members) ** 0.5).expand(len(members), -1)
-                if expected is None:
-                    expected = torch.zeros(part.member_start + cache.cache.bag.table_rows, grad.shape[0])
                 expected.index_add_(0, members + part.member_start, share)  # a member rated twice: twice
+        assert len(cache.cache.reads) == (0 if folded == 1 else batch.stop // 64)  # kept, or added in as they came
     found = cache.cache.member_grad()
-    torch.testing.assert_close(found, expected[: found.shape[0]], atol=1e-4, rtol=1e-5)  # summed in another order
+    torch.testing.assert_close(found, expected, atol=1e-4, rtol=1e-5)  # summed in another order
     assert not cache.cache.reads and bool((cache.cache.member_grad() == 0).all())  # and then it starts afresh
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -72,7 +72,10 @@ class Bag:
         return self.offsets[rows + 1] - self.offsets[rows]
 
     def gather(
-        self, rows: torch.Tensor, leave_out: torch.Tensor | None = None, skip: torch.Tensor | bool | None = None
+        self,
+        rows: torch.Tensor,
+        leave_out: torch.Tensor | None = None,
+        skip: torch.Tensor | Literal[True] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The values and lengths of the bags of B entity rows, jagged in batch order. ``leave_out[b]``, when
         given, is dropped from bag b (in training: the rating being learned is no evidence for itself).
@@ -353,7 +356,7 @@ class Catalog:
         user_side_rows: int | None = None,
         pair_dense: torch.Tensor | None = None,
         context: ContextRows | None = None,
-        cached: dict[str, torch.Tensor | bool] | None = None,
+        cached: dict[str, torch.Tensor | Literal[True]] | None = None,
     ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
         """Model inputs for B (user, item) pairs: dense features B x (du + di [+ dc] [+ dp]) and a KJT of the
         sparse ones. ``context``: each pair's context features (B rows; None: every column at its default),

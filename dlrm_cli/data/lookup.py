@@ -14,7 +14,7 @@ import torch
 def dense_values(
     user_dense: torch.Tensor, item_dense: torch.Tensor, user_rows: torch.Tensor, item_rows: torch.Tensor
 ) -> torch.Tensor:
-    """B x (du + di): each pair's user features, then its item features."""
+    """B x (du + di): each pair's user features, then its item features. The rows: 1-D, none negative."""
     return torch.cat((user_dense.index_select(0, user_rows), item_dense.index_select(0, item_rows)), dim=1)
 
 

@@ -16,6 +16,7 @@ rows laid end to end, so that a batch reads, and its gradient is kept, in one pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,6 +25,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dlrm_cli.data.catalog import Bag, Catalog
 from dlrm_cli.model.dlrm import RatingDLRM, table_name
 from dlrm_cli.runtime.threads import one_thread
+
+FOLDED_READS = 32  # reads kept before their gradients are added into the bags (see CachedBag.reads)
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ class CachedBag:
     table: torch.Tensor | None = None  # the member table at the last refresh
     pending: torch.Tensor | None = None  # owner rows x D: the gradient of each heavy bag's sum since then
     direct: torch.Tensor | None = None  # member rows x D: the gradient of the left-out members since then
-    # Each read's (owner rows, left-out rows, weights, gradient) since then, added to ``pending`` and ``direct``
-    # at once by ``member_grad``: one sum per refresh instead of two at every batch.
+    # Each read's (owner rows, left-out rows, weights, gradient) not yet in ``pending`` and ``direct``: added at
+    # once (``fold``) at a refresh or every ``FOLDED_READS`` reads, two sums then instead of two at every batch.
     reads: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
@@ -116,23 +119,29 @@ class CachedBag:
         norm, scaled = weights[:, :1], weights[:, 1:]  # the left-out member's share: its copies times the norm
         value = self.sums.index_select(0, rows) * norm
         value = value.sub_(self.table.index_select(0, left_out) * scaled).requires_grad_()
-        reads = self.reads
 
         def keep(grad: torch.Tensor) -> None:
-            reads.append((rows, left_out, weights, grad.cpu()))
+            self.reads.append((rows, left_out, weights, grad.cpu()))
+            if len(self.reads) >= FOLDED_READS:  # a long --bag-refresh holds no more than this many batches' worth
+                self.fold()
 
         value.register_hook(keep)
         return value
 
+    def fold(self) -> None:
+        """Add the kept reads' gradients into ``pending`` and ``direct``, in the order they came."""
+        if not self.reads:
+            return
+        rows, left_out, weights, grads = (torch.cat(parts) for parts in zip(*self.reads, strict=True))
+        self.reads.clear()
+        with one_thread():  # ATen's index_add_ is slower on two threads than on one at these sizes
+            self.pending.index_add_(0, rows, grads * weights[:, :1])
+            self.direct.index_add_(0, left_out, grads * weights[:, 1:].neg())  # (alpha=-1: 4x slower)
+
     def member_grad(self) -> torch.Tensor:
         """Each member's gradient since the last refresh: the sum over the heavy bags holding it, less what it
         left out; the pending sums are then cleared."""
-        if self.reads:
-            rows, left_out, weights, grads = (torch.cat(parts) for parts in zip(*self.reads, strict=True))
-            self.reads.clear()
-            with one_thread():  # ATen's index_add_ is slower on two threads than on one at these sizes
-                self.pending.index_add_(0, rows, grads * weights[:, :1])
-                self.direct.index_add_(0, left_out, grads * weights[:, 1:].neg())  # (alpha=-1: 4x slower)
+        self.fold()
         grad = nn.functional.embedding_bag(self.member_owners, self.pending, self.member_offsets[:-1], mode="sum")
         grad = grad + self.direct
         self.pending.zero_()
@@ -168,7 +177,7 @@ class BagCache:
         # every bag read from the cache (an empty one reads as nothing there, as it pools to nothing exactly)
         self.all_heavy = bool((self.cache.heavy | (self.cache.sizes == 0)).all())
         heavy = self.cache.heavy
-        self.skip: dict[str, torch.Tensor | bool] = {  # Catalog.batch's: each owner's bag left empty, or all
+        self.skip: dict[str, torch.Tensor | Literal[True]] = {  # Catalog.batch's: each owner's bag left empty, or all
             part.feature: True if self.all_heavy else heavy[part.owner_start : part.owner_start + part.owners]
             for part in self.parts
         }
@@ -209,7 +218,7 @@ class BagCache:
 
     def batch(
         self, users: torch.Tensor, items: torch.Tensor, pairs: torch.Tensor | None = None
-    ) -> tuple[dict[str, torch.Tensor | bool], dict[int, tuple[torch.Tensor | None, torch.Tensor]]]:
+    ) -> tuple[dict[str, torch.Tensor | Literal[True]], dict[int, tuple[torch.Tensor | None, torch.Tensor]]]:
         """For a batch of (user row, item row) pairs: the owner rows whose bags the batch leaves to the cache
         (``Catalog.batch``'s ``cached``), and each bag feature's position, which samples read the cache and
         their values (``RatingDLRM.training_outputs``'s ``cached``). ``pairs``: the batch's index among the
