@@ -85,7 +85,7 @@ class History:
     def without(self, users: torch.Tensor, items: torch.Tensor) -> History:
         """This history less the given pairs."""
         own_users, own_items = self.pairs()
-        dropped = torch.isin(own_users * self.n_items + own_items, users * self.n_items + items)
+        dropped = torch.isin(pair_keys(own_users, own_items, self.n_items), pair_keys(users, items, self.n_items))
         return History.of_pairs(own_users[~dropped], own_items[~dropped], self.n_users, self.n_items)
 
     def state(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 
 from dlrm_cli.retrieval.features import pair_features, standing
 from dlrm_cli.retrieval.generators import fit_generator, masked_scores
-from dlrm_cli.retrieval.history import History
+from dlrm_cli.retrieval.history import History, pair_keys
 
 USER_CHUNK = 256
 
@@ -124,7 +124,7 @@ class PairRows:
         """The rows of the part ``held`` (bool over all rows), ``liked`` marking the positives."""
         users, items = users.long(), items.long()
         positive = torch.nonzero(held & liked).squeeze(1)
-        keys, order = torch.sort(users[positive] * n_items + items[positive], stable=True)
+        keys, order = torch.sort(pair_keys(users[positive], items[positive], n_items), stable=True)
         has_liked = torch.bincount(users[positive], minlength=n_users) > 0
         pool = torch.nonzero(held & (liked | ~has_liked[users])).squeeze(1)
         pool = pool[torch.argsort(users[pool], stable=True)]
@@ -134,7 +134,8 @@ class PairRows:
 
     def rows_of(self, users: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each pair's row: a positive's own (the first of equal ones), a negative's drawn among its user's."""
-        found = torch.searchsorted(self.keys, users.long() * self.n_items + items).clamp(max=max(len(self.keys) - 1, 0))
+        found = torch.searchsorted(self.keys, pair_keys(users, items, self.n_items))
+        found = found.clamp(max=max(len(self.keys) - 1, 0))
         own = self.liked[found] if len(self.keys) else torch.zeros_like(users)
         start, count = self.offsets[users], self.offsets[users + 1] - self.offsets[users]
         pick = (torch.rand(users.shape, generator=self.generator) * count).long().clamp(max=(count - 1).clamp(min=0))
