@@ -36,7 +36,7 @@ def timed(label: str, started: float, detail: str = "") -> None:
 def train_rate(data, settings, steps: int) -> float:
     """Samples/s of ``steps`` training batches of the default model (after 5 unmeasured ones)."""
     from dlrm_cli.model.optim import build_for_training
-    from dlrm_cli.training.bag_cache import BagCache
+    from dlrm_cli.training.bag_cache import BagCache, training_batch
     from dlrm_cli.training.run import model_config_for, train_step
 
     model, optimizers = build_for_training(model_config_for(data, settings), settings, torch.device("cpu"))
@@ -51,8 +51,7 @@ def train_rate(data, settings, steps: int) -> float:
             started = time.perf_counter()
         rows = order[step * size : (step + 1) * size]
         users, items = train.user[rows], train.item[rows]
-        skip, cached = cache.batch(users, items, rows) if cache is not None else (None, None)
-        dense, kjt = catalog.batch(users, items, leave_out=True, context=train.context_of(rows), cached=skip)
+        dense, kjt, cached = training_batch(catalog, cache, users, items, rows, context=train.context_of(rows))
         train_step(model, optimizers, dense, kjt, train.rating[rows], settings.embedding_l2, cached=cached)
         if cache is not None:
             cache.step_done()

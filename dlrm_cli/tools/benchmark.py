@@ -37,7 +37,7 @@ from dlrm_cli.model.optim import build_for_training
 from dlrm_cli.runtime.memory import keep_freed_memory
 from dlrm_cli.runtime.threads import available_cpus, chosen_threads, take_charge
 from dlrm_cli.scoring.metrics import score
-from dlrm_cli.training.bag_cache import BagCache
+from dlrm_cli.training.bag_cache import BagCache, training_batch
 from dlrm_cli.training.run import model_config_for, train_step, training_data
 
 REFERENCES = ("reference", "batched")  # hand-written scripts: no bags
@@ -136,8 +136,7 @@ def _dlrm_training(data: Dataset, train_config: TrainConfig, settings: Benchmark
     def step() -> int:
         rows = next_rows()
         users, items, context = train.user[rows], train.item[rows], train.context_of(rows)
-        skip, cached = cache.batch(users, items, rows) if cache is not None else (None, None)
-        dense, kjt = catalog.batch(users, items, leave_out=True, context=context, cached=skip)
+        dense, kjt, cached = training_batch(catalog, cache, users, items, rows, context=context)
         target, l2 = train.rating[rows], train_config.embedding_l2
         train_step(model, optimizers, dense, kjt, target, l2, cached=cached).item()
         if cache is not None:

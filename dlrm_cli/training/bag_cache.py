@@ -16,7 +16,7 @@ rows laid end to end, so that a batch reads, and its gradient is kept, in one pa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -286,3 +286,19 @@ class BagCache:
                 columns[name], width = width, width + table.embedding_dim
         given = torch.zeros(batch, width, device=self.device)
         return kjt.to(self.device), given, [columns[part.feature] for part in self.parts]
+
+
+def training_batch(
+    catalog: Catalog,
+    cache: BagCache | None,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    pairs: torch.Tensor | None = None,
+    **options: Any,
+) -> tuple[torch.Tensor, KeyedJaggedTensor, dict[int, tuple[torch.Tensor | None, torch.Tensor]] | None]:
+    """A training batch of (user row, item row) pairs, each left out of its own bags: ``Catalog.batch``'s dense
+    features and KJT (``options``: its other arguments), and the cached bags' values for the model (None without
+    a cache), with the bags the cache holds left out of the KJT. ``pairs``: see ``BagCache.batch``."""
+    skip, cached = cache.batch(users, items, pairs) if cache is not None else (None, None)
+    dense, kjt = catalog.batch(users, items, leave_out=True, cached=skip, **options)
+    return dense, kjt, cached

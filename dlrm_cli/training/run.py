@@ -51,7 +51,7 @@ from dlrm_cli.store.checkpoints import CheckpointStore
 from dlrm_cli.store.known import KNOWN_FILE, Known
 from dlrm_cli.training import distributed
 from dlrm_cli.training.advice import positives_warning, run_advice, store_option
-from dlrm_cli.training.bag_cache import BagCache
+from dlrm_cli.training.bag_cache import BagCache, training_batch
 from dlrm_cli.training.distributed import Parallel, Shard
 from dlrm_cli.training.request import TrainRequest
 from dlrm_cli.training.signals import StopOnSignal
@@ -418,8 +418,9 @@ class TrainingRun:
             borrow = (self.user_side, rated)
             if context is not None:  # and their moment: a negative is an item not picked in that context
                 context = context.take(torch.arange(users.shape[0]) % rated)
-        skip, cached = self.bag_cache.batch(users, items, rows) if self.bag_cache is not None else (None, None)
-        dense, kjt = catalog.batch(users, items, leave_out=True, user_side_rows=rated, context=context, cached=skip)
+        dense, kjt, cached = training_batch(
+            catalog, self.bag_cache, users, items, rows, user_side_rows=rated, context=context
+        )
         loss = train_step(
             self.model,
             self.optimizers,

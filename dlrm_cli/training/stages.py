@@ -35,7 +35,7 @@ from dlrm_cli.retrieval.history import History
 from dlrm_cli.retrieval.training_pairs import PairSettings, TrainingPairs, out_of_fold_pairs
 from dlrm_cli.retrieval.two_stage import Ranked, TwoStage
 from dlrm_cli.scoring.ranking import RankingTask, rank_metrics
-from dlrm_cli.training.bag_cache import BagCache
+from dlrm_cli.training.bag_cache import BagCache, training_batch
 
 RANKER_EPOCHS = 2
 RANKER_BATCH = 512
@@ -249,9 +249,8 @@ def _epoch(
     for start in range(0, len(pairs), RANKER_BATCH):
         rows = order[start : start + RANKER_BATCH]
         users, items, context = pairs.users[rows], pairs.items[rows], known.context_of(pairs.rows[rows])
-        skip, cached = cache.batch(users, items) if cache is not None else (None, None)
-        dense, kjt = judge.catalog.batch(
-            users, items, leave_out=True, pair_dense=features[rows], context=context, cached=skip
+        dense, kjt, cached = training_batch(
+            judge.catalog, cache, users, items, pair_dense=features[rows], context=context
         )
         logits, embedded = model(dense, kjt, None, cached) if cached else model(dense, kjt)
         loss = nn.functional.binary_cross_entropy_with_logits(logits[:, 0], pairs.labels[rows])
