@@ -77,8 +77,10 @@ def subset_runs(
     data: Path, seeds: int, folder: Path, env: dict[str, str], before: str | None = None
 ) -> dict[str, list[dict[str, float]]]:
     runs: dict[str, list[dict[str, float]]] = {"exact": [], "cached": [], "myfm": [], "before": []}
-    labels: list[tuple[str, list[str], Path | None, dict[str, str]]] = [("exact", [], None, env)]
-    labels.append(("cached", CACHED_SUBSET, None, env))
+    labels: list[tuple[str, list[str], Path | None, dict[str, str]]] = [
+        ("exact", [], None, env),
+        ("cached", CACHED_SUBSET, None, env),
+    ]
     if before is not None:  # its own store: it may not read this code's checkpoints, nor this code its own
         earlier = {**env, "DLRM_CHECKPOINT_DIR": f"{folder}/before-store"}
         labels.insert(0, ("before", [], exported(before, folder / "before"), earlier))
