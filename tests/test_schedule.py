@@ -222,7 +222,7 @@ def test_the_fused_kernels_take_each_scheduled_rate_when_the_schedule_moves_and_
     """The fused tables' ``step`` only hands their kernels the rate; dlrm hands it over when the schedule moves
     (an epoch's end, a restore), not at every batch, and the kernels hold it in between."""
     optimizers = _optimizers(lr=0.01, sparse_lr=0.1, lr_schedule="step", lr_step=1, lr_gamma=0.5)
-    kernels = [module for module in _fused_kernels(optimizers)]
+    kernels = _fused_kernels(optimizers)
 
     def kernel_rates() -> list[float]:
         return [kernel.get_learning_rate() for kernel in kernels]
